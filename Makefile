@@ -1,0 +1,51 @@
+# mcpd — make run (a dev node) and make test are the two commands to know.
+
+GO       ?= go
+BIN      := bin/mcpd
+CLUSTER  := mcpd-cluster
+HOSTS    := 127.0.0.1 127.0.0.2 127.0.0.3
+PEERS    := n1=127.0.0.1:4438,n2=127.0.0.2:4438,n3=127.0.0.3:4438
+BENCH_SERVER ?= wss://127.0.0.1:4433/v1
+BENCH_CA     ?= mcpd-data/tls/ca.pem
+
+.PHONY: all build run test test-race vet cluster cluster-stop bench clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN) ./cmd/mcpd
+
+run: build
+	./$(BIN) serve --dev --data-dir mcpd-data
+
+test: vet
+	$(GO) test -count=1 -timeout 20m ./...
+	$(GO) test -count=1 -race -timeout 20m ./queue/ ./fsm/ ./cluster/ ./transport/ ./client/
+
+vet:
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	  if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+# A local three-node cluster on 127.0.0.1, .2 and .3 (Linux routes all of
+# 127.0.0.0/8 to loopback). Data and logs go under ./mcpd-cluster/.
+cluster: build
+	@mkdir -p $(CLUSTER)
+	./$(BIN) tls init --dir $(CLUSTER)/tls $(addprefix --host ,$(HOSTS)) >/dev/null
+	@i=1; for h in $(HOSTS); do \
+	  ./$(BIN) serve --node-id n$$i --data-dir $(CLUSTER)/n$$i --bind $$h --peers $(PEERS) \
+	    --tls-dir $(CLUSTER)/tls --insecure-auth-none >$(CLUSTER)/n$$i.log 2>&1 & \
+	  echo $$! >$(CLUSTER)/n$$i.pid; i=$$((i+1)); done
+	@echo "cluster starting: wss://127.0.0.1:4433/v1 wss://127.0.0.2:4433/v1 wss://127.0.0.3:4433/v1 (CA $(CLUSTER)/tls/ca.pem)"
+	@echo "logs in $(CLUSTER)/n*.log; stop with make cluster-stop"
+
+cluster-stop:
+	@for p in $(CLUSTER)/n*.pid; do [ -f $$p ] && kill $$(cat $$p) 2>/dev/null; rm -f $$p; done; true
+
+bench: build
+	./$(BIN) bench --server $(BENCH_SERVER) --ca $(BENCH_CA) --clients 16 --messages 50000 --size 256 --window 1
+	./$(BIN) bench --server $(BENCH_SERVER) --ca $(BENCH_CA) --clients 64 --messages 100000 --size 256 --window 1
+	./$(BIN) bench --server $(BENCH_SERVER) --ca $(BENCH_CA) --clients 16 --messages 200000 --size 256 --window 64
+
+clean:
+	rm -rf bin

@@ -1,0 +1,199 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"github.com/mcpd/mcpd/fsm"
+)
+
+// Group commit: client commands wait in submitCh; the batch loop takes all
+// that are waiting (up to maxBatchCmds / maxBatchBytes) into one Raft log
+// entry, with up to maxInflight entries on their way at once. Under load
+// the batches grow, so one fsync on a quorum serves many requests.
+
+type pending struct {
+	cmd      fsm.Command
+	deadline time.Time
+	done     chan error
+}
+
+// Submit proposes a command and waits for its outcome: nil once it is
+// committed by a quorum (the reply to the client, if any, is produced when
+// this node applies it), ErrUnavailable when it was not applied (no leader
+// within the submit timeout), ErrUnknown when it may have been, or
+// ErrShutdown.
+func (n *Node) Submit(ctx context.Context, cmd fsm.Command) error {
+	timeout := n.cfg.SubmitTimeout
+	if d, ok := ctx.Deadline(); ok {
+		timeout = min(timeout, time.Until(d))
+	}
+	return n.submit(cmd, timeout)
+}
+
+func (n *Node) submit(cmd fsm.Command, timeout time.Duration) error {
+	p := &pending{cmd: cmd, deadline: time.Now().Add(timeout), done: make(chan error, 1)}
+	select {
+	case n.submitCh <- p:
+	case <-n.shutdownCh:
+		return ErrShutdown
+	}
+	return <-p.done
+}
+
+func (n *Node) batchLoop() {
+	defer n.wg.Done()
+	for {
+		var first *pending
+		select {
+		case first = <-n.submitCh:
+		case <-n.shutdownCh:
+			n.drainSubmits()
+			return
+		}
+		select {
+		case n.inflight <- struct{}{}:
+		case <-n.shutdownCh:
+			first.done <- ErrShutdown
+			n.drainSubmits()
+			return
+		}
+		batch := []*pending{first}
+		size := len(first.cmd.Body)
+	collect:
+		for len(batch) < maxBatchCmds && size < maxBatchBytes {
+			select {
+			case p := <-n.submitCh:
+				batch = append(batch, p)
+				size += len(p.cmd.Body)
+			default:
+				break collect
+			}
+		}
+		n.propose(batch)
+	}
+}
+
+func (n *Node) drainSubmits() {
+	for {
+		select {
+		case p := <-n.submitCh:
+			p.done <- ErrShutdown
+		default:
+			return
+		}
+	}
+}
+
+// propose sends one batch to Raft on the leader, or to the leader from a
+// follower. It returns once the batch is on its way, so batches reach the
+// log in the order they were formed.
+func (n *Node) propose(batch []*pending) {
+	cmds := make([]fsm.Command, len(batch))
+	for i, p := range batch {
+		cmds[i] = p.cmd
+	}
+	done := make(chan error, 1)
+	var fwd <-chan error
+	if n.IsLeader() {
+		wait, err := n.applyLeader(cmds)
+		if err != nil {
+			done <- err
+		} else {
+			go func() { done <- wait() }()
+		}
+	} else if addr, id := n.raft.LeaderWithID(); id != "" {
+		fwd = n.fwd.send(string(addr), cmds)
+	} else {
+		done <- fmt.Errorf("%w: no leader", ErrUnavailable)
+	}
+	go func() {
+		var err error
+		select {
+		case err = <-done:
+		case err = <-fwd:
+		}
+		<-n.inflight
+		n.finish(batch, err)
+	}()
+}
+
+// finish reports a batch's outcome; commands that were certainly not
+// applied are retried until their deadline.
+func (n *Node) finish(batch []*pending, err error) {
+	if !errors.Is(err, ErrUnavailable) {
+		for _, p := range batch {
+			p.done <- err
+		}
+		return
+	}
+	var retry []*pending
+	for _, p := range batch {
+		if time.Now().After(p.deadline) {
+			p.done <- err
+		} else {
+			retry = append(retry, p)
+		}
+	}
+	if len(retry) == 0 {
+		return
+	}
+	t := time.NewTimer(50 * time.Millisecond)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-n.shutdownCh:
+		for _, p := range retry {
+			p.done <- ErrShutdown
+		}
+		return
+	}
+	for _, p := range retry {
+		select {
+		case n.submitCh <- p:
+		case <-n.shutdownCh:
+			p.done <- ErrShutdown
+		}
+	}
+}
+
+// applyLeader appends an entry with the given commands to the log, stamped
+// with the leader's clock (never earlier than an earlier stamp). The
+// returned function waits until the entry is applied here.
+func (n *Node) applyLeader(cmds []fsm.Command) (func() error, error) {
+	if !n.IsLeader() {
+		return nil, fmt.Errorf("%w: not the leader", ErrUnavailable)
+	}
+	now := n.Now()
+	for {
+		last := n.lastTime.Load()
+		if now < last {
+			now = last
+		}
+		if n.lastTime.CompareAndSwap(last, now) {
+			break
+		}
+	}
+	data, err := fsm.EncodeEntry(&fsm.Entry{Time: now, Cmds: cmds})
+	if err != nil {
+		return nil, err
+	}
+	f := n.raft.Apply(data, 10*time.Second)
+	return func() error { return mapRaftError(f.Error()) }, nil
+}
+
+func mapRaftError(err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, raft.ErrNotLeader), errors.Is(err, raft.ErrLeadershipTransferInProgress), errors.Is(err, raft.ErrEnqueueTimeout):
+		return fmt.Errorf("%w: %v", ErrUnavailable, err)
+	case errors.Is(err, raft.ErrRaftShutdown):
+		return fmt.Errorf("%w: %v", ErrUnknown, err)
+	default:
+		return fmt.Errorf("%w: %v", ErrUnknown, err)
+	}
+}

@@ -1,0 +1,207 @@
+package cluster
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/mcpd/mcpd/fsm"
+	"github.com/vmihailenco/msgpack/v5"
+)
+
+// Followers forward client commands to the leader over the Raft port
+// (protocol byte 'F'). A frame is a big-endian uint32 length and a msgpack
+// body. Requests on one connection reach raft.Apply in the order they were
+// sent, so the commands of one client connection commit in order.
+
+const maxForwardFrame = 64 << 20
+
+type fwdRequest struct {
+	ID   uint64        `msgpack:"i"`
+	Cmds []fsm.Command `msgpack:"c"`
+}
+
+// Forward outcomes.
+const (
+	fwdOK        = 0
+	fwdNotLeader = 1 // not applied: retry elsewhere
+	fwdUnknown   = 2 // may or may not commit
+)
+
+type fwdResponse struct {
+	ID     uint64 `msgpack:"i"`
+	Status int    `msgpack:"s"`
+	Msg    string `msgpack:"m,omitempty"`
+}
+
+func writeFrame(w io.Writer, v any) error {
+	body, err := msgpack.Marshal(v)
+	if err != nil {
+		return err
+	}
+	var hdr [4]byte
+	binary.BigEndian.PutUint32(hdr[:], uint32(len(body)))
+	if _, err := w.Write(hdr[:]); err != nil {
+		return err
+	}
+	_, err = w.Write(body)
+	return err
+}
+
+func readFrame(r io.Reader, v any) error {
+	var hdr [4]byte
+	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+		return err
+	}
+	n := binary.BigEndian.Uint32(hdr[:])
+	if n > maxForwardFrame {
+		return fmt.Errorf("forward frame of %d bytes exceeds the limit", n)
+	}
+	body := make([]byte, n)
+	if _, err := io.ReadFull(r, body); err != nil {
+		return err
+	}
+	return msgpack.Unmarshal(body, v)
+}
+
+// serveForward handles one follower's connection on the leader.
+func (n *Node) serveForward(c net.Conn) {
+	defer c.Close()
+	n.wg.Add(1)
+	defer n.wg.Done()
+	go func() {
+		<-n.shutdownCh
+		c.Close()
+	}()
+	var wmu sync.Mutex
+	bw := bufio.NewWriter(c)
+	respond := func(r fwdResponse) {
+		wmu.Lock()
+		defer wmu.Unlock()
+		if err := writeFrame(bw, r); err == nil {
+			_ = bw.Flush()
+		}
+	}
+	br := bufio.NewReader(c)
+	for {
+		var req fwdRequest
+		if err := readFrame(br, &req); err != nil {
+			return
+		}
+		wait, err := n.applyLeader(req.Cmds)
+		if err != nil {
+			respond(fwdResponse{ID: req.ID, Status: fwdNotLeader, Msg: err.Error()})
+			continue
+		}
+		go func(id uint64) {
+			err := wait()
+			switch {
+			case err == nil:
+				respond(fwdResponse{ID: id, Status: fwdOK})
+			case errors.Is(err, ErrUnavailable):
+				respond(fwdResponse{ID: id, Status: fwdNotLeader, Msg: err.Error()})
+			default:
+				respond(fwdResponse{ID: id, Status: fwdUnknown, Msg: err.Error()})
+			}
+		}(req.ID)
+	}
+}
+
+// forwarder is a follower's connection to the leader.
+type forwarder struct {
+	n *Node
+
+	mu      sync.Mutex
+	addr    string
+	conn    net.Conn
+	bw      *bufio.Writer
+	nextID  uint64
+	waiting map[uint64]chan error
+}
+
+// send writes a batch to the leader at addr and returns a channel that
+// yields its outcome: nil (committed), ErrUnavailable (not applied) or
+// ErrUnknown.
+func (f *forwarder) send(addr string, cmds []fsm.Command) <-chan error {
+	ch := make(chan error, 1)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.conn != nil && f.addr != addr {
+		f.failLocked(fmt.Errorf("%w: leader changed", ErrUnknown))
+	}
+	if f.conn == nil {
+		c, err := dial(addr, protoForward, 2*time.Second)
+		if err != nil {
+			ch <- fmt.Errorf("%w: cannot reach leader %s: %v", ErrUnavailable, addr, err)
+			return ch
+		}
+		f.addr, f.conn, f.bw = addr, c, bufio.NewWriter(c)
+		f.waiting = map[uint64]chan error{}
+		go f.readLoop(c)
+	}
+	f.nextID++
+	id := f.nextID
+	f.waiting[id] = ch
+	_ = f.conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	err := writeFrame(f.bw, fwdRequest{ID: id, Cmds: cmds})
+	if err == nil {
+		err = f.bw.Flush()
+	}
+	if err != nil {
+		f.failLocked(fmt.Errorf("%w: forward to leader: %v", ErrUnknown, err))
+	}
+	return ch
+}
+
+func (f *forwarder) readLoop(c net.Conn) {
+	br := bufio.NewReader(c)
+	for {
+		var r fwdResponse
+		if err := readFrame(br, &r); err != nil {
+			f.mu.Lock()
+			if f.conn == c {
+				f.failLocked(fmt.Errorf("%w: connection to leader lost: %v", ErrUnknown, err))
+			}
+			f.mu.Unlock()
+			return
+		}
+		f.mu.Lock()
+		ch := f.waiting[r.ID]
+		delete(f.waiting, r.ID)
+		f.mu.Unlock()
+		if ch == nil {
+			continue
+		}
+		switch r.Status {
+		case fwdOK:
+			ch <- nil
+		case fwdNotLeader:
+			ch <- fmt.Errorf("%w: %s", ErrUnavailable, r.Msg)
+		default:
+			ch <- fmt.Errorf("%w: %s", ErrUnknown, r.Msg)
+		}
+	}
+}
+
+// failLocked drops the connection and fails every batch waiting on it.
+func (f *forwarder) failLocked(err error) {
+	if f.conn != nil {
+		f.conn.Close()
+	}
+	for id, ch := range f.waiting {
+		ch <- err
+		delete(f.waiting, id)
+	}
+	f.conn, f.bw, f.addr = nil, nil, ""
+}
+
+func (f *forwarder) close() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.failLocked(fmt.Errorf("%w: node shutting down", ErrUnknown))
+}

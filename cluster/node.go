@@ -1,0 +1,437 @@
+// Package cluster runs one mcpd node: hashicorp/raft with raft-boltdb as
+// log and stable store, the FSM, group commit of client commands,
+// forwarding of followers' commands to the leader, the leader's expiry
+// ticks, and the routing of applied effects to local connections. See
+// DESIGN.md beside this file.
+package cluster
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/raft"
+	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+	"github.com/mcpd/mcpd/fsm"
+	"github.com/mcpd/mcpd/queue"
+	bolt "go.etcd.io/bbolt"
+)
+
+// Errors a command submission can end with.
+var (
+	// ErrUnavailable: there is no leader or no quorum; the command was not
+	// applied and is safe to retry.
+	ErrUnavailable = errors.New("unavailable")
+	// ErrUnknown: the command may or may not have been committed (leadership
+	// lost during the commit, a timeout). Retrying with the same envelope id
+	// is safe because of deduplication.
+	ErrUnknown = errors.New("outcome unknown")
+	// ErrShutdown: the node is stopping.
+	ErrShutdown = errors.New("node is shutting down")
+)
+
+// Config configures a node.
+type Config struct {
+	NodeID  string
+	DataDir string
+	// RaftBind is the host:port the Raft listener binds, unless
+	// RaftListener is given (tests pass one bound to port 0).
+	RaftBind     string
+	RaftListener net.Listener
+	// Peers maps every voter's id to its Raft address (host:port); it is
+	// the same on every node. A node absent from Peers runs alone (dev).
+	Peers map[string]string
+	// Timeouts; zero means the defaults below.
+	HeartbeatTimeout time.Duration
+	ElectionTimeout  time.Duration
+	// SubmitTimeout bounds how long a command waits for a leader before it
+	// fails with ErrUnavailable.
+	SubmitTimeout time.Duration
+	// ClockOffset shifts this node's clock (fault-injection tests only).
+	ClockOffset time.Duration
+	Logger      *slog.Logger
+}
+
+// Sink is a local client connection as the node sees it.
+type Sink interface {
+	// Push hands the connection an effect of an applied command. It must
+	// not block.
+	Push(queue.Effect)
+}
+
+// Node is one running mcpd node.
+type Node struct {
+	cfg   Config
+	log   *slog.Logger
+	raft  *raft.Raft
+	fsm   *fsm.FSM
+	store *raftboltdb.BoltStore
+	mux   *mux
+	fwd   *forwarder
+	epoch uint64
+
+	submitCh   chan *pending
+	inflight   chan struct{}
+	shutdownCh chan struct{}
+	wg         sync.WaitGroup
+	stopOnce   sync.Once
+
+	connSeq  atomic.Uint64
+	connsMu  sync.RWMutex
+	conns    map[string]Sink
+	lastTime atomic.Int64
+}
+
+// Tuning of group commit.
+const (
+	maxBatchCmds   = 1024
+	maxBatchBytes  = 4 << 20
+	maxInflight    = 64
+	submitQueueLen = 8192
+)
+
+// New opens the node's stores, starts Raft, and bootstraps the cluster
+// when this node has no Raft state yet. It never bootstraps over existing
+// state.
+func New(cfg Config) (*Node, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.SubmitTimeout == 0 {
+		cfg.SubmitTimeout = 10 * time.Second
+	}
+	if cfg.HeartbeatTimeout == 0 {
+		cfg.HeartbeatTimeout = time.Second
+	}
+	if cfg.ElectionTimeout == 0 {
+		cfg.ElectionTimeout = time.Second
+	}
+	n := &Node{
+		cfg:        cfg,
+		log:        cfg.Logger.With("component", "cluster"),
+		epoch:      uint64(time.Now().UnixNano()),
+		submitCh:   make(chan *pending, submitQueueLen),
+		inflight:   make(chan struct{}, maxInflight),
+		shutdownCh: make(chan struct{}),
+		conns:      map[string]Sink{},
+	}
+	n.fwd = &forwarder{n: n}
+	if err := n.start(); err != nil {
+		n.closeStores()
+		return nil, err
+	}
+	n.wg.Add(3)
+	go n.batchLoop()
+	go n.leaderLoop()
+	go n.announceStart()
+	return n, nil
+}
+
+func (n *Node) start() error {
+	raftDir := filepath.Join(n.cfg.DataDir, "raft")
+	if err := os.MkdirAll(raftDir, 0o700); err != nil {
+		return err
+	}
+	f, err := fsm.Open(filepath.Join(n.cfg.DataDir, "state.db"), n.cfg.NodeID)
+	if err != nil {
+		return err
+	}
+	n.fsm = f
+	f.SetSink(n.route)
+
+	store, err := raftboltdb.New(raftboltdb.Options{
+		Path:        filepath.Join(raftDir, "raft.db"),
+		BoltOptions: &bolt.Options{Timeout: 5 * time.Second, NoFreelistSync: true},
+	})
+	if err != nil {
+		return fmt.Errorf("open raft log: %w", err)
+	}
+	n.store = store
+	hlog := newHCLogger("raft", n.cfg.Logger)
+	snaps, err := raft.NewFileSnapshotStoreWithLogger(raftDir, 2, hlog)
+	if err != nil {
+		return fmt.Errorf("open snapshot store: %w", err)
+	}
+
+	ln := n.cfg.RaftListener
+	if ln == nil {
+		if ln, err = net.Listen("tcp", n.cfg.RaftBind); err != nil {
+			return fmt.Errorf("listen for raft on %s: %w", n.cfg.RaftBind, err)
+		}
+	}
+	advert := ln.Addr()
+	if a, ok := n.cfg.Peers[n.cfg.NodeID]; ok {
+		tcp, err := net.ResolveTCPAddr("tcp", a)
+		if err != nil {
+			ln.Close()
+			return fmt.Errorf("peer address %s: %w", a, err)
+		}
+		advert = tcp
+	}
+	n.mux = newMux(ln, advert, n.log)
+	n.mux.forward = n.serveForward
+	go n.mux.serve()
+	trans := raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
+		Stream:  streamLayer{n.mux},
+		MaxPool: 8,
+		Timeout: 10 * time.Second,
+		Logger:  hlog,
+	})
+
+	rc := raft.DefaultConfig()
+	rc.LocalID = raft.ServerID(n.cfg.NodeID)
+	rc.Logger = hlog
+	rc.BatchApplyCh = true
+	rc.MaxAppendEntries = 256
+	// Followers learn the commit index from the next AppendEntries; when
+	// no new entry comes, the leader sends one after CommitTimeout. Keep it
+	// short so idle followers apply (and answer their clients) promptly.
+	rc.CommitTimeout = 5 * time.Millisecond
+	rc.HeartbeatTimeout = n.cfg.HeartbeatTimeout
+	rc.ElectionTimeout = n.cfg.ElectionTimeout
+	rc.LeaderLeaseTimeout = min(n.cfg.HeartbeatTimeout/2, rc.LeaderLeaseTimeout)
+	rc.SnapshotThreshold = 32768
+	rc.TrailingLogs = 65536
+	rc.SnapshotInterval = 60 * time.Second
+	// state.db keeps its applied index, so a restart continues from it
+	// instead of restoring the last snapshot and replaying over it. A node
+	// with an empty state.db still restores the snapshot.
+	rc.NoSnapshotRestoreOnStart = f.AppliedIndex() > 0
+
+	r, err := raft.NewRaft(rc, f, store, store, snaps, trans)
+	if err != nil {
+		trans.Close()
+		return fmt.Errorf("start raft: %w", err)
+	}
+	n.raft = r
+
+	existing, err := raft.HasExistingState(store, store, snaps)
+	if err != nil {
+		return err
+	}
+	if existing {
+		n.log.Info("raft state found; rejoining", "node", n.cfg.NodeID, "applied", f.AppliedIndex())
+		return nil
+	}
+	var servers []raft.Server
+	if len(n.cfg.Peers) == 0 {
+		servers = []raft.Server{{ID: rc.LocalID, Address: raft.ServerAddress(advert.String()), Suffrage: raft.Voter}}
+	} else {
+		ids := make([]string, 0, len(n.cfg.Peers))
+		for id := range n.cfg.Peers {
+			ids = append(ids, id)
+		}
+		sort.Strings(ids)
+		for _, id := range ids {
+			servers = append(servers, raft.Server{ID: raft.ServerID(id), Address: raft.ServerAddress(n.cfg.Peers[id]), Suffrage: raft.Voter})
+		}
+	}
+	n.log.Info("bootstrapping cluster", "node", n.cfg.NodeID, "voters", len(servers))
+	if err := r.BootstrapCluster(raft.Configuration{Servers: servers}).Error(); err != nil && !errors.Is(err, raft.ErrCantBootstrap) {
+		return fmt.Errorf("bootstrap: %w", err)
+	}
+	return nil
+}
+
+// ID is the node's id.
+func (n *Node) ID() string { return n.cfg.NodeID }
+
+// FSM is the node's state machine (for reads).
+func (n *Node) FSM() *fsm.FSM { return n.fsm }
+
+// Raft is the node's Raft instance (for status and tests).
+func (n *Node) Raft() *raft.Raft { return n.raft }
+
+// Now is the node's clock in unix milliseconds.
+func (n *Node) Now() int64 { return time.Now().Add(n.cfg.ClockOffset).UnixMilli() }
+
+// Leader is the id of the current leader, or "" when none is known.
+func (n *Node) Leader() string {
+	_, id := n.raft.LeaderWithID()
+	return string(id)
+}
+
+// IsLeader reports whether this node leads.
+func (n *Node) IsLeader() bool { return n.raft.State() == raft.Leader }
+
+// Ready reports whether the node knows a leader and has applied what it
+// knows to be committed.
+func (n *Node) Ready() bool {
+	return n.Leader() != "" && n.fsm.AppliedIndex()+8 >= n.raft.CommitIndex()
+}
+
+// Read runs fn on the node's local state.
+func (n *Node) Read(fn func(tx *bolt.Tx) error) error { return n.fsm.View(fn) }
+
+// NewConn registers a local connection and returns its cluster-wide id.
+func (n *Node) NewConn(s Sink) string {
+	id := fmt.Sprintf("%s/%d/%d", n.cfg.NodeID, n.epoch, n.connSeq.Add(1))
+	n.connsMu.Lock()
+	n.conns[id] = s
+	n.connsMu.Unlock()
+	return id
+}
+
+// DropConn unregisters a local connection and releases, through Raft, the
+// consumers, subscriptions and leases it held.
+func (n *Node) DropConn(id string) {
+	n.connsMu.Lock()
+	delete(n.conns, id)
+	n.connsMu.Unlock()
+	cmd, err := fsm.NewCommand(fsm.TypeConnClosed, "", 0, &fsm.ConnClosedArgs{Conn: id})
+	if err != nil {
+		return
+	}
+	go func() {
+		if err := n.submit(cmd, n.cfg.SubmitTimeout); err != nil && !errors.Is(err, ErrShutdown) {
+			// The leases still end when they expire, or when this node
+			// restarts and announces its new epoch.
+			n.log.Warn("could not release a closed connection", "conn", id, "err", err)
+		}
+	}()
+}
+
+// route hands applied effects to their local connections.
+func (n *Node) route(effects []queue.Effect) {
+	n.connsMu.RLock()
+	defer n.connsMu.RUnlock()
+	for _, e := range effects {
+		if s := n.conns[e.Target()]; s != nil {
+			s.Push(e)
+		}
+	}
+}
+
+// announceStart tells the cluster this node (re)started, which ends what
+// its earlier incarnations held. It retries until it is applied.
+func (n *Node) announceStart() {
+	defer n.wg.Done()
+	cmd, _ := fsm.NewCommand(fsm.TypeNodeStarted, "", 0, &fsm.NodeStartedArgs{Node: n.cfg.NodeID, Epoch: n.epoch})
+	for {
+		err := n.submit(cmd, n.cfg.SubmitTimeout)
+		if err == nil || errors.Is(err, ErrShutdown) {
+			return
+		}
+		select {
+		case <-n.shutdownCh:
+			return
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+// leaderLoop runs the leader's duties while this node leads: proposing a
+// tick whenever a lease, delay or dedup entry is due.
+func (n *Node) leaderLoop() {
+	defer n.wg.Done()
+	var stop chan struct{}
+	for {
+		select {
+		case <-n.shutdownCh:
+			if stop != nil {
+				close(stop)
+			}
+			return
+		case leader := <-n.raft.LeaderCh():
+			if leader && stop == nil {
+				stop = make(chan struct{})
+				n.wg.Add(1)
+				go n.tickLoop(stop)
+				n.log.Info("leadership acquired", "node", n.cfg.NodeID, "term", n.raft.CurrentTerm())
+			} else if !leader && stop != nil {
+				close(stop)
+				stop = nil
+				n.log.Info("leadership lost", "node", n.cfg.NodeID)
+			}
+		}
+	}
+}
+
+func (n *Node) tickLoop(stop chan struct{}) {
+	defer n.wg.Done()
+	// Apply everything earlier leaders committed before judging deadlines.
+	if err := n.raft.Barrier(10 * time.Second).Error(); err != nil {
+		n.log.Warn("barrier after election failed", "err", err)
+	}
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+		}
+		d := n.fsm.NextDeadline()
+		if d == 0 || d > n.Now() {
+			continue
+		}
+		wait, err := n.applyLeader(nil)
+		if err == nil {
+			err = wait()
+		}
+		if err != nil && !errors.Is(err, ErrShutdown) {
+			n.log.Debug("tick failed", "err", err)
+		}
+	}
+}
+
+// Shutdown stops the node: a leader first hands leadership to a peer, then
+// Raft stops and the stores close.
+func (n *Node) Shutdown() error {
+	var err error
+	n.stopOnce.Do(func() {
+		if n.IsLeader() && len(n.cfg.Peers) > 1 {
+			if e := n.raft.LeadershipTransfer().Error(); e != nil {
+				n.log.Warn("leadership transfer failed", "err", e)
+			} else {
+				n.log.Info("leadership handed over")
+			}
+		}
+		close(n.shutdownCh)
+		n.fwd.close()
+		err = n.raft.Shutdown().Error()
+		n.mux.close()
+		n.wg.Wait()
+		n.closeStores()
+	})
+	return err
+}
+
+func (n *Node) closeStores() {
+	if n.store != nil {
+		n.store.Close()
+	}
+	if n.fsm != nil {
+		n.fsm.Close()
+	}
+}
+
+// ParsePeers parses "n1=host:port,n2=host:port".
+func ParsePeers(s string) (map[string]string, error) {
+	peers := map[string]string{}
+	if strings.TrimSpace(s) == "" {
+		return peers, nil
+	}
+	for _, part := range strings.Split(s, ",") {
+		id, addr, ok := strings.Cut(strings.TrimSpace(part), "=")
+		if !ok || id == "" || addr == "" {
+			return nil, fmt.Errorf("peer %q is not id=host:port", part)
+		}
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			return nil, fmt.Errorf("peer %q: %v", part, err)
+		}
+		if _, dup := peers[id]; dup {
+			return nil, fmt.Errorf("peer id %q appears twice", id)
+		}
+		peers[id] = addr
+	}
+	return peers, nil
+}

@@ -1,0 +1,71 @@
+// Command mcpd is the Minimal Coordination Protocol broker: one binary that
+// serves a node (serve) and the operator and agent tools around it.
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+)
+
+type command struct {
+	name  string
+	run   func(args []string) error
+	usage string
+}
+
+var commands = []command{
+	{"serve", runServe, "run a node (--dev for a one-node dev broker)"},
+	{"send", runSend, "enqueue messages and print their seq"},
+	{"recv", runRecv, "consume messages and print them as JSON lines"},
+	{"bench", runBench, "measure enqueue and consume throughput and latency"},
+	{"tls", runTLS, "create TLS material (tls init)"},
+}
+
+func usage() {
+	fmt.Fprintln(os.Stderr, "usage: mcpd <command> [flags]\n\ncommands:")
+	for _, c := range commands {
+		fmt.Fprintf(os.Stderr, "  %-8s %s\n", c.name, c.usage)
+	}
+	fmt.Fprintln(os.Stderr, "\nRun 'mcpd <command> -h' for a command's flags.")
+}
+
+// usageError is a mistake in the command line; main prints it with a hint.
+type usageError struct{ msg string }
+
+func (e *usageError) Error() string { return e.msg }
+
+func main() {
+	if len(os.Args) < 2 {
+		usage()
+		os.Exit(2)
+	}
+	name := os.Args[1]
+	for _, c := range commands {
+		if c.name != name {
+			continue
+		}
+		err := c.run(os.Args[2:])
+		var ue *usageError
+		switch {
+		case err == nil:
+			return
+		case errors.Is(err, flag.ErrHelp):
+			os.Exit(0)
+		case errors.As(err, &ue):
+			fmt.Fprintf(os.Stderr, "mcpd %s: %v\nRun 'mcpd %s -h' for usage.\n", name, err, name)
+			os.Exit(2)
+		default:
+			fmt.Fprintf(os.Stderr, "mcpd %s: %v\n", name, err)
+			os.Exit(1)
+		}
+	}
+	if name == "-h" || name == "--help" || name == "help" {
+		usage()
+		return
+	}
+	fmt.Fprintf(os.Stderr, "mcpd: unknown command %q\n\n", name)
+	usage()
+	os.Exit(2)
+}

@@ -1,0 +1,189 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/mcpd/mcpd/cluster"
+	"github.com/mcpd/mcpd/pki"
+	"github.com/mcpd/mcpd/transport"
+)
+
+type serveFlags struct {
+	dev, authNone                    bool
+	nodeID, dataDir, bind, peers     string
+	tlsDir, tlsCert, tlsKey          string
+	port, healthPort, raftPort       int
+	metricsPort, adminPort, respPort int
+	maxFrame                         int
+	heartbeat, election, clockOffset time.Duration
+	logLevel, logFormat              string
+}
+
+func runServe(args []string) error {
+	var f serveFlags
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	fs.BoolVar(&f.dev, "dev", false, "one self-bootstrapping node with dev authentication (alg \"none\")")
+	fs.StringVar(&f.nodeID, "node-id", "", "this node's id (default n1 with --dev)")
+	fs.StringVar(&f.dataDir, "data-dir", "mcpd-data", "directory for state.db, the Raft log and snapshots, and dev TLS material")
+	fs.StringVar(&f.bind, "bind", "127.0.0.1", "host every listener binds")
+	fs.StringVar(&f.peers, "peers", "", "every voter as id=host:raftport, comma-separated, the same on every node")
+	fs.IntVar(&f.port, "port", 4433, "MCP over WebSocket (TLS)")
+	fs.IntVar(&f.healthPort, "health-port", 4434, "HTTP /healthz and /readyz")
+	fs.IntVar(&f.metricsPort, "metrics-port", 4435, "Prometheus /metrics (reserved)")
+	fs.IntVar(&f.adminPort, "admin-port", 4436, "admin API and UI (reserved)")
+	fs.IntVar(&f.respPort, "redis-port", 4437, "Redis protocol (reserved)")
+	fs.IntVar(&f.raftPort, "raft-port", 4438, "Raft and leader forwarding between nodes")
+	fs.StringVar(&f.tlsDir, "tls-dir", "", "directory with ca.pem and node.pem/node-key.pem (default DATA-DIR/tls, generated when missing)")
+	fs.StringVar(&f.tlsCert, "tls-cert", "", "certificate for the client ports (PEM), instead of --tls-dir")
+	fs.StringVar(&f.tlsKey, "tls-key", "", "key of --tls-cert (PEM)")
+	fs.BoolVar(&f.authNone, "insecure-auth-none", false, "accept alg \"none\" authentication outside --dev (until agent identities are configured)")
+	fs.IntVar(&f.maxFrame, "max-frame", 1<<20, "largest accepted WebSocket frame in bytes")
+	fs.DurationVar(&f.heartbeat, "raft-heartbeat-timeout", time.Second, "Raft heartbeat timeout")
+	fs.DurationVar(&f.election, "raft-election-timeout", time.Second, "Raft election timeout")
+	fs.DurationVar(&f.clockOffset, "test-clock-offset", 0, "shift this node's clock (fault-injection tests only)")
+	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&f.logFormat, "log-format", "text", "text or json")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return &usageError{fmt.Sprintf("unexpected argument %q", fs.Arg(0))}
+	}
+	log, err := newLogger(f.logLevel, f.logFormat)
+	if err != nil {
+		return &usageError{err.Error()}
+	}
+	peers, err := cluster.ParsePeers(f.peers)
+	if err != nil {
+		return &usageError{err.Error()}
+	}
+	switch {
+	case f.dev && len(peers) > 0:
+		return &usageError{"--dev runs one node; for a cluster give --peers and --insecure-auth-none instead"}
+	case f.dev && f.nodeID == "":
+		f.nodeID = "n1"
+	case !f.dev && f.nodeID == "":
+		return &usageError{"--node-id is required (or use --dev)"}
+	case !f.dev && len(peers) == 0:
+		return &usageError{"--peers is required outside --dev, e.g. --peers n1=127.0.0.1:4438,n2=127.0.0.2:4438,n3=127.0.0.3:4438"}
+	}
+	if _, ok := peers[f.nodeID]; !ok && len(peers) > 0 {
+		return &usageError{fmt.Sprintf("--peers does not list this node %q", f.nodeID)}
+	}
+	if err := os.MkdirAll(f.dataDir, 0o700); err != nil {
+		return err
+	}
+	tlsConf, caFile, err := serverTLS(&f)
+	if err != nil {
+		return err
+	}
+
+	node, err := cluster.New(cluster.Config{
+		NodeID:           f.nodeID,
+		DataDir:          f.dataDir,
+		RaftBind:         net.JoinHostPort(f.bind, strconv.Itoa(f.raftPort)),
+		Peers:            peers,
+		HeartbeatTimeout: f.heartbeat,
+		ElectionTimeout:  f.election,
+		ClockOffset:      f.clockOffset,
+		Logger:           log,
+	})
+	if err != nil {
+		return err
+	}
+	ws := transport.NewServer(node, transport.Options{Dev: f.dev || f.authNone, MaxFrame: f.maxFrame, Logger: log})
+	wsLn, err := net.Listen("tcp", net.JoinHostPort(f.bind, strconv.Itoa(f.port)))
+	if err != nil {
+		node.Shutdown()
+		return fmt.Errorf("listen for clients: %w", err)
+	}
+	healthLn, err := net.Listen("tcp", net.JoinHostPort(f.bind, strconv.Itoa(f.healthPort)))
+	if err != nil {
+		wsLn.Close()
+		node.Shutdown()
+		return fmt.Errorf("listen for health: %w", err)
+	}
+	health := &http.Server{Handler: transport.HealthHandler(node), ReadHeaderTimeout: 5 * time.Second}
+	errc := make(chan error, 2)
+	go func() { errc <- ws.Serve(tls.NewListener(wsLn, tlsConf)) }()
+	go func() {
+		if err := health.Serve(healthLn); !errors.Is(err, http.ErrServerClosed) {
+			errc <- err
+		}
+	}()
+	log.Info("mcpd serving", "node", f.nodeID, "ws", fmt.Sprintf("wss://%s/v1", wsLn.Addr()),
+		"health", "http://"+healthLn.Addr().String(), "raft", net.JoinHostPort(f.bind, strconv.Itoa(f.raftPort)), "ca", caFile, "dev", f.dev)
+
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+	var serveErr error
+	select {
+	case s := <-sig:
+		log.Info("shutting down", "signal", s.String())
+	case serveErr = <-errc:
+		log.Error("listener failed; shutting down", "err", serveErr)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	wsLn.Close()
+	ws.Shutdown(ctx)
+	if err := node.Shutdown(); err != nil {
+		log.Warn("raft shutdown", "err", err)
+	}
+	health.Close()
+	log.Info("stopped", "node", f.nodeID)
+	return serveErr
+}
+
+// serverTLS loads or creates the client-port TLS configuration.
+func serverTLS(f *serveFlags) (*tls.Config, string, error) {
+	if f.tlsCert != "" || f.tlsKey != "" {
+		cert, err := tls.LoadX509KeyPair(f.tlsCert, f.tlsKey)
+		if err != nil {
+			return nil, "", fmt.Errorf("load --tls-cert/--tls-key: %w", err)
+		}
+		return &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}}, "", nil
+	}
+	dir := f.tlsDir
+	if dir == "" {
+		dir = filepath.Join(f.dataDir, "tls")
+	}
+	hosts := []string{f.bind}
+	if h, err := os.Hostname(); err == nil {
+		hosts = append(hosts, h)
+	}
+	m, err := pki.EnsureDevCA(dir, hosts)
+	if err != nil {
+		return nil, "", fmt.Errorf("TLS material in %s: %w", dir, err)
+	}
+	return m.ServerTLS(), m.CAFile, nil
+}
+
+func newLogger(level, format string) (*slog.Logger, error) {
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(strings.ToUpper(level))); err != nil {
+		return nil, fmt.Errorf("--log-level: %v", err)
+	}
+	opts := &slog.HandlerOptions{Level: lvl}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(os.Stderr, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format must be text or json")
+}

@@ -1,0 +1,417 @@
+package fsm
+
+import (
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"github.com/mcpd/mcpd/queue"
+	bolt "go.etcd.io/bbolt"
+)
+
+var (
+	bucketMeta = []byte("meta")
+	keyApplied = []byte("applied") // index(8) term(8)
+	keyNow     = []byte("now")     // last applied command time, unix ms
+)
+
+// EffectSink receives, after each committed batch, the effects produced for
+// connections of the local node, in apply order. It is called from the
+// apply goroutine and must not block.
+type EffectSink func([]queue.Effect)
+
+// FSM applies committed log entries to state.db. Apply and ApplyBatch are
+// called by raft from one goroutine; Snapshot's Persist runs concurrently
+// with them on its own read transaction; the read helpers may be called
+// from any goroutine.
+type FSM struct {
+	path  string
+	local string
+
+	mu   sync.RWMutex // guards db against Restore swapping the file
+	db   *bolt.DB
+	sink atomic.Pointer[EffectSink]
+
+	// The write transaction of applied but not yet committed entries; see
+	// ApplyBatch. txMu serialises its use between the apply goroutine, the
+	// flusher and readers that need a fresh view.
+	txMu    sync.Mutex
+	tx      *bolt.Tx
+	txSince time.Time
+	txLogs  int
+	stop    chan struct{}
+	stopped chan struct{}
+
+	applied  atomic.Uint64
+	deadline atomic.Int64
+}
+
+var _ raft.BatchingFSM = (*FSM)(nil)
+
+// Open opens (or creates) state.db at path. local is the id of this node.
+func Open(path, local string) (*FSM, error) {
+	f := &FSM{path: path, local: local, stop: make(chan struct{}), stopped: make(chan struct{})}
+	if err := f.open(); err != nil {
+		return nil, err
+	}
+	go f.flusher()
+	return f, nil
+}
+
+func (f *FSM) open() error {
+	db, err := bolt.Open(f.path, 0o600, &bolt.Options{Timeout: 5 * time.Second, NoFreelistSync: true, FreelistType: bolt.FreelistMapType})
+	if err != nil {
+		return fmt.Errorf("open %s: %w", f.path, err)
+	}
+	var applied uint64
+	err = db.Update(func(tx *bolt.Tx) error {
+		meta, err := tx.CreateBucketIfNotExists(bucketMeta)
+		if err != nil {
+			return err
+		}
+		if v := meta.Get(keyApplied); len(v) >= 8 {
+			applied = binary.BigEndian.Uint64(v)
+		}
+		return queue.CreateBuckets(tx)
+	})
+	if err != nil {
+		db.Close()
+		return fmt.Errorf("init %s: %w", f.path, err)
+	}
+	f.db = db
+	f.applied.Store(applied)
+	f.refreshDeadline()
+	return nil
+}
+
+// Commit intervals of the pending write transaction.
+const (
+	flushInterval = 10 * time.Millisecond
+	flushLogs     = 4096
+)
+
+// flusher commits the pending transaction once it is flushInterval old.
+func (f *FSM) flusher() {
+	defer close(f.stopped)
+	t := time.NewTicker(flushInterval / 2)
+	defer t.Stop()
+	for {
+		select {
+		case <-f.stop:
+			return
+		case <-t.C:
+		}
+		f.txMu.Lock()
+		if f.tx != nil && time.Since(f.txSince) >= flushInterval {
+			f.commitLocked()
+		}
+		f.txMu.Unlock()
+	}
+}
+
+// commitLocked commits the pending transaction. The Raft log is durable,
+// so a failure here would leave the replica behind what it acknowledged:
+// it stops the process instead.
+func (f *FSM) commitLocked() {
+	if f.tx == nil {
+		return
+	}
+	if err := f.tx.Commit(); err != nil {
+		panic(fmt.Sprintf("fsm: commit state.db: %v", err))
+	}
+	f.tx = nil
+	f.txLogs = 0
+}
+
+// Flush commits everything applied so far to state.db.
+func (f *FSM) Flush() {
+	f.txMu.Lock()
+	f.commitLocked()
+	f.txMu.Unlock()
+}
+
+// SetSink installs the receiver of local effects.
+func (f *FSM) SetSink(s EffectSink) { f.sink.Store(&s) }
+
+// AppliedIndex is the index of the last log entry reflected in state.db.
+func (f *FSM) AppliedIndex() uint64 { return f.applied.Load() }
+
+// NextDeadline is the earliest time (unix ms) at which an expiry is due,
+// or 0 when nothing is pending.
+func (f *FSM) NextDeadline() int64 { return f.deadline.Load() }
+
+func (f *FSM) refreshDeadline() {
+	_ = f.db.View(func(tx *bolt.Tx) error {
+		f.deadline.Store(queue.NextDeadline(tx))
+		return nil
+	})
+}
+
+// View runs fn in a read transaction that sees every applied entry.
+func (f *FSM) View(fn func(tx *bolt.Tx) error) error {
+	f.Flush()
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.db.View(fn)
+}
+
+// Close commits what was applied and closes state.db.
+func (f *FSM) Close() error {
+	select {
+	case <-f.stop:
+	default:
+		close(f.stop)
+	}
+	<-f.stopped
+	f.Flush()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.db.Close()
+}
+
+// Apply implements raft.FSM for a single entry.
+func (f *FSM) Apply(l *raft.Log) interface{} {
+	return f.ApplyBatch([]*raft.Log{l})[0]
+}
+
+// ApplyBatch implements raft.BatchingFSM. Entries are applied to a write
+// transaction that also records the applied index; the transaction is
+// committed every flushInterval or flushLogs entries (and before a
+// snapshot or a read), not per batch: the Raft log already holds every
+// committed entry durably, and after a crash the entries after the
+// committed applied index are applied again from it. Entries at or below
+// the stored index were applied before and are skipped.
+func (f *FSM) ApplyBatch(logs []*raft.Log) []interface{} {
+	out := make([]interface{}, len(logs))
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	f.txMu.Lock()
+	effects, err := func() (effects []queue.Effect, err error) {
+		defer func() {
+			if r := recover(); r != nil {
+				err = fmt.Errorf("%v", r)
+			}
+		}()
+		return f.applyLocked(logs)
+	}()
+	if err != nil {
+		// Nothing of this batch may reach state.db.
+		if f.tx != nil {
+			_ = f.tx.Rollback()
+			f.tx, f.txLogs = nil, 0
+		}
+		_ = f.db.View(func(tx *bolt.Tx) error {
+			if v := tx.Bucket(bucketMeta).Get(keyApplied); len(v) >= 8 {
+				f.applied.Store(binary.BigEndian.Uint64(v))
+			}
+			return nil
+		})
+		f.txMu.Unlock()
+		panic(fmt.Sprintf("fsm: %v", err))
+	}
+	if f.txLogs >= flushLogs {
+		f.commitLocked()
+	}
+	f.txMu.Unlock()
+	if s := f.sink.Load(); s != nil && len(effects) > 0 {
+		(*s)(effects)
+	}
+	return out
+}
+
+func (f *FSM) applyLocked(logs []*raft.Log) ([]queue.Effect, error) {
+	applied := f.applied.Load()
+	var last *raft.Log
+	for _, l := range logs {
+		if l.Index > applied {
+			last = l
+		}
+	}
+	if last == nil {
+		return nil, nil
+	}
+	if f.tx == nil {
+		tx, err := f.db.Begin(true)
+		if err != nil {
+			return nil, fmt.Errorf("begin state.db transaction: %w", err)
+		}
+		f.tx, f.txSince = tx, time.Now()
+	}
+	tx := f.tx
+	meta := tx.Bucket(bucketMeta)
+	var now int64
+	if v := meta.Get(keyNow); len(v) == 8 {
+		now = int64(binary.BigEndian.Uint64(v))
+	}
+	var effects []queue.Effect
+	for _, l := range logs {
+		if l.Index <= applied || l.Type != raft.LogCommand {
+			continue
+		}
+		e, err := DecodeEntry(l.Data)
+		if err != nil {
+			// Applying a damaged entry would make this replica diverge.
+			return nil, fmt.Errorf("log entry %d: %v", l.Index, err)
+		}
+		now = max(now, e.Time)
+		effects = f.applyEntry(tx, now, e, effects)
+	}
+	var idx [16]byte
+	binary.BigEndian.PutUint64(idx[:8], last.Index)
+	binary.BigEndian.PutUint64(idx[8:], last.Term)
+	if err := meta.Put(keyApplied, idx[:]); err != nil {
+		return nil, err
+	}
+	var ts [8]byte
+	binary.BigEndian.PutUint64(ts[:], uint64(now))
+	if err := meta.Put(keyNow, ts[:]); err != nil {
+		return nil, err
+	}
+	f.txLogs += len(logs)
+	f.deadline.Store(queue.NextDeadline(tx))
+	f.applied.Store(last.Index)
+	return effects, nil
+}
+
+// applyEntry applies one entry's commands in order. Expiries due at the
+// entry's time run first, so every replica sees them at the same point.
+func (f *FSM) applyEntry(tx *bolt.Tx, now int64, e *Entry, effects []queue.Effect) []queue.Effect {
+	t := queue.NewTx(tx, now, f.local)
+	t.Effects = effects
+	if err := t.Expire(); err != nil {
+		panic(fmt.Sprintf("fsm: expire at %d: %v", now, err))
+	}
+	if err := t.Finish(); err != nil {
+		panic(fmt.Sprintf("fsm: dispatch at %d: %v", now, err))
+	}
+	for i := range e.Cmds {
+		c := &e.Cmds[i]
+		h, ok := handlers[c.Type]
+		if !ok {
+			panic(fmt.Sprintf("fsm: unknown command type %d", c.Type))
+		}
+		res, err := h(t, c.Body)
+		if err != nil && !isBusiness(err) {
+			panic(fmt.Sprintf("fsm: command type %d: %v", c.Type, err))
+		}
+		if c.Conn != "" && queue.ConnNode(c.Conn) == f.local {
+			if err != nil {
+				res = nil
+			}
+			// The reply precedes the deliveries this command makes.
+			t.Effects = append(t.Effects, &Reply{Conn: c.Conn, Req: c.Req, Err: err, Result: res})
+		}
+		if err := t.Finish(); err != nil {
+			panic(fmt.Sprintf("fsm: dispatch after command type %d: %v", c.Type, err))
+		}
+	}
+	return t.Effects
+}
+
+func isBusiness(err error) bool {
+	for _, s := range []error{queue.ErrNotFound, queue.ErrFull, queue.ErrConflict, queue.ErrBadRequest, queue.ErrForbidden} {
+		if errors.Is(err, s) {
+			return true
+		}
+	}
+	return false
+}
+
+// Digest is a SHA-256 over every bucket's keys and values in order: equal
+// digests mean equal logical state.
+func (f *FSM) Digest() ([32]byte, error) {
+	h := sha256.New()
+	err := f.View(func(tx *bolt.Tx) error {
+		return tx.ForEach(func(name []byte, b *bolt.Bucket) error {
+			fmt.Fprintf(h, "bucket %q\n", name)
+			return b.ForEach(func(k, v []byte) error {
+				fmt.Fprintf(h, "%x=%x\n", k, v)
+				return nil
+			})
+		})
+	})
+	var sum [32]byte
+	copy(sum[:], h.Sum(nil))
+	return sum, err
+}
+
+// Snapshot implements raft.FSM: it opens a read transaction, which Persist
+// streams out as a consistent copy of state.db while Apply goes on.
+func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
+	// raft calls Snapshot between applies; the snapshot must contain every
+	// entry applied so far.
+	f.Flush()
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	tx, err := f.db.Begin(false)
+	if err != nil {
+		return nil, err
+	}
+	return &snapshot{tx: tx}, nil
+}
+
+type snapshot struct{ tx *bolt.Tx }
+
+func (s *snapshot) Persist(sink raft.SnapshotSink) error {
+	if _, err := s.tx.WriteTo(sink); err != nil {
+		sink.Cancel()
+		return err
+	}
+	return sink.Close()
+}
+
+func (s *snapshot) Release() { _ = s.tx.Rollback() }
+
+// Restore implements raft.FSM: it writes the snapshot to a temporary file,
+// checks that it opens as a bbolt database, and swaps it in place of
+// state.db.
+func (f *FSM) Restore(rc io.ReadCloser) error {
+	defer rc.Close()
+	tmp := f.path + ".restore"
+	out, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, rc); err != nil {
+		out.Close()
+		os.Remove(tmp)
+		return fmt.Errorf("restore: copy snapshot: %w", err)
+	}
+	if err := out.Sync(); err != nil {
+		out.Close()
+		return err
+	}
+	if err := out.Close(); err != nil {
+		return err
+	}
+	check, err := bolt.Open(tmp, 0o600, &bolt.Options{Timeout: time.Second, ReadOnly: true})
+	if err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("restore: snapshot is not a state database: %w", err)
+	}
+	check.Close()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.txMu.Lock()
+	if f.tx != nil {
+		// Superseded by the snapshot.
+		_ = f.tx.Rollback()
+		f.tx = nil
+		f.txLogs = 0
+	}
+	f.txMu.Unlock()
+	if err := f.db.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, f.path); err != nil {
+		return err
+	}
+	return f.open()
+}

@@ -1,0 +1,278 @@
+// Package testcluster runs in-process mcpd clusters for tests: N nodes on
+// loopback with ports from :0, fast Raft timeouts, dev authentication, and
+// a WebSocket server per node that the client package can dial.
+package testcluster
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/mcpd/mcpd/client"
+	"github.com/mcpd/mcpd/cluster"
+	"github.com/mcpd/mcpd/pki"
+	"github.com/mcpd/mcpd/transport"
+)
+
+// Node is one member of a test cluster.
+type Node struct {
+	ID      string
+	DataDir string
+	Node    *cluster.Node
+	WS      *transport.Server
+	URL     string
+
+	raftAddr string
+	wsLn     net.Listener
+	stopped  bool
+}
+
+// Cluster is a running test cluster.
+type Cluster struct {
+	t     testing.TB
+	Nodes []*Node
+	TLS   *pki.Material
+	peers map[string]string
+	opt   Options
+}
+
+// Options tune a test cluster.
+type Options struct {
+	// TransportOptions apply to every node's WebSocket server.
+	Transport transport.Options
+	// Logger defaults to a quiet logger (warnings and errors only, to stderr
+	// when MCPD_TEST_LOG is set).
+	Logger *slog.Logger
+}
+
+// Start runs n nodes and waits until they elect a leader.
+func Start(t testing.TB, n int, opt Options) *Cluster {
+	t.Helper()
+	if opt.Logger == nil {
+		level := slog.LevelError + 4
+		if os.Getenv("MCPD_TEST_LOG") != "" {
+			level = slog.LevelDebug
+		}
+		opt.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	}
+	root := t.TempDir()
+	m, err := pki.EnsureDevCA(filepath.Join(root, "tls"), []string{"127.0.0.1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &Cluster{t: t, TLS: m, peers: map[string]string{}, opt: opt}
+	lns := make([]net.Listener, n)
+	for i := range n {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		lns[i] = ln
+		id := fmt.Sprintf("n%d", i+1)
+		c.peers[id] = ln.Addr().String()
+		c.Nodes = append(c.Nodes, &Node{ID: id, DataDir: filepath.Join(root, id), raftAddr: ln.Addr().String()})
+	}
+	for i, nd := range c.Nodes {
+		c.startNode(nd, lns[i])
+	}
+	t.Cleanup(c.Stop)
+	c.WaitLeader()
+	return c
+}
+
+func (c *Cluster) startNode(nd *Node, raftLn net.Listener) {
+	c.t.Helper()
+	if raftLn == nil {
+		var err error
+		// The port was ours before; it is free again after the stop.
+		if raftLn, err = net.Listen("tcp", nd.raftAddr); err != nil {
+			c.t.Fatalf("relisten %s: %v", nd.raftAddr, err)
+		}
+	}
+	node, err := cluster.New(cluster.Config{
+		NodeID:           nd.ID,
+		DataDir:          nd.DataDir,
+		RaftListener:     raftLn,
+		Peers:            c.peers,
+		HeartbeatTimeout: 300 * time.Millisecond,
+		ElectionTimeout:  300 * time.Millisecond,
+		SubmitTimeout:    5 * time.Second,
+		Logger:           c.opt.Logger.With("node", nd.ID),
+	})
+	if err != nil {
+		c.t.Fatalf("start %s: %v", nd.ID, err)
+	}
+	to := c.opt.Transport
+	to.Dev = true
+	to.Logger = c.opt.Logger.With("node", nd.ID)
+	ws := transport.NewServer(node, to)
+	addr := "127.0.0.1:0"
+	if nd.URL != "" {
+		addr = nd.wsLn.Addr().String()
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		c.t.Fatalf("listen ws: %v", err)
+	}
+	go ws.Serve(tls.NewListener(ln, c.TLS.ServerTLS()))
+	nd.Node, nd.WS, nd.wsLn, nd.stopped = node, ws, ln, false
+	nd.URL = fmt.Sprintf("wss://%s/v1", ln.Addr())
+}
+
+// Stop shuts every running node down.
+func (c *Cluster) Stop() {
+	for _, nd := range c.Nodes {
+		c.StopNode(nd)
+	}
+}
+
+// StopNode shuts one node down gracefully (a leader hands over first).
+func (c *Cluster) StopNode(nd *Node) {
+	if nd.stopped {
+		return
+	}
+	nd.stopped = true
+	nd.wsLn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	nd.WS.Shutdown(ctx)
+	nd.Node.Shutdown()
+}
+
+// RestartNode starts a stopped node again on the same ports and data.
+func (c *Cluster) RestartNode(nd *Node) {
+	c.t.Helper()
+	c.startNode(nd, nil)
+}
+
+// Leader waits for a leader among the running nodes and returns it.
+func (c *Cluster) WaitLeader() *Node {
+	c.t.Helper()
+	var leader *Node
+	WaitFor(c.t, 20*time.Second, func() bool {
+		for _, nd := range c.Nodes {
+			if !nd.stopped && nd.Node.IsLeader() {
+				leader = nd
+				return true
+			}
+		}
+		return false
+	})
+	return leader
+}
+
+// Followers returns the running nodes that do not lead.
+func (c *Cluster) Followers() []*Node {
+	var out []*Node
+	for _, nd := range c.Nodes {
+		if !nd.stopped && !nd.Node.IsLeader() {
+			out = append(out, nd)
+		}
+	}
+	return out
+}
+
+// URLs lists the WebSocket URLs of the running nodes.
+func (c *Cluster) URLs() []string {
+	var out []string
+	for _, nd := range c.Nodes {
+		if !nd.stopped {
+			out = append(out, nd.URL)
+		}
+	}
+	return out
+}
+
+// Dial connects a dev-authenticated client to the given URLs.
+func (c *Cluster) Dial(agent string, urls ...string) *client.Client {
+	c.t.Helper()
+	if len(urls) == 0 {
+		urls = c.URLs()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cl, err := client.Dial(ctx, client.Options{URLs: urls, Agent: agent, TLSConfig: c.TLS.ClientTLS()})
+	if err != nil {
+		c.t.Fatalf("dial %v: %v", urls, err)
+	}
+	c.t.Cleanup(func() { cl.Close() })
+	return cl
+}
+
+// WaitApplied waits until every running node has applied the same index as
+// the leader's last one.
+func (c *Cluster) WaitApplied() {
+	c.t.Helper()
+	WaitFor(c.t, 20*time.Second, func() bool {
+		var want uint64
+		for _, nd := range c.Nodes {
+			if !nd.stopped {
+				want = max(want, nd.Node.Raft().LastIndex())
+			}
+		}
+		for _, nd := range c.Nodes {
+			if !nd.stopped && nd.Node.FSM().AppliedIndex() < want {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+// WaitFor polls cond every 10ms until it holds or the timeout passes.
+func WaitFor(t testing.TB, timeout time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("condition not met within %v", timeout)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// Digests returns each running node's state digest and applied index.
+func (c *Cluster) Digests() ([]string, []uint64) {
+	var ds []string
+	var idx []uint64
+	for _, nd := range c.Nodes {
+		if nd.stopped {
+			continue
+		}
+		d, err := nd.Node.FSM().Digest()
+		if err != nil {
+			c.t.Fatal(err)
+		}
+		ds = append(ds, fmt.Sprintf("%x", d))
+		idx = append(idx, nd.Node.FSM().AppliedIndex())
+	}
+	return ds, idx
+}
+
+// WaitConverged waits until every running node has the same applied index
+// and the same state digest.
+func (c *Cluster) WaitConverged() {
+	c.t.Helper()
+	c.WaitApplied()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		ds, idx := c.Digests()
+		same := true
+		for i := range ds {
+			same = same && ds[i] == ds[0] && idx[i] == idx[0]
+		}
+		if same {
+			return
+		}
+		if time.Now().After(deadline) {
+			c.t.Fatalf("replicas did not converge: digests %v, applied %v", ds, idx)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

@@ -1,0 +1,493 @@
+package queue
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+)
+
+// ConsumeArgs opens a consumer for a connection.
+type ConsumeArgs struct {
+	Queue    string `msgpack:"q"`
+	Conn     string `msgpack:"c"`
+	Prefetch int    `msgpack:"p"`
+	LeaseMs  int64  `msgpack:"l"`
+}
+
+// Consume registers a consumer and returns its id. Deliveries follow in the
+// same command's effects, after the reply.
+func (t *Tx) Consume(a ConsumeArgs) (uint64, error) {
+	if a.Prefetch < 1 || a.LeaseMs < 1 {
+		return 0, fmt.Errorf("%w: prefetch and lease_ms must be positive", ErrBadRequest)
+	}
+	if _, err := t.ensureQueue(a.Queue); err != nil {
+		return 0, err
+	}
+	id, err := t.nextID("consumer")
+	if err != nil {
+		return 0, err
+	}
+	c := &consumerRec{Queue: a.Queue, Node: ConnNode(a.Conn), Conn: a.Conn, Prefetch: a.Prefetch, LeaseMs: a.LeaseMs}
+	if err := put(t.b(bucketConsumers), u64(id), c); err != nil {
+		return 0, err
+	}
+	if err := t.b(bucketQCons).Put(qkey(a.Queue, id), nil); err != nil {
+		return 0, err
+	}
+	t.markDirty(a.Queue)
+	return id, nil
+}
+
+// dispatch leases ready messages of a queue to its consumers with spare
+// capacity, round-robin in consumer id order starting after the last one
+// served, highest priority then lowest seq first.
+func (t *Tx) dispatch(name string) error {
+	q, err := t.loadQueue(name)
+	if err != nil || q == nil || q.Ready == 0 {
+		return err
+	}
+	ids, recs, err := t.queueConsumers(name)
+	if err != nil || len(ids) == 0 {
+		return err
+	}
+	// Start after the consumer served last.
+	start := 0
+	for i, id := range ids {
+		if id > q.RR {
+			start = i
+			break
+		}
+	}
+	ready := t.b(bucketReady).Cursor()
+	p := prefix(name)
+	idle := 0
+	for i := start; q.Ready > 0 && idle < len(ids); i = (i + 1) % len(ids) {
+		c := recs[i]
+		if c.Inflight >= c.Prefetch {
+			idle++
+			continue
+		}
+		idle = 0
+		k, _ := ready.Seek(p)
+		if k == nil || !hasPrefix(k, p) {
+			return fmt.Errorf("queue %q counts %d ready messages but has none", name, q.Ready)
+		}
+		seq := binary.BigEndian.Uint64(k[len(p)+1:])
+		if err := ready.Delete(); err != nil {
+			return err
+		}
+		q.Ready--
+		if err := t.lease(name, q, seq, ids[i], c); err != nil {
+			return err
+		}
+		q.RR = ids[i]
+	}
+	for i, id := range ids {
+		if err := put(t.b(bucketConsumers), u64(id), recs[i]); err != nil {
+			return err
+		}
+	}
+	return t.saveQueue(name, q)
+}
+
+func (t *Tx) queueConsumers(name string) ([]uint64, []*consumerRec, error) {
+	var ids []uint64
+	var recs []*consumerRec
+	c := t.b(bucketQCons).Cursor()
+	p := prefix(name)
+	for k, _ := c.Seek(p); k != nil && hasPrefix(k, p); k, _ = c.Next() {
+		id := binary.BigEndian.Uint64(k[len(p):])
+		rec := &consumerRec{}
+		if ok, err := get(t.b(bucketConsumers), u64(id), rec); err != nil || !ok {
+			return nil, nil, fmt.Errorf("consumer %d of %q: missing record (%v)", id, name, err)
+		}
+		ids = append(ids, id)
+		recs = append(recs, rec)
+	}
+	return ids, recs, nil
+}
+
+// lease hands message seq (already out of the ready set) to consumer c.
+func (t *Tx) lease(name string, q *queueRec, seq, cid uint64, c *consumerRec) error {
+	k := qkey(name, seq)
+	m := &msgRec{}
+	if ok, err := get(t.b(bucketMsgs), k, m); err != nil || !ok {
+		return fmt.Errorf("ready message %s/%d has no record (%v)", name, seq, err)
+	}
+	m.State = StateInflight
+	m.Attempts++
+	m.Consumer = cid
+	m.Conn = c.Conn
+	m.LeaseUntil = t.now + c.LeaseMs
+	c.Inflight++
+	q.Inflight++
+	if err := put(t.b(bucketMsgs), k, m); err != nil {
+		return err
+	}
+	if err := t.b(bucketTimers).Put(timerKey(m.LeaseUntil, name, seq), nil); err != nil {
+		return err
+	}
+	if err := t.b(bucketByConn).Put(connKey(c.Conn, name, seq), nil); err != nil {
+		return err
+	}
+	if t.isLocal(c.Conn) {
+		body := t.b(bucketBodies).Get(k)
+		t.Effects = append(t.Effects, &Delivery{
+			Conn: c.Conn, Consumer: cid, Queue: name, Seq: seq, Attempt: m.Attempts,
+			LeaseUntil: m.LeaseUntil, Msg: append([]byte(nil), body...), Dead: m.Dead,
+		})
+	}
+	return nil
+}
+
+// SettleArgs names one delivery: ack, nack, reject and extend use it.
+type SettleArgs struct {
+	Queue   string `msgpack:"q"`
+	Seq     uint64 `msgpack:"s"`
+	Attempt int    `msgpack:"a"`
+	Conn    string `msgpack:"c"`
+	DelayMs *int64 `msgpack:"d,omitempty"` // nack
+	Reason  string `msgpack:"r,omitempty"` // reject
+	LeaseMs int64  `msgpack:"l,omitempty"` // extend
+}
+
+// leased loads a delivery that is currently leased to conn with that attempt.
+func (t *Tx) leased(a SettleArgs) (*queueRec, *msgRec, error) {
+	m := &msgRec{}
+	ok, err := get(t.b(bucketMsgs), qkey(a.Queue, a.Seq), m)
+	if err != nil {
+		return nil, nil, err
+	}
+	if !ok || m.State != StateInflight || m.Attempts != a.Attempt || m.Conn != a.Conn {
+		return nil, nil, ErrNotFound
+	}
+	q, err := t.loadQueue(a.Queue)
+	if err != nil {
+		return nil, nil, err
+	}
+	if q == nil {
+		return nil, nil, fmt.Errorf("leased message %s/%d has no queue", a.Queue, a.Seq)
+	}
+	return q, m, nil
+}
+
+// unlease removes a message's lease bookkeeping (timer, connection index,
+// consumer capacity); the caller decides where the message goes next.
+func (t *Tx) unlease(name string, q *queueRec, seq uint64, m *msgRec) error {
+	if err := t.b(bucketTimers).Delete(timerKey(m.LeaseUntil, name, seq)); err != nil {
+		return err
+	}
+	if err := t.b(bucketByConn).Delete(connKey(m.Conn, name, seq)); err != nil {
+		return err
+	}
+	c := &consumerRec{}
+	if ok, err := get(t.b(bucketConsumers), u64(m.Consumer), c); err != nil {
+		return err
+	} else if ok {
+		c.Inflight--
+		if err := put(t.b(bucketConsumers), u64(m.Consumer), c); err != nil {
+			return err
+		}
+		t.markDirty(c.Queue)
+	}
+	q.Inflight--
+	m.Consumer, m.Conn, m.LeaseUntil = 0, "", 0
+	return nil
+}
+
+// Ack removes a delivered message for good.
+func (t *Tx) Ack(a SettleArgs) error {
+	q, m, err := t.leased(a)
+	if err != nil {
+		return err
+	}
+	if err := t.unlease(a.Queue, q, a.Seq, m); err != nil {
+		return err
+	}
+	k := qkey(a.Queue, a.Seq)
+	if err := t.b(bucketMsgs).Delete(k); err != nil {
+		return err
+	}
+	if err := t.b(bucketBodies).Delete(k); err != nil {
+		return err
+	}
+	return t.saveQueue(a.Queue, q)
+}
+
+// Nack ends an attempt as failed; the message is retried after DelayMs when
+// given, else after the queue's backoff, or dead-lettered after its last
+// allowed attempt.
+func (t *Tx) Nack(a SettleArgs) error {
+	q, m, err := t.leased(a)
+	if err != nil {
+		return err
+	}
+	if err := t.fail(a.Queue, q, a.Seq, m, a.DelayMs); err != nil {
+		return err
+	}
+	return t.saveQueue(a.Queue, q)
+}
+
+// Reject moves a delivered message to its dead-letter queue.
+func (t *Tx) Reject(a SettleArgs) error {
+	q, m, err := t.leased(a)
+	if err != nil {
+		return err
+	}
+	if err := t.unlease(a.Queue, q, a.Seq, m); err != nil {
+		return err
+	}
+	reason := "rejected"
+	if a.Reason != "" {
+		reason = "rejected: " + a.Reason
+	}
+	if err := t.deadLetter(a.Queue, q, a.Seq, m, reason); err != nil {
+		return err
+	}
+	return t.saveQueue(a.Queue, q)
+}
+
+// Extend moves a lease's end to now + LeaseMs, never earlier than before.
+func (t *Tx) Extend(a SettleArgs) (int64, error) {
+	_, m, err := t.leased(a)
+	if err != nil {
+		return 0, err
+	}
+	until := t.now + a.LeaseMs
+	if until <= m.LeaseUntil {
+		return m.LeaseUntil, nil
+	}
+	timers := t.b(bucketTimers)
+	if err := timers.Delete(timerKey(m.LeaseUntil, a.Queue, a.Seq)); err != nil {
+		return 0, err
+	}
+	m.LeaseUntil = until
+	if err := timers.Put(timerKey(until, a.Queue, a.Seq), nil); err != nil {
+		return 0, err
+	}
+	return until, put(t.b(bucketMsgs), qkey(a.Queue, a.Seq), m)
+}
+
+// fail records a failed attempt of a leased message. delay overrides the
+// backoff schedule (a nack's delay_ms; zero for a closed connection).
+func (t *Tx) fail(name string, q *queueRec, seq uint64, m *msgRec, delay *int64) error {
+	if err := t.unlease(name, q, seq, m); err != nil {
+		return err
+	}
+	m.Failures++
+	if m.Attempts >= q.Settings.MaxAttempts {
+		return t.deadLetter(name, q, seq, m, "max_attempts")
+	}
+	var d int64
+	switch {
+	case delay != nil:
+		d = *delay
+	case len(q.Settings.BackoffMs) > 0:
+		i := min(m.Failures, len(q.Settings.BackoffMs)) - 1
+		d = q.Settings.BackoffMs[i]
+	}
+	return t.makeWaiting(name, q, seq, m, d)
+}
+
+// deadLetter moves an unleased message to the queue's dead-letter queue with
+// the unchanged envelope. A message already dead (a DLQ's own failures)
+// keeps its original origin.
+func (t *Tx) deadLetter(name string, q *queueRec, seq uint64, m *msgRec, reason string) error {
+	k := qkey(name, seq)
+	env := append([]byte(nil), t.b(bucketBodies).Get(k)...)
+	if err := t.b(bucketMsgs).Delete(k); err != nil {
+		return err
+	}
+	if err := t.b(bucketBodies).Delete(k); err != nil {
+		return err
+	}
+	q.Dead++
+	dead := &DeadInfo{Queue: name, Seq: seq, Reason: reason, Attempts: m.Attempts}
+	if m.Dead != nil {
+		dead.Queue, dead.Seq = m.Dead.Queue, m.Dead.Seq
+	}
+	dlqName := q.Settings.DLQ
+	dlq, err := t.ensureQueue(dlqName)
+	if err != nil {
+		return err
+	}
+	if _, err := t.store(dlqName, dlq, env, m.Pri, 0, dead); err != nil {
+		return err
+	}
+	return t.saveQueue(dlqName, dlq)
+}
+
+// CancelArgs stops a consumer of a connection.
+type CancelArgs struct {
+	Consumer uint64 `msgpack:"id"`
+	Conn     string `msgpack:"c"`
+}
+
+// Cancel stops new deliveries to a consumer. Deliveries already made stay
+// leased to the connection and may still be settled.
+func (t *Tx) Cancel(a CancelArgs) error {
+	c := &consumerRec{}
+	ok, err := get(t.b(bucketConsumers), u64(a.Consumer), c)
+	if err != nil {
+		return err
+	}
+	if !ok || c.Conn != a.Conn {
+		return ErrNotFound
+	}
+	if err := t.b(bucketConsumers).Delete(u64(a.Consumer)); err != nil {
+		return err
+	}
+	return t.b(bucketQCons).Delete(qkey(c.Queue, a.Consumer))
+}
+
+// ConnClosed ends everything a connection held: its consumers and
+// subscriptions go away and its leases are released at once, each a failed
+// attempt.
+func (t *Tx) ConnClosed(conn string) error {
+	// Consumers and subscriptions of the connection.
+	for _, bucket := range [][]byte{bucketConsumers, bucketSubs} {
+		var ids [][]byte
+		err := t.b(bucket).ForEach(func(k, v []byte) error {
+			var owner struct {
+				Conn string `msgpack:"c"`
+			}
+			if _, err := get(t.b(bucket), k, &owner); err != nil {
+				return err
+			}
+			if owner.Conn == conn {
+				ids = append(ids, append([]byte(nil), k...))
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		for _, k := range ids {
+			if bytes.Equal(bucket, bucketConsumers) {
+				if err := t.Cancel(CancelArgs{Consumer: binary.BigEndian.Uint64(k), Conn: conn}); err != nil {
+					return err
+				}
+			} else if err := t.b(bucketSubs).Delete(k); err != nil {
+				return err
+			}
+		}
+	}
+	// Leases held by the connection.
+	var leases [][]byte
+	c := t.b(bucketByConn).Cursor()
+	p := prefix(conn)
+	for k, _ := c.Seek(p); k != nil && hasPrefix(k, p); k, _ = c.Next() {
+		leases = append(leases, append([]byte(nil), k[len(p):]...))
+	}
+	zero := int64(0)
+	for _, k := range leases {
+		name, seq := splitQKey(k)
+		if err := t.expireLease(name, seq, &zero); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// NodeStarted ends the connections a node held before it restarted: every
+// consumer, subscription and lease whose connection belongs to node but not
+// to its current epoch.
+func (t *Tx) NodeStarted(node string, epoch uint64) error {
+	current := fmt.Sprintf("%s/%d/", node, epoch)
+	seen := map[string]bool{}
+	var conns []string
+	collect := func(conn string) {
+		if ConnNode(conn) == node && !hasPrefix([]byte(conn), []byte(current)) && !seen[conn] {
+			seen[conn] = true
+			conns = append(conns, conn)
+		}
+	}
+	for _, bucket := range [][]byte{bucketConsumers, bucketSubs} {
+		err := t.b(bucket).ForEach(func(k, v []byte) error {
+			var owner struct {
+				Conn string `msgpack:"c"`
+			}
+			if _, err := get(t.b(bucket), k, &owner); err != nil {
+				return err
+			}
+			collect(owner.Conn)
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+	}
+	c := t.b(bucketByConn).Cursor()
+	p := []byte(node + "/")
+	for k, _ := c.Seek(p); k != nil && hasPrefix(k, p); k, _ = c.Next() {
+		collect(string(k[:bytes.IndexByte(k, 0)]))
+	}
+	for _, conn := range conns {
+		if err := t.ConnClosed(conn); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// expireLease ends the lease of a message as a failed attempt.
+func (t *Tx) expireLease(name string, seq uint64, delay *int64) error {
+	q, err := t.loadQueue(name)
+	if err != nil {
+		return err
+	}
+	m := &msgRec{}
+	if ok, err := get(t.b(bucketMsgs), qkey(name, seq), m); err != nil || !ok || q == nil {
+		return fmt.Errorf("lease of %s/%d has no message (%v)", name, seq, err)
+	}
+	if err := t.fail(name, q, seq, m, delay); err != nil {
+		return err
+	}
+	return t.saveQueue(name, q)
+}
+
+// Expire processes every timer due at the transaction's time: delayed
+// messages become ready and lapsed leases count as failed attempts. It
+// also forgets dedup entries older than the window.
+func (t *Tx) Expire() error {
+	type due struct {
+		name string
+		seq  uint64
+		key  []byte
+	}
+	var todo []due
+	c := t.b(bucketTimers).Cursor()
+	for k, _ := c.First(); k != nil && int64(binary.BigEndian.Uint64(k)) <= t.now; k, _ = c.Next() {
+		todo = append(todo, due{name: string(k[16:]), seq: binary.BigEndian.Uint64(k[8:16]), key: append([]byte(nil), k...)})
+	}
+	for _, d := range todo {
+		m := &msgRec{}
+		if ok, err := get(t.b(bucketMsgs), qkey(d.name, d.seq), m); err != nil || !ok {
+			return fmt.Errorf("timer for %s/%d has no message (%v)", d.name, d.seq, err)
+		}
+		switch m.State {
+		case StateDelayed:
+			q, err := t.loadQueue(d.name)
+			if err != nil {
+				return err
+			}
+			if err := t.b(bucketTimers).Delete(d.key); err != nil {
+				return err
+			}
+			q.Delayed--
+			if err := t.makeWaiting(d.name, q, d.seq, m, 0); err != nil {
+				return err
+			}
+			if err := t.saveQueue(d.name, q); err != nil {
+				return err
+			}
+		case StateInflight:
+			if err := t.expireLease(d.name, d.seq, nil); err != nil {
+				return err
+			}
+		default:
+			return fmt.Errorf("timer for %s/%d in state %d", d.name, d.seq, m.State)
+		}
+	}
+	return t.dedupExpire()
+}
