@@ -103,7 +103,10 @@ func (n *Node) propose(batch []*pending) {
 		if err != nil {
 			done <- err
 		} else {
-			go func() { done <- wait() }()
+			go func() {
+				_, err := wait()
+				done <- err
+			}()
 		}
 	} else if addr, id := n.raft.LeaderWithID(); id != "" {
 		fwd = n.fwd.send(string(addr), cmds)
@@ -162,8 +165,9 @@ func (n *Node) finish(batch []*pending, err error) {
 
 // applyLeader appends an entry with the given commands to the log, stamped
 // with the leader's clock (never earlier than an earlier stamp). The
-// returned function waits until the entry is applied here.
-func (n *Node) applyLeader(cmds []fsm.Command) (func() error, error) {
+// returned function waits until the entry is applied here and returns the
+// replies of its commands.
+func (n *Node) applyLeader(cmds []fsm.Command) (func() ([]*fsm.Reply, error), error) {
 	if !n.IsLeader() {
 		return nil, fmt.Errorf("%w: not the leader", ErrUnavailable)
 	}
@@ -182,7 +186,13 @@ func (n *Node) applyLeader(cmds []fsm.Command) (func() error, error) {
 		return nil, err
 	}
 	f := n.raft.Apply(data, 10*time.Second)
-	return func() error { return mapRaftError(f.Error()) }, nil
+	return func() ([]*fsm.Reply, error) {
+		if err := f.Error(); err != nil {
+			return nil, mapRaftError(err)
+		}
+		replies, _ := f.Response().([]*fsm.Reply)
+		return replies, nil
+	}, nil
 }
 
 func mapRaftError(err error) error {

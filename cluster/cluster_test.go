@@ -2,6 +2,10 @@ package cluster_test
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -72,4 +76,117 @@ func Test_Cluster_WritesThroughFollowers(t *testing.T) {
 	}
 	// Ticks may still be in flight; the replicas must converge.
 	c.WaitConverged()
+}
+
+func Test_Cluster_LeaderLossDuringEnqueue(t *testing.T) {
+	c := testcluster.Start(t, 3, testcluster.Options{})
+	leader := c.WaitLeader()
+	producer := c.Dial("producer")
+	const workers, per = 4, 100
+	var (
+		mu    sync.Mutex
+		acked = map[string]bool{}
+		count atomic.Int64
+		wg    sync.WaitGroup
+	)
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range per {
+				id := fmt.Sprintf("w%d-%d", w, i)
+				if _, err := producer.Enqueue(ctx(t), "failover", id, client.WithID(id)); err != nil {
+					t.Errorf("enqueue %s: %v", id, err)
+					return
+				}
+				mu.Lock()
+				acked[id] = true
+				mu.Unlock()
+				count.Add(1)
+			}
+		}()
+	}
+	testcluster.WaitFor(t, 20*time.Second, func() bool { return count.Load() >= workers*per/4 })
+	c.KillNode(leader)
+	wg.Wait()
+	if t.Failed() {
+		return
+	}
+	newLeader := c.WaitLeader()
+	if newLeader == leader {
+		t.Fatal("the killed node still leads")
+	}
+	c.RestartNode(leader)
+
+	consumer := c.Dial("consumer")
+	cons, err := consumer.Consume(ctx(t), "failover", client.ConsumeOptions{Prefetch: 50})
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]bool{}
+	for len(seen) < len(acked) {
+		d, err := cons.Next(ctx(t))
+		if err != nil {
+			t.Fatalf("after %d of %d: %v", len(seen), len(acked), err)
+		}
+		var env struct {
+			ID string `json:"id"`
+		}
+		if err := json.Unmarshal(d.Msg, &env); err != nil {
+			t.Fatal(err)
+		}
+		if !acked[env.ID] {
+			t.Fatalf("delivered %q, which was never acknowledged", env.ID)
+		}
+		seen[env.ID] = true
+		if err := d.Ack(ctx(t)); err != nil && !client.IsStale(err) {
+			t.Fatal(err)
+		}
+	}
+	c.WaitConverged()
+}
+
+func Test_Cluster_LeaseExpiresAcrossFailover(t *testing.T) {
+	c := testcluster.Start(t, 3, testcluster.Options{})
+	leader := c.WaitLeader()
+	f := c.Followers()
+	first := c.Dial("first", f[0].URL)
+	if _, err := first.Enqueue(ctx(t), "leases", "x"); err != nil {
+		t.Fatal(err)
+	}
+	cons, err := first.Consume(ctx(t), "leases", client.ConsumeOptions{Prefetch: 1, LeaseMs: 1500})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := cons.Next(ctx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.Attempt != 1 {
+		t.Fatalf("attempt %d", d.Attempt)
+	}
+	// The first delivery is never settled; the leader that granted the
+	// lease fails, and the new leader must expire it.
+	c.KillNode(leader)
+	c.WaitLeader()
+	second := c.Dial("second", f[1].URL)
+	cons2, err := second.Consume(ctx(t), "leases", client.ConsumeOptions{Prefetch: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The first consumer is still open and may get the redelivery itself;
+	// either consumer proves the lease expired.
+	var d2 *client.Delivery
+	select {
+	case d2 = <-cons2.C():
+	case d2 = <-cons.C():
+	case <-ctx(t).Done():
+		t.Fatal("no redelivery after the lease expired")
+	}
+	if d2.Seq != d.Seq || d2.Attempt != 2 {
+		t.Fatalf("redelivery seq %d attempt %d, want seq %d attempt 2", d2.Seq, d2.Attempt, d.Seq)
+	}
+	if d2.LeaseUntil <= d.LeaseUntil {
+		t.Fatalf("redelivery lease %d not after the first %d", d2.LeaseUntil, d.LeaseUntil)
+	}
 }

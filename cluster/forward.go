@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/mcpd/mcpd/fsm"
+	"github.com/mcpd/mcpd/queue"
 	"github.com/vmihailenco/msgpack/v5"
 )
 
@@ -34,9 +35,10 @@ const (
 )
 
 type fwdResponse struct {
-	ID     uint64 `msgpack:"i"`
-	Status int    `msgpack:"s"`
-	Msg    string `msgpack:"m,omitempty"`
+	ID      uint64 `msgpack:"i"`
+	Status  int    `msgpack:"s"`
+	Msg     string `msgpack:"m,omitempty"`
+	Replies []byte `msgpack:"r,omitempty"` // fsm.EncodeReplies
 }
 
 func writeFrame(w io.Writer, v any) error {
@@ -99,10 +101,16 @@ func (n *Node) serveForward(c net.Conn) {
 			continue
 		}
 		go func(id uint64) {
-			err := wait()
+			replies, err := wait()
 			switch {
 			case err == nil:
-				respond(fwdResponse{ID: id, Status: fwdOK})
+				r := fwdResponse{ID: id, Status: fwdOK}
+				if len(replies) > 0 {
+					if r.Replies, err = fsm.EncodeReplies(replies); err != nil {
+						n.log.Error("cannot encode replies", "err", err)
+					}
+				}
+				respond(r)
 			case errors.Is(err, ErrUnavailable):
 				respond(fwdResponse{ID: id, Status: fwdNotLeader, Msg: err.Error()})
 			default:
@@ -179,6 +187,7 @@ func (f *forwarder) readLoop(c net.Conn) {
 		}
 		switch r.Status {
 		case fwdOK:
+			f.n.deliverReplies(r.Replies)
 			ch <- nil
 		case fwdNotLeader:
 			ch <- fmt.Errorf("%w: %s", ErrUnavailable, r.Msg)
@@ -204,4 +213,25 @@ func (f *forwarder) close() {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.failLocked(fmt.Errorf("%w: node shutting down", ErrUnknown))
+}
+
+// deliverReplies hands the leader's replies to the local connections they
+// answer. Replies that must follow this node's own apply are left to it;
+// for the others, whichever of the two copies comes first is sent.
+func (n *Node) deliverReplies(raw []byte) {
+	if len(raw) == 0 {
+		return
+	}
+	replies, err := fsm.DecodeReplies(raw)
+	if err != nil {
+		n.log.Error("cannot decode replies from the leader", "err", err)
+		return
+	}
+	effects := make([]queue.Effect, 0, len(replies))
+	for _, r := range replies {
+		if !fsm.RepliedOnApply(r.Type) {
+			effects = append(effects, r)
+		}
+	}
+	n.route(effects)
 }

@@ -375,7 +375,7 @@ func (n *Node) tickLoop(stop chan struct{}) {
 		}
 		wait, err := n.applyLeader(nil)
 		if err == nil {
-			err = wait()
+			_, err = wait()
 		}
 		if err != nil && !errors.Is(err, ErrShutdown) {
 			n.log.Debug("tick failed", "err", err)
@@ -385,10 +385,17 @@ func (n *Node) tickLoop(stop chan struct{}) {
 
 // Shutdown stops the node: a leader first hands leadership to a peer, then
 // Raft stops and the stores close.
-func (n *Node) Shutdown() error {
+func (n *Node) Shutdown() error { return n.stop(true) }
+
+// Abort stops the node the way a failure would look to its peers: a leader
+// does not hand over, so the others must notice and elect a new one. For
+// failover tests.
+func (n *Node) Abort() error { return n.stop(false) }
+
+func (n *Node) stop(handOver bool) error {
 	var err error
 	n.stopOnce.Do(func() {
-		if n.IsLeader() && len(n.cfg.Peers) > 1 {
+		if handOver && n.IsLeader() && len(n.cfg.Peers) > 1 {
 			if e := n.raft.LeadershipTransfer().Error(); e != nil {
 				n.log.Warn("leadership transfer failed", "err", e)
 			} else {

@@ -66,7 +66,15 @@ func Open(path, local string) (*FSM, error) {
 }
 
 func (f *FSM) open() error {
-	db, err := bolt.Open(f.path, 0o600, &bolt.Options{Timeout: 5 * time.Second, NoFreelistSync: true, FreelistType: bolt.FreelistMapType})
+	db, err := bolt.Open(f.path, 0o600, &bolt.Options{
+		Timeout:        5 * time.Second,
+		NoFreelistSync: true,
+		FreelistType:   bolt.FreelistMapType,
+		// A large initial mapping (address space, not memory) spares
+		// writers from waiting on a remap while a snapshot's long read
+		// transaction is open.
+		InitialMmapSize: 1 << 30,
+	})
 	if err != nil {
 		return fmt.Errorf("open %s: %w", f.path, err)
 	}
@@ -93,7 +101,7 @@ func (f *FSM) open() error {
 
 // Commit intervals of the pending write transaction.
 const (
-	flushInterval = 10 * time.Millisecond
+	flushInterval = 100 * time.Millisecond
 	flushLogs     = 4096
 )
 
@@ -181,7 +189,9 @@ func (f *FSM) Apply(l *raft.Log) interface{} {
 	return f.ApplyBatch([]*raft.Log{l})[0]
 }
 
-// ApplyBatch implements raft.BatchingFSM. Entries are applied to a write
+// ApplyBatch implements raft.BatchingFSM. The response for each entry is
+// the []*Reply of its client commands (nil when it has none): the leader
+// returns them to followers that forwarded the entry. Entries are applied to a write
 // transaction that also records the applied index; the transaction is
 // committed every flushInterval or flushLogs entries (and before a
 // snapshot or a read), not per batch: the Raft log already holds every
@@ -199,7 +209,7 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []interface{} {
 				err = fmt.Errorf("%v", r)
 			}
 		}()
-		return f.applyLocked(logs)
+		return f.applyLocked(logs, out)
 	}()
 	if err != nil {
 		// Nothing of this batch may reach state.db.
@@ -226,7 +236,7 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []interface{} {
 	return out
 }
 
-func (f *FSM) applyLocked(logs []*raft.Log) ([]queue.Effect, error) {
+func (f *FSM) applyLocked(logs []*raft.Log, out []interface{}) ([]queue.Effect, error) {
 	applied := f.applied.Load()
 	var last *raft.Log
 	for _, l := range logs {
@@ -251,7 +261,7 @@ func (f *FSM) applyLocked(logs []*raft.Log) ([]queue.Effect, error) {
 		now = int64(binary.BigEndian.Uint64(v))
 	}
 	var effects []queue.Effect
-	for _, l := range logs {
+	for i, l := range logs {
 		if l.Index <= applied || l.Type != raft.LogCommand {
 			continue
 		}
@@ -261,7 +271,11 @@ func (f *FSM) applyLocked(logs []*raft.Log) ([]queue.Effect, error) {
 			return nil, fmt.Errorf("log entry %d: %v", l.Index, err)
 		}
 		now = max(now, e.Time)
-		effects = f.applyEntry(tx, now, e, effects)
+		var replies []*Reply
+		effects, replies = f.applyEntry(tx, now, e, effects)
+		if replies != nil {
+			out[i] = replies
+		}
 	}
 	var idx [16]byte
 	binary.BigEndian.PutUint64(idx[:8], last.Index)
@@ -282,7 +296,7 @@ func (f *FSM) applyLocked(logs []*raft.Log) ([]queue.Effect, error) {
 
 // applyEntry applies one entry's commands in order. Expiries due at the
 // entry's time run first, so every replica sees them at the same point.
-func (f *FSM) applyEntry(tx *bolt.Tx, now int64, e *Entry, effects []queue.Effect) []queue.Effect {
+func (f *FSM) applyEntry(tx *bolt.Tx, now int64, e *Entry, effects []queue.Effect) ([]queue.Effect, []*Reply) {
 	t := queue.NewTx(tx, now, f.local)
 	t.Effects = effects
 	if err := t.Expire(); err != nil {
@@ -291,6 +305,7 @@ func (f *FSM) applyEntry(tx *bolt.Tx, now int64, e *Entry, effects []queue.Effec
 	if err := t.Finish(); err != nil {
 		panic(fmt.Sprintf("fsm: dispatch at %d: %v", now, err))
 	}
+	var replies []*Reply
 	for i := range e.Cmds {
 		c := &e.Cmds[i]
 		h, ok := handlers[c.Type]
@@ -301,18 +316,22 @@ func (f *FSM) applyEntry(tx *bolt.Tx, now int64, e *Entry, effects []queue.Effec
 		if err != nil && !isBusiness(err) {
 			panic(fmt.Sprintf("fsm: command type %d: %v", c.Type, err))
 		}
-		if c.Conn != "" && queue.ConnNode(c.Conn) == f.local {
+		if c.Conn != "" {
 			if err != nil {
 				res = nil
 			}
-			// The reply precedes the deliveries this command makes.
-			t.Effects = append(t.Effects, &Reply{Conn: c.Conn, Req: c.Req, Err: err, Result: res})
+			r := &Reply{Conn: c.Conn, Req: c.Req, Type: c.Type, Err: err, Result: res}
+			replies = append(replies, r)
+			if queue.ConnNode(c.Conn) == f.local {
+				// The reply precedes the deliveries this command makes.
+				t.Effects = append(t.Effects, r)
+			}
 		}
 		if err := t.Finish(); err != nil {
 			panic(fmt.Sprintf("fsm: dispatch after command type %d: %v", c.Type, err))
 		}
 	}
-	return t.Effects
+	return t.Effects, replies
 }
 
 func isBusiness(err error) bool {

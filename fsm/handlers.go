@@ -13,6 +13,7 @@ import (
 type Reply struct {
 	Conn   string
 	Req    uint64
+	Type   MessageType
 	Err    error
 	Result any
 }

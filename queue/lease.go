@@ -28,10 +28,7 @@ func (t *Tx) Consume(a ConsumeArgs) (uint64, error) {
 		return 0, err
 	}
 	c := &consumerRec{Queue: a.Queue, Node: ConnNode(a.Conn), Conn: a.Conn, Prefetch: a.Prefetch, LeaseMs: a.LeaseMs}
-	if err := put(t.b(bucketConsumers), u64(id), c); err != nil {
-		return 0, err
-	}
-	if err := t.b(bucketQCons).Put(qkey(a.Queue, id), nil); err != nil {
+	if err := t.addConsumer(id, c); err != nil {
 		return 0, err
 	}
 	t.markDirty(a.Queue)
@@ -46,9 +43,18 @@ func (t *Tx) dispatch(name string) error {
 	if err != nil || q == nil || q.Ready == 0 {
 		return err
 	}
-	ids, recs, err := t.queueConsumers(name)
-	if err != nil || len(ids) == 0 {
-		return err
+	ids := t.consumerIDs(name)
+	if len(ids) == 0 {
+		return nil
+	}
+	recs := make([]*consumerRec, len(ids))
+	for i, id := range ids {
+		if recs[i], err = t.consumer(id); err != nil {
+			return err
+		}
+		if recs[i] == nil {
+			return fmt.Errorf("consumer %d of %q: missing record", id, name)
+		}
 	}
 	// Start after the consumer served last.
 	start := 0
@@ -80,31 +86,10 @@ func (t *Tx) dispatch(name string) error {
 		if err := t.lease(name, q, seq, ids[i], c); err != nil {
 			return err
 		}
+		t.saveConsumer(ids[i], c)
 		q.RR = ids[i]
 	}
-	for i, id := range ids {
-		if err := put(t.b(bucketConsumers), u64(id), recs[i]); err != nil {
-			return err
-		}
-	}
 	return t.saveQueue(name, q)
-}
-
-func (t *Tx) queueConsumers(name string) ([]uint64, []*consumerRec, error) {
-	var ids []uint64
-	var recs []*consumerRec
-	c := t.b(bucketQCons).Cursor()
-	p := prefix(name)
-	for k, _ := c.Seek(p); k != nil && hasPrefix(k, p); k, _ = c.Next() {
-		id := binary.BigEndian.Uint64(k[len(p):])
-		rec := &consumerRec{}
-		if ok, err := get(t.b(bucketConsumers), u64(id), rec); err != nil || !ok {
-			return nil, nil, fmt.Errorf("consumer %d of %q: missing record (%v)", id, name, err)
-		}
-		ids = append(ids, id)
-		recs = append(recs, rec)
-	}
-	return ids, recs, nil
 }
 
 // lease hands message seq (already out of the ready set) to consumer c.
@@ -180,14 +165,13 @@ func (t *Tx) unlease(name string, q *queueRec, seq uint64, m *msgRec) error {
 	if err := t.b(bucketByConn).Delete(connKey(m.Conn, name, seq)); err != nil {
 		return err
 	}
-	c := &consumerRec{}
-	if ok, err := get(t.b(bucketConsumers), u64(m.Consumer), c); err != nil {
+	c, err := t.consumer(m.Consumer)
+	if err != nil {
 		return err
-	} else if ok {
+	}
+	if c != nil {
 		c.Inflight--
-		if err := put(t.b(bucketConsumers), u64(m.Consumer), c); err != nil {
-			return err
-		}
+		t.saveConsumer(m.Consumer, c)
 		t.markDirty(c.Queue)
 	}
 	q.Inflight--
@@ -326,18 +310,14 @@ type CancelArgs struct {
 // Cancel stops new deliveries to a consumer. Deliveries already made stay
 // leased to the connection and may still be settled.
 func (t *Tx) Cancel(a CancelArgs) error {
-	c := &consumerRec{}
-	ok, err := get(t.b(bucketConsumers), u64(a.Consumer), c)
+	c, err := t.consumer(a.Consumer)
 	if err != nil {
 		return err
 	}
-	if !ok || c.Conn != a.Conn {
+	if c == nil || c.Conn != a.Conn {
 		return ErrNotFound
 	}
-	if err := t.b(bucketConsumers).Delete(u64(a.Consumer)); err != nil {
-		return err
-	}
-	return t.b(bucketQCons).Delete(qkey(c.Queue, a.Consumer))
+	return t.deleteConsumer(a.Consumer, c)
 }
 
 // ConnClosed ends everything a connection held: its consumers and

@@ -31,15 +31,6 @@ func defaultSettings(name string) Settings {
 	}
 }
 
-func (t *Tx) loadQueue(name string) (*queueRec, error) {
-	q := &queueRec{}
-	ok, err := get(t.b(bucketQueues), []byte(name), q)
-	if err != nil || !ok {
-		return nil, err
-	}
-	return q, nil
-}
-
 // ensureQueue loads a queue, creating it with defaults when it is new.
 func (t *Tx) ensureQueue(name string) (*queueRec, error) {
 	q, err := t.loadQueue(name)
@@ -48,10 +39,6 @@ func (t *Tx) ensureQueue(name string) (*queueRec, error) {
 	}
 	q = &queueRec{Settings: defaultSettings(name), Created: t.now}
 	return q, t.saveQueue(name, q)
-}
-
-func (t *Tx) saveQueue(name string, q *queueRec) error {
-	return put(t.b(bucketQueues), []byte(name), q)
 }
 
 // Enqueue stores a message durably. A repeat of an envelope within the
@@ -130,6 +117,7 @@ type DeclareArgs struct {
 	Queue       string  `msgpack:"q"`
 	MaxAttempts *int    `msgpack:"ma,omitempty"`
 	BackoffMs   []int64 `msgpack:"bo,omitempty"`
+	SetBackoff  bool    `msgpack:"sb,omitempty"` // BackoffMs given (it may be empty)
 	DLQ         *string `msgpack:"dlq,omitempty"`
 	MaxLen      *int64  `msgpack:"ml,omitempty"` // 0 = unbounded
 }
@@ -154,7 +142,7 @@ func (t *Tx) Declare(a DeclareArgs) (Settings, error) {
 	if a.MaxAttempts != nil {
 		s.MaxAttempts = *a.MaxAttempts
 	}
-	if a.BackoffMs != nil {
+	if a.SetBackoff || a.BackoffMs != nil {
 		s.BackoffMs = append([]int64(nil), a.BackoffMs...)
 	}
 	if a.DLQ != nil {

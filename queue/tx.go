@@ -52,6 +52,7 @@ type Tx struct {
 	now   int64
 	local string
 	dirty map[string]struct{}
+	rc    *recCache
 
 	// Effects collects deliveries and events for connections of the local
 	// node, in the order they were produced.
@@ -93,7 +94,8 @@ func (t *Tx) markDirty(queue string) {
 }
 
 // Finish ends one command: queues whose ready set or consumer capacity
-// changed hand out deliveries, in name order so every replica agrees.
+// changed hand out deliveries, in name order so every replica agrees, and
+// the changed records are written.
 func (t *Tx) Finish() error {
 	for len(t.dirty) > 0 {
 		names := make([]string, 0, len(t.dirty))
@@ -108,7 +110,7 @@ func (t *Tx) Finish() error {
 			}
 		}
 	}
-	return nil
+	return t.flushRecords()
 }
 
 // nextID hands out the next value of a named counter (consumer and

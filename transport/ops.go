@@ -352,6 +352,7 @@ func (c *conn) opDeclare(r *request) error {
 		if err := json.Unmarshal(r.fields["backoff_ms"], &list); err != nil || len(list) > maxBackoffLen {
 			return badField("backoff_ms must be an array of at most %d integers", maxBackoffLen)
 		}
+		a.SetBackoff = true
 		a.BackoffMs = make([]int64, 0, len(list))
 		for i, v := range list {
 			sub := &request{fields: map[string]json.RawMessage{"v": v}}

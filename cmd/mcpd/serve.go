@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -31,6 +32,7 @@ type serveFlags struct {
 	maxFrame                         int
 	heartbeat, election, clockOffset time.Duration
 	logLevel, logFormat              string
+	pprof                            bool
 }
 
 func runServe(args []string) error {
@@ -55,6 +57,7 @@ func runServe(args []string) error {
 	fs.DurationVar(&f.heartbeat, "raft-heartbeat-timeout", time.Second, "Raft heartbeat timeout")
 	fs.DurationVar(&f.election, "raft-election-timeout", time.Second, "Raft election timeout")
 	fs.DurationVar(&f.clockOffset, "test-clock-offset", 0, "shift this node's clock (fault-injection tests only)")
+	fs.BoolVar(&f.pprof, "pprof", false, "serve Go profiles under /debug/pprof/ on the health port")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&f.logFormat, "log-format", "text", "text or json")
 	if err := fs.Parse(args); err != nil {
@@ -117,7 +120,13 @@ func runServe(args []string) error {
 		node.Shutdown()
 		return fmt.Errorf("listen for health: %w", err)
 	}
-	health := &http.Server{Handler: transport.HealthHandler(node), ReadHeaderTimeout: 5 * time.Second}
+	healthMux := http.NewServeMux()
+	healthMux.Handle("/", transport.HealthHandler(node))
+	if f.pprof {
+		healthMux.HandleFunc("/debug/pprof/", pprof.Index)
+		healthMux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	}
+	health := &http.Server{Handler: healthMux, ReadHeaderTimeout: 5 * time.Second}
 	errc := make(chan error, 2)
 	go func() { errc <- ws.Serve(tls.NewListener(wsLn, tlsConf)) }()
 	go func() {

@@ -133,7 +133,12 @@ func (c *Cluster) Stop() {
 }
 
 // StopNode shuts one node down gracefully (a leader hands over first).
-func (c *Cluster) StopNode(nd *Node) {
+func (c *Cluster) StopNode(nd *Node) { c.stop(nd, true) }
+
+// KillNode stops a node without a hand-over: its peers see it fail.
+func (c *Cluster) KillNode(nd *Node) { c.stop(nd, false) }
+
+func (c *Cluster) stop(nd *Node, graceful bool) {
 	if nd.stopped {
 		return
 	}
@@ -141,8 +146,13 @@ func (c *Cluster) StopNode(nd *Node) {
 	nd.wsLn.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
+	if graceful {
+		nd.WS.Shutdown(ctx)
+		nd.Node.Shutdown()
+		return
+	}
+	nd.Node.Abort()
 	nd.WS.Shutdown(ctx)
-	nd.Node.Shutdown()
 }
 
 // RestartNode starts a stopped node again on the same ports and data.

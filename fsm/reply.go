@@ -1,0 +1,125 @@
+package fsm
+
+import (
+	"errors"
+
+	"github.com/mcpd/mcpd/queue"
+	"github.com/vmihailenco/msgpack/v5"
+)
+
+// The leader hands the replies of a forwarded entry back to the follower
+// that holds the clients' connections, so those clients hear the outcome
+// as soon as it is committed and applied on the leader, without waiting
+// for the follower to learn the commit index.
+
+// businessErrors are the errors a Reply may carry, by their wire name.
+var businessErrors = map[string]error{
+	"not_found":   queue.ErrNotFound,
+	"full":        queue.ErrFull,
+	"conflict":    queue.ErrConflict,
+	"bad_request": queue.ErrBadRequest,
+	"forbidden":   queue.ErrForbidden,
+}
+
+type wireReply struct {
+	Conn string             `msgpack:"c"`
+	Req  uint64             `msgpack:"r"`
+	Type MessageType        `msgpack:"t"`
+	Err  string             `msgpack:"e,omitempty"`
+	Msg  string             `msgpack:"m,omitempty"`
+	Res  msgpack.RawMessage `msgpack:"x,omitempty"`
+}
+
+// newResult returns an empty result of a command type, or nil for types
+// whose reply carries none.
+func newResult(t MessageType) any {
+	switch t {
+	case TypeEnqueue:
+		return &EnqueueResult{}
+	case TypeConsume:
+		return &ConsumeResult{}
+	case TypeExtend:
+		return &ExtendResult{}
+	case TypeDeclare:
+		return &DeclareResult{}
+	case TypePublish:
+		return &PublishResult{}
+	case TypeSubscribe:
+		return &SubscribeResult{}
+	}
+	return nil
+}
+
+// EncodeReplies serialises replies for a follower.
+func EncodeReplies(rs []*Reply) ([]byte, error) {
+	ws := make([]wireReply, len(rs))
+	for i, r := range rs {
+		w := wireReply{Conn: r.Conn, Req: r.Req, Type: r.Type}
+		if r.Err != nil {
+			w.Msg = r.Err.Error()
+			for name, sentinel := range businessErrors {
+				if errors.Is(r.Err, sentinel) {
+					w.Err = name
+				}
+			}
+		} else if r.Result != nil {
+			raw, err := msgpack.Marshal(r.Result)
+			if err != nil {
+				return nil, err
+			}
+			w.Res = raw
+		}
+		ws[i] = w
+	}
+	return msgpack.Marshal(ws)
+}
+
+// DecodeReplies is the inverse of EncodeReplies.
+func DecodeReplies(b []byte) ([]*Reply, error) {
+	var ws []wireReply
+	if err := msgpack.Unmarshal(b, &ws); err != nil {
+		return nil, err
+	}
+	rs := make([]*Reply, len(ws))
+	for i, w := range ws {
+		r := &Reply{Conn: w.Conn, Req: w.Req, Type: w.Type}
+		if w.Err != "" || w.Msg != "" {
+			sentinel, ok := businessErrors[w.Err]
+			if !ok {
+				sentinel = queue.ErrBadRequest
+			}
+			r.Err = sentinel
+			if w.Msg != sentinel.Error() {
+				r.Err = &detailed{sentinel: sentinel, msg: w.Msg}
+			}
+		} else if res := newResult(w.Type); res != nil && w.Res != nil {
+			if err := msgpack.Unmarshal(w.Res, res); err != nil {
+				return nil, err
+			}
+			r.Result = res
+		}
+		rs[i] = r
+	}
+	return rs, nil
+}
+
+// RepliedOnApply reports whether a command's reply must wait until the
+// node holding the connection has applied it: its ok must precede the
+// pushes that the same node produces afterwards (consume, subscribe), or
+// the pushes it ends must not follow it (cancel, unsubscribe).
+func RepliedOnApply(t MessageType) bool {
+	switch t {
+	case TypeConsume, TypeSubscribe, TypeCancel, TypeUnsubscribe:
+		return true
+	}
+	return false
+}
+
+// detailed is a business error with its original message.
+type detailed struct {
+	sentinel error
+	msg      string
+}
+
+func (e *detailed) Error() string { return e.msg }
+func (e *detailed) Unwrap() error { return e.sentinel }
