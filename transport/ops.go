@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"strconv"
 
-
 	"github.com/mcpd/mcpd/auth"
 	"github.com/mcpd/mcpd/cluster"
 	"github.com/mcpd/mcpd/fsm"
@@ -436,4 +435,3 @@ func (c *conn) opUnsubscribe(r *request) error {
 	}
 	return c.submit(r, fsm.TypeUnsubscribe, &fsm.UnsubscribeArgs{Sub: id, Conn: c.id})
 }
-
