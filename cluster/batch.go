@@ -18,7 +18,7 @@ import (
 type pending struct {
 	cmd      fsm.Command
 	deadline time.Time
-	done     chan error
+	done     func(error) // called once with the outcome
 }
 
 // Submit proposes a command and waits for its outcome: nil once it is
@@ -35,13 +35,26 @@ func (n *Node) Submit(ctx context.Context, cmd fsm.Command) error {
 }
 
 func (n *Node) submit(cmd fsm.Command, timeout time.Duration) error {
-	p := &pending{cmd: cmd, deadline: time.Now().Add(timeout), done: make(chan error, 1)}
+	ch := make(chan error, 1)
+	n.submitAsync(cmd, timeout, func(err error) { ch <- err })
+	return <-ch
+}
+
+// SubmitAsync queues a command and returns; done is called once with the
+// outcome (see Submit). Commands queued by one goroutine reach the log in
+// the order they were queued, unless one has to be retried. It blocks
+// while the submit queue is full.
+func (n *Node) SubmitAsync(cmd fsm.Command, done func(error)) {
+	n.submitAsync(cmd, n.cfg.SubmitTimeout, done)
+}
+
+func (n *Node) submitAsync(cmd fsm.Command, timeout time.Duration, done func(error)) {
+	p := &pending{cmd: cmd, deadline: time.Now().Add(timeout), done: done}
 	select {
 	case n.submitCh <- p:
 	case <-n.shutdownCh:
-		return ErrShutdown
+		done(ErrShutdown)
 	}
-	return <-p.done
 }
 
 func (n *Node) batchLoop() {
@@ -57,7 +70,7 @@ func (n *Node) batchLoop() {
 		select {
 		case n.inflight <- struct{}{}:
 		case <-n.shutdownCh:
-			first.done <- ErrShutdown
+			first.done(ErrShutdown)
 			n.drainSubmits()
 			return
 		}
@@ -81,7 +94,7 @@ func (n *Node) drainSubmits() {
 	for {
 		select {
 		case p := <-n.submitCh:
-			p.done <- ErrShutdown
+			p.done(ErrShutdown)
 		default:
 			return
 		}
@@ -129,14 +142,14 @@ func (n *Node) propose(batch []*pending) {
 func (n *Node) finish(batch []*pending, err error) {
 	if !errors.Is(err, ErrUnavailable) {
 		for _, p := range batch {
-			p.done <- err
+			p.done(err)
 		}
 		return
 	}
 	var retry []*pending
 	for _, p := range batch {
 		if time.Now().After(p.deadline) {
-			p.done <- err
+			p.done(err)
 		} else {
 			retry = append(retry, p)
 		}
@@ -150,7 +163,7 @@ func (n *Node) finish(batch []*pending, err error) {
 	case <-t.C:
 	case <-n.shutdownCh:
 		for _, p := range retry {
-			p.done <- ErrShutdown
+			p.done(ErrShutdown)
 		}
 		return
 	}
@@ -158,7 +171,7 @@ func (n *Node) finish(batch []*pending, err error) {
 		select {
 		case n.submitCh <- p:
 		case <-n.shutdownCh:
-			p.done <- ErrShutdown
+			p.done(ErrShutdown)
 		}
 	}
 }

@@ -27,14 +27,14 @@ type conn struct {
 	agent  string
 	authed atomic.Bool
 
-	out       chan any // *frame or queue.Effect
-	done      chan struct{}
-	closeOnce sync.Once
+	out        chan any // *frame or queue.Effect
+	done       chan struct{}
+	writerDone chan struct{}
+	closeOnce  sync.Once
 
 	mu      sync.Mutex
 	pending map[uint64]json.RawMessage // request seq -> rid
 	reqSeq  uint64
-	wg      sync.WaitGroup // request goroutines
 }
 
 // frame is a rendered frame, or a close request when close is set.
@@ -47,12 +47,13 @@ type frame struct {
 
 func newConn(s *Server, ws *websocket.Conn) *conn {
 	return &conn{
-		s:       s,
-		ws:      ws,
-		nonce:   newNonce(),
-		out:     make(chan any, s.opt.SendQueue),
-		done:    make(chan struct{}),
-		pending: map[uint64]json.RawMessage{},
+		s:          s,
+		ws:         ws,
+		nonce:      newNonce(),
+		out:        make(chan any, s.opt.SendQueue),
+		done:       make(chan struct{}),
+		writerDone: make(chan struct{}),
+		pending:    map[uint64]json.RawMessage{},
 	}
 }
 
@@ -132,8 +133,14 @@ func (c *conn) run() {
 			return
 		}
 		if tooLarge {
+			// The error goes out before the close; the rest of the frame
+			// is never read.
 			c.sendErr(nil, "too_large", "frame exceeds max_frame", false)
 			c.closeWith(websocket.CloseMessageTooBig, "frame exceeds max_frame")
+			select {
+			case <-c.writerDone:
+			case <-time.After(5 * time.Second):
+			}
 			return
 		}
 		if mt != websocket.TextMessage {
@@ -168,6 +175,7 @@ func readLimited(r io.Reader, buf []byte, max int) ([]byte, bool, error) {
 }
 
 func (c *conn) writer() {
+	defer close(c.writerDone)
 	ping := time.NewTicker(c.s.opt.PingInterval)
 	defer ping.Stop()
 	for {

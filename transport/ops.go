@@ -1,7 +1,6 @@
 package transport
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -124,10 +123,9 @@ func (c *conn) submit(r *request, t fsm.MessageType, body any) error {
 		c.takePending(req)
 		return err
 	}
-	c.wg.Add(1)
-	go func() {
-		defer c.wg.Done()
-		err := c.s.node.Submit(context.Background(), cmd)
+	// Queued from the reader goroutine, so one connection's commands reach
+	// the log in the order it sent them.
+	c.s.node.SubmitAsync(cmd, func(err error) {
 		if err == nil {
 			return
 		}
@@ -136,7 +134,7 @@ func (c *conn) submit(r *request, t fsm.MessageType, body any) error {
 			unknown := errors.Is(err, cluster.ErrUnknown) || errors.Is(err, cluster.ErrShutdown)
 			c.sendErr(rid, code, msg, unknown)
 		}
-	}()
+	})
 	return nil
 }
 
