@@ -84,6 +84,7 @@ type Node struct {
 	wg         sync.WaitGroup
 	stopOnce   sync.Once
 
+	drops    sync.WaitGroup // ConnClosed submissions under way
 	connSeq  atomic.Uint64
 	connsMu  sync.RWMutex
 	conns    map[string]Sink
@@ -290,13 +291,15 @@ func (n *Node) DropConn(id string) {
 	if err != nil {
 		return
 	}
-	go func() {
-		if err := n.submit(cmd, n.cfg.SubmitTimeout); err != nil && !errors.Is(err, ErrShutdown) {
+	n.drops.Add(1)
+	n.submitAsync(cmd, n.cfg.SubmitTimeout, func(err error) {
+		defer n.drops.Done()
+		if err != nil {
 			// The leases still end when they expire, or when this node
 			// restarts and announces its new epoch.
-			n.log.Warn("could not release a closed connection", "conn", id, "err", err)
+			n.log.Info("could not release a closed connection now", "conn", id, "err", err)
 		}
-	}()
+	})
 }
 
 // route hands applied effects to their local connections.
@@ -395,6 +398,16 @@ func (n *Node) Abort() error { return n.stop(false) }
 func (n *Node) stop(handOver bool) error {
 	var err error
 	n.stopOnce.Do(func() {
+		if handOver {
+			// Let the connections closed just before release their leases
+			// now rather than when they expire.
+			done := make(chan struct{})
+			go func() { n.drops.Wait(); close(done) }()
+			select {
+			case <-done:
+			case <-time.After(3 * time.Second):
+			}
+		}
 		if handOver && n.IsLeader() && len(n.cfg.Peers) > 1 {
 			if e := n.raft.LeadershipTransfer().Error(); e != nil {
 				n.log.Warn("leadership transfer failed", "err", e)

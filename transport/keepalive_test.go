@@ -1,0 +1,125 @@
+package transport_test
+
+import (
+	"encoding/json"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"github.com/mcpd/mcpd/transport"
+)
+
+func closeCode(t *testing.T, rc *rawConn, within time.Duration) int {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for time.Now().Before(deadline) {
+		if _, err := rc.readWithin(time.Until(deadline)); err != nil {
+			var ce *websocket.CloseError
+			if errors.As(err, &ce) {
+				return ce.Code
+			}
+			t.Fatalf("read: %v (want a close frame)", err)
+		}
+	}
+	t.Fatalf("no close within %v", within)
+	return 0
+}
+
+func Test_Keepalive_NoAuthClosesWith4001(t *testing.T) {
+	c := startCluster(t, 1, transport.Options{AuthTimeout: 300 * time.Millisecond})
+	rc := dialRaw(t, c, c.Nodes[0].URL)
+	if code := closeCode(t, rc, 5*time.Second); code != transport.CloseAuthTimeout {
+		t.Fatalf("close code %d, want %d", code, transport.CloseAuthTimeout)
+	}
+}
+
+func Test_Keepalive_SilentClientClosesWith4002(t *testing.T) {
+	c := startCluster(t, 1, transport.Options{PingInterval: 100 * time.Millisecond, IdleTimeout: 500 * time.Millisecond})
+	rc := login(t, c, c.Nodes[0].URL, "quiet")
+	// Swallow the server's pings instead of answering them.
+	rc.ws.SetPingHandler(func(string) error { return nil })
+	if code := closeCode(t, rc, 5*time.Second); code != transport.CloseIdle {
+		t.Fatalf("close code %d, want %d", code, transport.CloseIdle)
+	}
+}
+
+func Test_Keepalive_PongsKeepTheConnection(t *testing.T) {
+	c := startCluster(t, 1, transport.Options{PingInterval: 100 * time.Millisecond, IdleTimeout: 500 * time.Millisecond})
+	rc := login(t, c, c.Nodes[0].URL, "lively")
+	// Reading answers pings; three idle timeouts pass without a close.
+	end := time.Now().Add(1500 * time.Millisecond)
+	for time.Now().Before(end) {
+		if _, err := rc.readWithin(time.Until(end)); err != nil {
+			var ne interface{ Timeout() bool }
+			if errors.As(err, &ne) && ne.Timeout() {
+				break
+			}
+			t.Fatalf("connection ended: %v", err)
+		}
+	}
+	// A read deadline poisons a gorilla connection; dial again to check
+	// the server still serves this agent.
+	rc2 := login(t, c, c.Nodes[0].URL, "lively")
+	if f := rc2.ping(); f.op() != "ok" {
+		t.Fatalf("ping: %s", f)
+	}
+}
+
+func Test_Health_ReadyzReportsRoleAndLeader(t *testing.T) {
+	c := startCluster(t, 3, transport.Options{})
+	leader := c.WaitLeader()
+	c.WaitApplied()
+	for _, nd := range c.Nodes {
+		srv := httptest.NewServer(transport.HealthHandler(nd.Node))
+		for _, path := range []string{"/healthz", "/readyz"} {
+			resp, err := http.Get(srv.URL + path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var body struct {
+				Node, Role, Leader, Status string
+				Applied, Commit            uint64
+			}
+			err = json.NewDecoder(resp.Body).Decode(&body)
+			resp.Body.Close()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if resp.StatusCode != http.StatusOK || body.Node != nd.ID || body.Leader != leader.ID {
+				t.Fatalf("%s %s: %d %+v", nd.ID, path, resp.StatusCode, body)
+			}
+			wantRole := "Follower"
+			if nd == leader {
+				wantRole = "Leader"
+			}
+			if body.Role != wantRole || body.Applied == 0 {
+				t.Fatalf("%s %s: role %s applied %d", nd.ID, path, body.Role, body.Applied)
+			}
+		}
+		srv.Close()
+	}
+	// A node cut off from its peers is up but not ready.
+	for _, nd := range c.Followers() {
+		c.KillNode(nd)
+	}
+	srv := httptest.NewServer(transport.HealthHandler(leader.Node))
+	defer srv.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		resp, err := http.Get(srv.URL + "/readyz")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode == http.StatusServiceUnavailable {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("/readyz still 200 without a quorum")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
