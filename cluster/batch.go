@@ -50,6 +50,12 @@ func (n *Node) SubmitAsync(cmd fsm.Command, done func(error)) {
 
 func (n *Node) submitAsync(cmd fsm.Command, timeout time.Duration, done func(error)) {
 	p := &pending{cmd: cmd, deadline: time.Now().Add(timeout), done: done}
+	n.subMu.RLock()
+	defer n.subMu.RUnlock()
+	if n.subClosed {
+		done(ErrShutdown)
+		return
+	}
 	select {
 	case n.submitCh <- p:
 	case <-n.shutdownCh:

@@ -190,3 +190,36 @@ func Test_Cluster_LeaseExpiresAcrossFailover(t *testing.T) {
 		t.Fatalf("redelivery lease %d not after the first %d", d2.LeaseUntil, d.LeaseUntil)
 	}
 }
+
+func Test_Cluster_NodeDownReleasesLeases(t *testing.T) {
+	c := testcluster.Start(t, 3, testcluster.Options{NodeDownAfter: time.Second})
+	c.WaitLeader()
+	f := c.Followers()
+	doomed := c.Dial("doomed", f[0].URL)
+	if _, err := doomed.Enqueue(ctx(t), "held", "x"); err != nil {
+		t.Fatal(err)
+	}
+	cons, err := doomed.Consume(ctx(t), "held", client.ConsumeOptions{Prefetch: 1, LeaseMs: 3_600_000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := cons.Next(ctx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The node holding the lease fails without releasing it; the lease
+	// would last an hour, but the leader ends that node's connections.
+	c.KillNode(f[0])
+	other := c.Dial("other", f[1].URL)
+	cons2, err := other.Consume(ctx(t), "held", client.ConsumeOptions{Prefetch: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d2, err := cons2.Next(ctx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d2.Seq != d.Seq || d2.Attempt != 2 {
+		t.Fatalf("redelivery seq %d attempt %d, want seq %d attempt 2", d2.Seq, d2.Attempt, d.Seq)
+	}
+}

@@ -55,6 +55,10 @@ type Config struct {
 	// SubmitTimeout bounds how long a command waits for a leader before it
 	// fails with ErrUnavailable.
 	SubmitTimeout time.Duration
+	// NodeDownAfter is how long the leader waits, after a peer stopped
+	// answering heartbeats, before it ends that peer's connections
+	// cluster-wide (releasing their leases). Default 15 s.
+	NodeDownAfter time.Duration
 	// ClockOffset shifts this node's clock (fault-injection tests only).
 	ClockOffset time.Duration
 	Logger      *slog.Logger
@@ -79,6 +83,8 @@ type Node struct {
 	epoch uint64
 
 	submitCh   chan *pending
+	subMu      sync.RWMutex // subClosed: no more submissions
+	subClosed  bool
 	inflight   chan struct{}
 	shutdownCh chan struct{}
 	wg         sync.WaitGroup
@@ -89,6 +95,11 @@ type Node struct {
 	connsMu  sync.RWMutex
 	conns    map[string]Sink
 	lastTime atomic.Int64
+
+	// Peers the leader cannot reach: id -> since when (last contact).
+	peersMu   sync.Mutex
+	peersLost map[string]time.Time
+	peersDown map[string]bool
 }
 
 // Tuning of group commit.
@@ -115,6 +126,9 @@ func New(cfg Config) (*Node, error) {
 	if cfg.ElectionTimeout == 0 {
 		cfg.ElectionTimeout = time.Second
 	}
+	if cfg.NodeDownAfter == 0 {
+		cfg.NodeDownAfter = 15 * time.Second
+	}
 	n := &Node{
 		cfg:        cfg,
 		log:        cfg.Logger.With("component", "cluster"),
@@ -123,6 +137,8 @@ func New(cfg Config) (*Node, error) {
 		inflight:   make(chan struct{}, maxInflight),
 		shutdownCh: make(chan struct{}),
 		conns:      map[string]Sink{},
+		peersLost:  map[string]time.Time{},
+		peersDown:  map[string]bool{},
 	}
 	n.fwd = &forwarder{n: n}
 	if err := n.start(); err != nil {
@@ -213,6 +229,16 @@ func (n *Node) start() error {
 		return fmt.Errorf("start raft: %w", err)
 	}
 	n.raft = r
+	obs := make(chan raft.Observation, 64)
+	r.RegisterObserver(raft.NewObserver(obs, false, func(o *raft.Observation) bool {
+		switch o.Data.(type) {
+		case raft.FailedHeartbeatObservation, raft.ResumedHeartbeatObservation:
+			return true
+		}
+		return false
+	}))
+	n.wg.Add(1)
+	go n.watchPeers(obs)
 
 	existing, err := raft.HasExistingState(store, store, snaps)
 	if err != nil {
@@ -292,14 +318,23 @@ func (n *Node) DropConn(id string) {
 		return
 	}
 	n.drops.Add(1)
-	n.submitAsync(cmd, n.cfg.SubmitTimeout, func(err error) {
+	go func() {
 		defer n.drops.Done()
-		if err != nil {
-			// The leases still end when they expire, or when this node
-			// restarts and announces its new epoch.
-			n.log.Info("could not release a closed connection now", "conn", id, "err", err)
+		// Retried while this node runs: until it is committed, the
+		// connection's consumers would keep taking deliveries.
+		for {
+			err := n.submit(cmd, n.cfg.SubmitTimeout)
+			if err == nil || errors.Is(err, ErrShutdown) {
+				return
+			}
+			n.log.Info("releasing a closed connection is delayed", "conn", id, "err", err)
+			select {
+			case <-n.shutdownCh:
+				return
+			case <-time.After(time.Second):
+			}
 		}
-	})
+	}()
 }
 
 // route hands applied effects to their local connections.
@@ -372,6 +407,7 @@ func (n *Node) tickLoop(stop chan struct{}) {
 			return
 		case <-t.C:
 		}
+		n.declareLostPeers()
 		d := n.fsm.NextDeadline()
 		if d == 0 || d > n.Now() {
 			continue
@@ -383,6 +419,60 @@ func (n *Node) tickLoop(stop chan struct{}) {
 		if err != nil && !errors.Is(err, ErrShutdown) {
 			n.log.Debug("tick failed", "err", err)
 		}
+	}
+}
+
+// watchPeers records which peers fail the leader's heartbeats.
+func (n *Node) watchPeers(obs chan raft.Observation) {
+	defer n.wg.Done()
+	for {
+		select {
+		case <-n.shutdownCh:
+			return
+		case o := <-obs:
+			n.peersMu.Lock()
+			switch d := o.Data.(type) {
+			case raft.FailedHeartbeatObservation:
+				if _, ok := n.peersLost[string(d.PeerID)]; !ok {
+					since := d.LastContact
+					if since.IsZero() {
+						since = time.Now()
+					}
+					n.peersLost[string(d.PeerID)] = since
+				}
+			case raft.ResumedHeartbeatObservation:
+				delete(n.peersLost, string(d.PeerID))
+				delete(n.peersDown, string(d.PeerID))
+			}
+			n.peersMu.Unlock()
+		}
+	}
+}
+
+// declareLostPeers ends, through the log, the connections of peers that
+// have been unreachable for NodeDownAfter: their leases go back to their
+// queues instead of bouncing off consumers nobody serves.
+func (n *Node) declareLostPeers() {
+	n.peersMu.Lock()
+	var down []string
+	for id, since := range n.peersLost {
+		if !n.peersDown[id] && time.Since(since) >= n.cfg.NodeDownAfter {
+			n.peersDown[id] = true
+			down = append(down, id)
+		}
+	}
+	n.peersMu.Unlock()
+	sort.Strings(down)
+	for _, id := range down {
+		n.log.Warn("peer unreachable; ending its connections", "peer", id, "after", n.cfg.NodeDownAfter)
+		cmd, _ := fsm.NewCommand(fsm.TypeNodeDown, "", 0, &fsm.NodeDownArgs{Node: id})
+		n.submitAsync(cmd, n.cfg.SubmitTimeout, func(err error) {
+			if err != nil {
+				n.peersMu.Lock()
+				delete(n.peersDown, id) // try again on a later tick
+				n.peersMu.Unlock()
+			}
+		})
 	}
 }
 
@@ -416,10 +506,14 @@ func (n *Node) stop(handOver bool) error {
 			}
 		}
 		close(n.shutdownCh)
+		n.subMu.Lock()
+		n.subClosed = true
+		n.subMu.Unlock()
 		n.fwd.close()
 		err = n.raft.Shutdown().Error()
 		n.mux.close()
 		n.wg.Wait()
+		n.drainSubmits()
 		n.closeStores()
 	})
 	return err

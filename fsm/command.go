@@ -31,6 +31,7 @@ const (
 	TypeUnsubscribe MessageType = 11
 	TypeConnClosed  MessageType = 12
 	TypeNodeStarted MessageType = 13
+	TypeNodeDown    MessageType = 14
 )
 
 // Command is one request to change the state. Conn and Req name the client
@@ -105,6 +106,11 @@ type ConnClosedArgs struct {
 type NodeStartedArgs struct {
 	Node  string `msgpack:"n"`
 	Epoch uint64 `msgpack:"e"`
+}
+
+// NodeDownArgs ends the connections of a node the leader lost contact with.
+type NodeDownArgs struct {
+	Node string `msgpack:"n"`
 }
 
 // UnsubscribeArgs removes a subscription of a connection.

@@ -101,4 +101,7 @@ func init() {
 	register(TypeNodeStarted, func(t *queue.Tx, a *NodeStartedArgs) (any, error) {
 		return nil, t.NodeStarted(a.Node, a.Epoch)
 	})
+	register(TypeNodeDown, func(t *queue.Tx, a *NodeDownArgs) (any, error) {
+		return nil, t.NodeDown(a.Node)
+	})
 }

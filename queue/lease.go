@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
+	"sort"
+	"strings"
 )
 
 // ConsumeArgs opens a consumer for a connection.
@@ -374,10 +376,23 @@ func (t *Tx) ConnClosed(conn string) error {
 // to its current epoch.
 func (t *Tx) NodeStarted(node string, epoch uint64) error {
 	current := fmt.Sprintf("%s/%d/", node, epoch)
+	return t.endNodeConns(node, false, func(conn string) bool { return !strings.HasPrefix(conn, current) })
+}
+
+// NodeDown ends every connection of a node the leader lost contact with,
+// so their leases go back to the queues without waiting to expire. If the
+// node was only cut off, its open connections are told to close when it
+// applies this, and their clients reconnect.
+func (t *Tx) NodeDown(node string) error {
+	return t.endNodeConns(node, true, func(string) bool { return true })
+}
+
+// endNodeConns closes the connections of node that match.
+func (t *Tx) endNodeConns(node string, kick bool, match func(conn string) bool) error {
 	seen := map[string]bool{}
 	var conns []string
 	collect := func(conn string) {
-		if ConnNode(conn) == node && !hasPrefix([]byte(conn), []byte(current)) && !seen[conn] {
+		if ConnNode(conn) == node && match(conn) && !seen[conn] {
 			seen[conn] = true
 			conns = append(conns, conn)
 		}
@@ -402,7 +417,12 @@ func (t *Tx) NodeStarted(node string, epoch uint64) error {
 	for k, _ := c.Seek(p); k != nil && hasPrefix(k, p); k, _ = c.Next() {
 		collect(string(k[:bytes.IndexByte(k, 0)]))
 	}
+	// Connections are ended in id order whatever the bucket order was.
+	sort.Strings(conns)
 	for _, conn := range conns {
+		if kick && t.isLocal(conn) {
+			t.Effects = append(t.Effects, &Kick{Conn: conn})
+		}
 		if err := t.ConnClosed(conn); err != nil {
 			return err
 		}

@@ -140,6 +140,16 @@ type Event struct {
 	Msg   []byte
 }
 
+// Kick tells a local connection that the cluster ended it (its node was
+// declared down while it was cut off): the connection must close so that
+// its client reconnects and opens its consumers again.
+type Kick struct {
+	Conn string
+}
+
+// Target implements Effect.
+func (k *Kick) Target() string { return k.Conn }
+
 // Target implements Effect.
 func (d *Delivery) Target() string { return d.Conn }
 

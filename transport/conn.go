@@ -192,6 +192,10 @@ func (c *conn) writer() {
 				c.shutdown(f.code, f.reason)
 				return
 			}
+			if _, ok := v.(*queue.Kick); ok {
+				c.shutdown(CloseNodeDown, "this node lost contact with the cluster; reconnect")
+				return
+			}
 			data := c.render(v)
 			if data == nil {
 				continue

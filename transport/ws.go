@@ -26,6 +26,7 @@ const (
 	CloseAuthTimeout  = 4001 // no auth within AuthTimeout of hello
 	CloseIdle         = 4002 // nothing received for IdleTimeout
 	CloseSlowConsumer = 4008 // the connection could not keep up with its pushes
+	CloseNodeDown     = 4009 // the cluster declared this node down and ended its connections
 )
 
 // Options configure the WebSocket server.

@@ -31,6 +31,7 @@ type serveFlags struct {
 	metricsPort, adminPort, respPort int
 	maxFrame                         int
 	heartbeat, election, clockOffset time.Duration
+	nodeDownAfter                    time.Duration
 	logLevel, logFormat              string
 	pprof                            bool
 }
@@ -56,6 +57,7 @@ func runServe(args []string) error {
 	fs.IntVar(&f.maxFrame, "max-frame", 1<<20, "largest accepted WebSocket frame in bytes")
 	fs.DurationVar(&f.heartbeat, "raft-heartbeat-timeout", time.Second, "Raft heartbeat timeout")
 	fs.DurationVar(&f.election, "raft-election-timeout", time.Second, "Raft election timeout")
+	fs.DurationVar(&f.nodeDownAfter, "node-down-after", 15*time.Second, "how long a leader waits on an unreachable peer before ending its clients' consumers and leases")
 	fs.DurationVar(&f.clockOffset, "test-clock-offset", 0, "shift this node's clock (fault-injection tests only)")
 	fs.BoolVar(&f.pprof, "pprof", false, "serve Go profiles under /debug/pprof/ on the health port")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
@@ -103,6 +105,7 @@ func runServe(args []string) error {
 		HeartbeatTimeout: f.heartbeat,
 		ElectionTimeout:  f.election,
 		ClockOffset:      f.clockOffset,
+		NodeDownAfter:    f.nodeDownAfter,
 		Logger:           log,
 	})
 	if err != nil {

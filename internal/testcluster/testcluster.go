@@ -46,6 +46,8 @@ type Cluster struct {
 type Options struct {
 	// TransportOptions apply to every node's WebSocket server.
 	Transport transport.Options
+	// NodeDownAfter is passed to every node (0: the default).
+	NodeDownAfter time.Duration
 	// Logger defaults to a quiet logger (warnings and errors only, to stderr
 	// when MCPD_TEST_LOG is set).
 	Logger *slog.Logger
@@ -103,6 +105,7 @@ func (c *Cluster) startNode(nd *Node, raftLn net.Listener) {
 		HeartbeatTimeout: 300 * time.Millisecond,
 		ElectionTimeout:  300 * time.Millisecond,
 		SubmitTimeout:    5 * time.Second,
+		NodeDownAfter:    c.opt.NodeDownAfter,
 		Logger:           c.opt.Logger.With("node", nd.ID),
 	})
 	if err != nil {
