@@ -64,6 +64,9 @@ func (t *Tx) dedupExpire() error {
 	return nil
 }
 
+// dedupSlackMs is how late dedup entries may be forgotten.
+const dedupSlackMs = 5000
+
 // NextDeadline is the earliest time at which Expire has work: a delayed
 // message due, a lease ending, or a dedup entry to forget; 0 when none.
 func NextDeadline(tx *bolt.Tx) int64 {
@@ -72,7 +75,9 @@ func NextDeadline(tx *bolt.Tx) int64 {
 		next = int64(binary.BigEndian.Uint64(k))
 	}
 	if k, _ := tx.Bucket(bucketDedupExp).Cursor().First(); k != nil {
-		at := int64(binary.BigEndian.Uint64(k)) + DedupWindowMs
+		// Forgetting dedup entries need not be prompt: batching them keeps
+		// an idle cluster from ticking for every expiring entry.
+		at := int64(binary.BigEndian.Uint64(k)) + DedupWindowMs + dedupSlackMs
 		if next == 0 || at < next {
 			next = at
 		}

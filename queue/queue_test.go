@@ -591,7 +591,7 @@ func Test_Queue_Semantics(t *testing.T) {
 			{at: 1000, op: consume("jobs", c1, 1, 1000)},
 			{at: 1000, op: enq("jobs", "m1"), want: res(1, false), fx: []string{"D n1/1/1 c1 jobs/1 a1 until=2000 m1"}, deadline: i64(2000)},
 			{at: 1000, op: enq("jobs", "m1"), want: res(1, true), info: jobs(inf(0, 1, 0, 0, 1))},
-			{at: 1500, op: ack("jobs", 1, 1, c1), deadline: i64(121000)},
+			{at: 1500, op: ack("jobs", 1, 1, c1), deadline: i64(126000)},
 			{at: 1600, op: enq("jobs", "m1"), want: res(1, true), info: jobs(inf(0, 0, 0, 0, 1))},
 			{at: 1600, op: enqBody("jobs", "m1", "other content"), err: queue.ErrConflict},
 			{at: 1600, op: enq("other", "m1"), err: queue.ErrConflict},
@@ -607,13 +607,13 @@ func Test_Queue_Semantics(t *testing.T) {
 			{at: 1000, op: enqA(queue.EnqueueArgs{Queue: "other", From: "bob", ID: "m2", Env: []byte("m1"), Hash: hashOf([]byte("m1"))}), want: res(1, false)},
 		}},
 		{name: "dedup_forgotten_by_expire_after_window", steps: []step{
-			{at: 1000, op: enq("jobs", "m1"), want: res(1, false), deadline: i64(121000)},
-			{at: 60000, op: enq("jobs", "m2"), want: res(2, false), deadline: i64(121000)},
-			{at: 120999, op: expire(), deadline: i64(121000)},
-			{at: 121000, op: expire(), deadline: i64(180000)},
-			{at: 121000, op: enq("other", "m1"), want: res(1, false), deadline: i64(180000)},
+			{at: 1000, op: enq("jobs", "m1"), want: res(1, false), deadline: i64(126000)},
+			{at: 60000, op: enq("jobs", "m2"), want: res(2, false), deadline: i64(126000)},
+			{at: 120999, op: expire(), deadline: i64(126000)},
+			{at: 121000, op: expire(), deadline: i64(185000)},
+			{at: 121000, op: enq("other", "m1"), want: res(1, false), deadline: i64(185000)},
 			{at: 121000, op: enq("jobs", "m2"), want: res(2, true)},
-			{at: 180000, op: expire(), deadline: i64(241000)},
+			{at: 180000, op: expire(), deadline: i64(246000)},
 			{at: 241000, op: expire(), deadline: i64(0), info: map[string]queue.Info{"jobs": inf(2, 0, 0, 0, 0), "other": inf(1, 0, 0, 0, 0)}},
 		}},
 		{name: "declare_idempotent_and_partial", steps: []step{
@@ -848,12 +848,12 @@ func Test_Queue_NextDeadline(t *testing.T) {
 	runSteps(t, db, "n1", []step{
 		{at: 1000, op: consume("jobs", c1, 1, 0), err: queue.ErrBadRequest, deadline: i64(0)},
 		{at: 1000, op: subscribe("t", c1), deadline: i64(0)},
-		{at: 1000, op: publish("t", "p1"), fx: []string{"E n1/1/1 s1 t p1"}, deadline: i64(121000)}, // dedup entry
+		{at: 1000, op: publish("t", "p1"), fx: []string{"E n1/1/1 s1 t p1"}, deadline: i64(126000)}, // dedup entry
 		{at: 2000, op: enqDelay("jobs", "m1", 500), deadline: i64(2500)},                            // delayed message
 		{at: 2000, op: consume("jobs", c1, 1, 60000), deadline: i64(2500)},
 		{at: 2500, op: expire(), fx: []string{"D n1/1/1 c1 jobs/1 a1 until=62500 m1"}, deadline: i64(62500)}, // lease
-		{at: 2600, op: ack("jobs", 1, 1, c1), deadline: i64(121000)},
-		{at: 121000, op: expire(), deadline: i64(122000)},
+		{at: 2600, op: ack("jobs", 1, 1, c1), deadline: i64(126000)},
+		{at: 121000, op: expire(), deadline: i64(127000)},
 		{at: 122000, op: expire(), deadline: i64(0)},
 	})
 }
