@@ -206,8 +206,17 @@ func (n *Node) applyLeader(cmds []fsm.Command) (func() ([]*fsm.Reply, error), er
 	}
 	f := n.raft.Apply(data, 10*time.Second)
 	return func() ([]*fsm.Reply, error) {
-		if err := f.Error(); err != nil {
-			return nil, mapRaftError(err)
+		// With BatchApplyCh, raft never answers a future still queued when
+		// it shuts down, so the wait also ends with the node.
+		errc := make(chan error, 1)
+		go func() { errc <- f.Error() }()
+		select {
+		case err := <-errc:
+			if err != nil {
+				return nil, mapRaftError(err)
+			}
+		case <-n.shutdownCh:
+			return nil, fmt.Errorf("%w: node shutting down", ErrUnknown)
 		}
 		replies, _ := f.Response().([]*fsm.Reply)
 		return replies, nil

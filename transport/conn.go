@@ -17,7 +17,7 @@ import (
 // conn is one client connection: a reader goroutine (run) that decodes and
 // handles requests, and a writer goroutine that renders and writes frames
 // from a bounded queue. Pushes from the node never block: a connection that
-// falls SendQueue frames behind is closed.
+// falls SendQueue frames or SendQueueBytes bytes behind is closed.
 type conn struct {
 	s     *Server
 	ws    *websocket.Conn
@@ -28,6 +28,7 @@ type conn struct {
 	authed atomic.Bool
 
 	out        chan any // *frame or queue.Effect
+	outBytes   atomic.Int64
 	done       chan struct{}
 	writerDone chan struct{}
 	closeOnce  sync.Once
@@ -66,12 +67,31 @@ func (c *conn) queueOut(v any) {
 		return
 	default:
 	}
+	size := queuedSize(v)
+	if c.outBytes.Add(size) > c.s.opt.SendQueueBytes {
+		c.s.log.Warn("closing slow connection", "agent", c.agent, "conn", c.id, "queued_bytes", c.outBytes.Load())
+		c.shutdown(CloseSlowConsumer, "slow consumer: too many bytes waiting")
+		return
+	}
 	select {
 	case c.out <- v:
 	default:
 		c.s.log.Warn("closing slow connection", "agent", c.agent, "conn", c.id)
 		c.shutdown(CloseSlowConsumer, "slow consumer: too many frames waiting")
 	}
+}
+
+// queuedSize estimates the bytes a queued item will write.
+func queuedSize(v any) int64 {
+	switch e := v.(type) {
+	case *frame:
+		return int64(len(e.data))
+	case *queue.Delivery:
+		return int64(len(e.Msg)) + 160
+	case *queue.Event:
+		return int64(len(e.Msg)) + 64
+	}
+	return 64
 }
 
 // shutdown closes the connection from any goroutine: the close frame is
@@ -196,6 +216,7 @@ func (c *conn) writer() {
 				c.shutdown(CloseNodeDown, "this node lost contact with the cluster; reconnect")
 				return
 			}
+			c.outBytes.Add(-queuedSize(v))
 			data := c.render(v)
 			if data == nil {
 				continue

@@ -1,8 +1,11 @@
 package transport_test
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
+	"strings"
+	"sync"
 	"net/http"
 	"net/http/httptest"
 	"testing"
@@ -121,5 +124,58 @@ func Test_Health_ReadyzReportsRoleAndLeader(t *testing.T) {
 			t.Fatal("/readyz still 200 without a quorum")
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func Test_SlowConsumer_Disconnected(t *testing.T) {
+	c := startCluster(t, 1, transport.Options{SendQueueBytes: 256 << 10})
+	slow := login(t, c, c.Nodes[0].URL, "slow")
+	subscribe(t, slow, "flood.>")
+	pub := c.Dial("flooder")
+	body := strings.Repeat("x", 8<<10)
+	// The subscriber reads nothing: the socket buffers fill, then its
+	// send queue passes its byte budget.
+	var wg sync.WaitGroup
+	for w := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 200 {
+				if _, err := pub.Publish(context.Background(), "flood.t", map[string]any{"w": w, "i": i, "pad": body}); err != nil {
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	// The server ended the connection: its subscription is gone.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		n, err := pub.Publish(context.Background(), "flood.t", "probe")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the slow subscriber was not disconnected")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	// Its socket ends after what was already sent; the close frame (4008)
+	// arrives only if there was room for it.
+	for {
+		if _, err := slow.readWithin(10 * time.Second); err != nil {
+			var ce *websocket.CloseError
+			if errors.As(err, &ce) && ce.Code != transport.CloseSlowConsumer {
+				t.Fatalf("close code %d, want %d", ce.Code, transport.CloseSlowConsumer)
+			}
+			var ne interface{ Timeout() bool }
+			if errors.As(err, &ne) && ne.Timeout() {
+				t.Fatal("the slow subscriber's socket stayed open")
+			}
+			return
+		}
 	}
 }

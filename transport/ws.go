@@ -38,9 +38,11 @@ type Options struct {
 	IdleTimeout  time.Duration
 	AuthTimeout  time.Duration
 	SkewMs       int64
-	// SendQueue is how many frames may wait for a slow connection before it
-	// is closed with CloseSlowConsumer.
-	SendQueue int
+	// SendQueue is how many frames, and SendQueueBytes how many bytes of
+	// them, may wait for a slow connection before it is closed with
+	// CloseSlowConsumer.
+	SendQueue      int
+	SendQueueBytes int64
 	Logger    *slog.Logger
 }
 
@@ -59,6 +61,9 @@ func (o *Options) defaults() {
 	}
 	if o.SkewMs == 0 {
 		o.SkewMs = 5 * 60 * 1000
+	}
+	if o.SendQueueBytes == 0 {
+		o.SendQueueBytes = 64 << 20
 	}
 	if o.SendQueue == 0 {
 		o.SendQueue = 16384
