@@ -43,7 +43,7 @@ type Options struct {
 	// CloseSlowConsumer.
 	SendQueue      int
 	SendQueueBytes int64
-	Logger    *slog.Logger
+	Logger         *slog.Logger
 }
 
 func (o *Options) defaults() {
