@@ -16,7 +16,7 @@ import (
 // with 1 and 16 concurrent submitters.
 func BenchmarkSubmit(b *testing.B) {
 	for _, nodes := range []int{1, 3} {
-		for _, conc := range []int{1, 16} {
+		for _, conc := range []int{1, 16, 64} {
 			b.Run(fmt.Sprintf("nodes=%d/conc=%d", nodes, conc), func(b *testing.B) {
 				c := testcluster.Start(b, nodes, testcluster.Options{})
 				nd := c.WaitLeader()
