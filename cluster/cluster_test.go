@@ -223,3 +223,33 @@ func Test_Cluster_NodeDownReleasesLeases(t *testing.T) {
 		t.Fatalf("redelivery seq %d attempt %d, want seq %d attempt 2", d2.Seq, d2.Attempt, d.Seq)
 	}
 }
+
+func Test_Cluster_LaggingFollowerInstallsSnapshot(t *testing.T) {
+	c := testcluster.Start(t, 3, testcluster.Options{TrailingLogs: 10})
+	leader := c.WaitLeader()
+	lagging := c.Followers()[0]
+	c.StopNode(lagging)
+	cl := c.Dial("producer", leader.URL)
+	for i := range 300 {
+		if _, err := cl.Enqueue(ctx(t), "snap", i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Compact the leader's log past everything the stopped node has.
+	if err := leader.Node.Raft().Snapshot().Error(); err != nil {
+		t.Fatal(err)
+	}
+	if idx := leader.Node.Raft().Stats()["last_snapshot_index"]; idx == "" || idx == "0" {
+		t.Fatalf("no snapshot taken (last_snapshot_index %q)", idx)
+	}
+	c.RestartNode(lagging)
+	c.WaitConverged()
+	// The restarted node serves the state it received.
+	info, err := c.Dial("reader", lagging.URL).QueueInfo(ctx(t), "snap")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Ready != 300 {
+		t.Fatalf("ready %d on the restarted node, want 300", info.Ready)
+	}
+}

@@ -59,6 +59,10 @@ type Config struct {
 	// answering heartbeats, before it ends that peer's connections
 	// cluster-wide (releasing their leases). Default 15 s.
 	NodeDownAfter time.Duration
+	// SnapshotThreshold and TrailingLogs tune Raft's log compaction; zero
+	// means 32768 and 65536.
+	SnapshotThreshold uint64
+	TrailingLogs      uint64
 	// ClockOffset shifts this node's clock (fault-injection tests only).
 	ClockOffset time.Duration
 	Logger      *slog.Logger
@@ -217,6 +221,12 @@ func (n *Node) start() error {
 	rc.LeaderLeaseTimeout = min(n.cfg.HeartbeatTimeout/2, rc.LeaderLeaseTimeout)
 	rc.SnapshotThreshold = 32768
 	rc.TrailingLogs = 65536
+	if n.cfg.SnapshotThreshold > 0 {
+		rc.SnapshotThreshold = n.cfg.SnapshotThreshold
+	}
+	if n.cfg.TrailingLogs > 0 {
+		rc.TrailingLogs = n.cfg.TrailingLogs
+	}
 	rc.SnapshotInterval = 60 * time.Second
 	// state.db keeps its applied index, so a restart continues from it
 	// instead of restoring the last snapshot and replaying over it. A node

@@ -46,8 +46,10 @@ type Cluster struct {
 type Options struct {
 	// TransportOptions apply to every node's WebSocket server.
 	Transport transport.Options
-	// NodeDownAfter is passed to every node (0: the default).
+	// NodeDownAfter and TrailingLogs are passed to every node (0: the
+	// defaults).
 	NodeDownAfter time.Duration
+	TrailingLogs  uint64
 	// Logger defaults to a quiet logger (warnings and errors only, to stderr
 	// when MCPD_TEST_LOG is set).
 	Logger *slog.Logger
@@ -106,6 +108,7 @@ func (c *Cluster) startNode(nd *Node, raftLn net.Listener) {
 		ElectionTimeout:  300 * time.Millisecond,
 		SubmitTimeout:    5 * time.Second,
 		NodeDownAfter:    c.opt.NodeDownAfter,
+		TrailingLogs:     c.opt.TrailingLogs,
 		Logger:           c.opt.Logger.With("node", nd.ID),
 	})
 	if err != nil {
