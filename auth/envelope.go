@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 
 	"github.com/gowebpki/jcs"
 )
@@ -121,18 +122,37 @@ func str(fields map[string]json.RawMessage, name string, required bool) (string,
 	return s, nil
 }
 
-// ValidAgentName reports whether s is 1–64 bytes of [A-Za-z0-9._-].
+// ValidAgentName reports whether s is 1–64 bytes of [A-Za-z0-9._-] not
+// ending in ".dlq" (which would make "@NAME.dlq" both an inbox and another
+// agent's dead-letter queue).
 func ValidAgentName(s string) bool {
-	return validName(s, 64)
+	return validName(s, 64) && !strings.HasSuffix(s, ".dlq")
 }
 
 // ValidQueueName reports whether s is a queue name: 1–200 bytes of
-// [A-Za-z0-9._-], or an inbox "@" + agent name (+ ".dlq").
+// [A-Za-z0-9._-], or an inbox "@" + agent name, either followed by any
+// number of ".dlq" suffixes (dead-letter queues of dead-letter queues get
+// their names that way and must stay reachable).
 func ValidQueueName(s string) bool {
-	if len(s) > 0 && s[0] == '@' {
-		return len(s) <= 201 && validName(s[1:], 200)
+	if len(s) > maxQueueRef {
+		return false
 	}
-	return validName(s, 200)
+	base := stripDLQ(s)
+	if len(base) > 0 && base[0] == '@' {
+		return ValidAgentName(base[1:])
+	}
+	return validName(base, 200)
+}
+
+// maxQueueRef bounds a queue name with its ".dlq" suffixes.
+const maxQueueRef = 1024
+
+// stripDLQ removes every trailing ".dlq" that follows a non-empty base.
+func stripDLQ(s string) string {
+	for len(s) > 4 && strings.HasSuffix(s, ".dlq") {
+		s = s[:len(s)-4]
+	}
+	return s
 }
 
 // IsInbox reports whether a queue is an agent inbox or its dead-letter
@@ -140,9 +160,9 @@ func ValidQueueName(s string) bool {
 func IsInbox(queue string) bool { return len(queue) > 0 && queue[0] == '@' }
 
 // InboxAllowed reports whether agent may use an inbox queue: only its own
-// "@NAME" and "@NAME.dlq".
+// "@NAME" and the dead-letter queues below it ("@NAME.dlq", ...).
 func InboxAllowed(queue, agent string) bool {
-	return queue == "@"+agent || queue == "@"+agent+".dlq"
+	return stripDLQ(queue) == "@"+agent
 }
 
 func validName(s string, max int) bool {

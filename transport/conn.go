@@ -133,8 +133,20 @@ func (c *conn) run() {
 		}
 	})
 	defer authTimer.Stop()
+	// Anything from the client counts as activity: frames, pongs, pings.
 	c.ws.SetPongHandler(func(string) error {
 		return c.ws.SetReadDeadline(time.Now().Add(c.s.opt.IdleTimeout))
+	})
+	c.ws.SetPingHandler(func(data string) error {
+		_ = c.ws.SetReadDeadline(time.Now().Add(c.s.opt.IdleTimeout))
+		err := c.ws.WriteControl(websocket.PongMessage, []byte(data), time.Now().Add(time.Second))
+		if err != nil && !errors.Is(err, websocket.ErrCloseSent) {
+			var ne net.Error
+			if !errors.As(err, &ne) || !ne.Timeout() {
+				return err
+			}
+		}
+		return nil
 	})
 	buf := make([]byte, 0, 4096)
 	for {

@@ -179,3 +179,30 @@ func Test_SlowConsumer_Disconnected(t *testing.T) {
 		}
 	}
 }
+
+func Test_Keepalive_ClientPingsCountAsActivity(t *testing.T) {
+	c := startCluster(t, 1, transport.Options{PingInterval: time.Hour, IdleTimeout: 500 * time.Millisecond})
+	rc := login(t, c, c.Nodes[0].URL, "pinger")
+	pongs := make(chan struct{}, 16)
+	rc.ws.SetPongHandler(func(string) error { pongs <- struct{}{}; return nil })
+	// The server never pings (PingInterval is an hour); the client's own
+	// pings, every 100 ms for three idle timeouts, keep it open.
+	done := make(chan error, 1)
+	go func() {
+		_, _, err := rc.ws.ReadMessage()
+		done <- err
+	}()
+	for range 15 {
+		if err := rc.ws.WriteControl(websocket.PingMessage, []byte("p"), time.Now().Add(time.Second)); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case err := <-done:
+			t.Fatalf("connection ended while the client pinged: %v", err)
+		case <-pongs:
+		case <-time.After(5 * time.Second):
+			t.Fatal("no pong")
+		}
+		time.Sleep(100 * time.Millisecond) // the client's ping interval
+	}
+}

@@ -119,8 +119,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	if s.draining {
 		s.mu.Unlock()
-		c.closeWith(websocket.CloseGoingAway, "server shutting down")
-		ws.Close()
+		c.shutdown(websocket.CloseGoingAway, "server shutting down")
 		return
 	}
 	s.conns[c] = struct{}{}
