@@ -170,7 +170,7 @@ func (n *Node) start() error {
 
 	store, err := raftboltdb.New(raftboltdb.Options{
 		Path:        filepath.Join(raftDir, "raft.db"),
-		BoltOptions: &bolt.Options{Timeout: 5 * time.Second, NoFreelistSync: true},
+		BoltOptions: &bolt.Options{Timeout: 5 * time.Second, NoFreelistSync: true, InitialMmapSize: 256 << 20},
 	})
 	if err != nil {
 		return fmt.Errorf("open raft log: %w", err)
@@ -233,7 +233,12 @@ func (n *Node) start() error {
 	// with an empty state.db still restores the snapshot.
 	rc.NoSnapshotRestoreOnStart = f.AppliedIndex() > 0
 
-	r, err := raft.NewRaft(rc, f, store, store, snaps, trans)
+	// Replication reads recent entries back; serve them from memory.
+	logs, err := raft.NewLogCache(4096, store)
+	if err != nil {
+		return err
+	}
+	r, err := raft.NewRaft(rc, f, logs, store, snaps, trans)
 	if err != nil {
 		trans.Close()
 		return fmt.Errorf("start raft: %w", err)
