@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sort"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -17,6 +18,7 @@ import (
 
 type pending struct {
 	cmd      fsm.Command
+	seq      uint64 // submission order, kept through retries
 	deadline time.Time
 	done     func(error) // called once with the outcome
 }
@@ -49,7 +51,7 @@ func (n *Node) SubmitAsync(cmd fsm.Command, done func(error)) {
 }
 
 func (n *Node) submitAsync(cmd fsm.Command, timeout time.Duration, done func(error)) {
-	p := &pending{cmd: cmd, deadline: time.Now().Add(timeout), done: done}
+	p := &pending{cmd: cmd, seq: n.subSeq.Add(1), deadline: time.Now().Add(timeout), done: done}
 	n.subMu.RLock()
 	defer n.subMu.RUnlock()
 	if n.subClosed {
@@ -65,10 +67,20 @@ func (n *Node) submitAsync(cmd fsm.Command, timeout time.Duration, done func(err
 
 func (n *Node) batchLoop() {
 	defer n.wg.Done()
+	defer n.closeRetries()
 	for {
+		// Commands that were not applied go again before anything newer.
+		if n.hasRetries() {
+			if !n.proposeRetries() {
+				return
+			}
+			continue
+		}
 		var first *pending
 		select {
 		case first = <-n.submitCh:
+		case <-n.retryWake:
+			continue
 		case <-n.shutdownCh:
 			n.drainSubmits()
 			return
@@ -96,6 +108,73 @@ func (n *Node) batchLoop() {
 	}
 }
 
+// closeRetries fails every command waiting for a retry, and every later
+// one, when the batch loop stops.
+func (n *Node) closeRetries() {
+	n.retryMu.Lock()
+	retry := n.retry
+	n.retry, n.retryClosed = nil, true
+	n.retryMu.Unlock()
+	for _, p := range retry {
+		p.done(ErrShutdown)
+	}
+	n.drainSubmits()
+}
+
+func (n *Node) hasRetries() bool {
+	n.retryMu.Lock()
+	defer n.retryMu.Unlock()
+	return len(n.retry) > 0
+}
+
+// proposeRetries waits until no batch is on its way (so every failure of
+// the last round is back in the retry list), backs off, and proposes the
+// retries in their original submission order. It returns false when the
+// node stops.
+func (n *Node) proposeRetries() bool {
+	if !n.waitInflight(0) {
+		return false
+	}
+	select {
+	case <-time.After(50 * time.Millisecond):
+	case <-n.shutdownCh:
+		return false
+	}
+	n.retryMu.Lock()
+	retry := n.retry
+	n.retry = nil
+	n.retryMu.Unlock()
+	sort.Slice(retry, func(i, j int) bool { return retry[i].seq < retry[j].seq })
+	now := time.Now()
+	live := retry[:0]
+	for _, p := range retry {
+		if now.After(p.deadline) {
+			p.done(fmt.Errorf("%w: no leader accepted the command in time", ErrUnavailable))
+		} else {
+			live = append(live, p)
+		}
+	}
+	for len(live) > 0 {
+		k := min(len(live), maxBatchCmds)
+		n.inflight <- struct{}{}
+		n.propose(live[:k])
+		live = live[k:]
+	}
+	return true
+}
+
+// waitInflight waits until at most keep batches are on their way.
+func (n *Node) waitInflight(keep int) bool {
+	for len(n.inflight) > keep {
+		select {
+		case <-time.After(time.Millisecond):
+		case <-n.shutdownCh:
+			return false
+		}
+	}
+	return true
+}
+
 func (n *Node) drainSubmits() {
 	for {
 		select {
@@ -114,6 +193,25 @@ func (n *Node) propose(batch []*pending) {
 	cmds := make([]fsm.Command, len(batch))
 	for i, p := range batch {
 		cmds[i] = p.cmd
+	}
+	// Batches still on their way to another target may yet fail and be
+	// retried; they must not be overtaken. The caller holds one slot.
+	target := "local"
+	if !n.IsLeader() {
+		_, id := n.raft.LeaderWithID()
+		target = string(id)
+	}
+	if target != n.lastTarget {
+		n.lastTarget = target
+		if len(n.inflight) > 1 {
+			n.waitInflight(1)
+			if n.hasRetries() {
+				// Go behind the retries, in submission order.
+				<-n.inflight
+				n.requeue(batch)
+				return
+			}
+		}
 	}
 	done := make(chan error, 1)
 	var fwd <-chan error
@@ -144,7 +242,7 @@ func (n *Node) propose(batch []*pending) {
 }
 
 // finish reports a batch's outcome; commands that were certainly not
-// applied are retried until their deadline.
+// applied are retried, in order, until their deadline.
 func (n *Node) finish(batch []*pending, err error) {
 	if !errors.Is(err, ErrUnavailable) {
 		for _, p := range batch {
@@ -152,33 +250,25 @@ func (n *Node) finish(batch []*pending, err error) {
 		}
 		return
 	}
-	var retry []*pending
-	for _, p := range batch {
-		if time.Now().After(p.deadline) {
-			p.done(err)
-		} else {
-			retry = append(retry, p)
+	n.requeue(batch)
+}
+
+// requeue puts commands on the retry list and wakes the batch loop; once
+// the loop has stopped they fail at once.
+func (n *Node) requeue(batch []*pending) {
+	n.retryMu.Lock()
+	if n.retryClosed {
+		n.retryMu.Unlock()
+		for _, p := range batch {
+			p.done(ErrShutdown)
 		}
-	}
-	if len(retry) == 0 {
 		return
 	}
-	t := time.NewTimer(50 * time.Millisecond)
-	defer t.Stop()
+	n.retry = append(n.retry, batch...)
+	n.retryMu.Unlock()
 	select {
-	case <-t.C:
-	case <-n.shutdownCh:
-		for _, p := range retry {
-			p.done(ErrShutdown)
-		}
-		return
-	}
-	for _, p := range retry {
-		select {
-		case n.submitCh <- p:
-		case <-n.shutdownCh:
-			p.done(ErrShutdown)
-		}
+	case n.retryWake <- struct{}{}:
+	default:
 	}
 }
 

@@ -86,13 +86,19 @@ type Node struct {
 	fwd   *forwarder
 	epoch uint64
 
-	submitCh   chan *pending
-	subMu      sync.RWMutex // subClosed: no more submissions
-	subClosed  bool
-	inflight   chan struct{}
-	shutdownCh chan struct{}
-	wg         sync.WaitGroup
-	stopOnce   sync.Once
+	submitCh    chan *pending
+	subMu       sync.RWMutex // subClosed: no more submissions
+	subClosed   bool
+	subSeq      atomic.Uint64
+	retryMu     sync.Mutex
+	retry       []*pending // not applied; proposed again before newer commands
+	retryClosed bool
+	retryWake   chan struct{}
+	lastTarget  string // batch loop only: where the last batch went
+	inflight    chan struct{}
+	shutdownCh  chan struct{}
+	wg          sync.WaitGroup
+	stopOnce    sync.Once
 
 	drops    sync.WaitGroup // ConnClosed submissions under way
 	connSeq  atomic.Uint64
@@ -138,6 +144,7 @@ func New(cfg Config) (*Node, error) {
 		log:        cfg.Logger.With("component", "cluster"),
 		epoch:      uint64(time.Now().UnixNano()),
 		submitCh:   make(chan *pending, submitQueueLen),
+		retryWake:  make(chan struct{}, 1),
 		inflight:   make(chan struct{}, maxInflight),
 		shutdownCh: make(chan struct{}),
 		conns:      map[string]Sink{},
