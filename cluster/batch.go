@@ -204,6 +204,13 @@ func (n *Node) propose(batch []*pending) {
 	if target != n.lastTarget {
 		n.lastTarget = target
 		if len(n.inflight) > 1 {
+			// Batches forwarded to a former leader end now (outcome
+			// unknown) rather than when TCP gives up on it.
+			keep := ""
+			if addr, _ := n.raft.LeaderWithID(); target != "local" {
+				keep = string(addr)
+			}
+			n.fwd.dropUnless(keep)
 			n.waitInflight(1)
 			if n.hasRetries() {
 				// Go behind the retries, in submission order.
@@ -214,30 +221,35 @@ func (n *Node) propose(batch []*pending) {
 		}
 	}
 	done := make(chan error, 1)
-	var fwd <-chan error
-	if n.IsLeader() {
+	switch addr, id := n.raft.LeaderWithID(); {
+	case n.IsLeader():
 		wait, err := n.applyLeader(cmds)
 		if err != nil {
 			done <- err
-		} else {
-			go func() {
-				_, err := wait()
-				done <- err
-			}()
+			break
 		}
-	} else if addr, id := n.raft.LeaderWithID(); id != "" {
-		fwd = n.fwd.send(string(addr), cmds)
-	} else {
+		go func() {
+			_, err := wait()
+			done <- err
+		}()
+	case id != "":
+		done = n.fwd.send(string(addr), cmds)
+	default:
 		done <- fmt.Errorf("%w: no leader", ErrUnavailable)
 	}
-	go func() {
-		var err error
-		select {
-		case err = <-done:
-		case err = <-fwd:
-		}
-		<-n.inflight
+	// A batch that failed on the spot goes on the retry list before the
+	// loop forms the next one, so nothing newer overtakes it.
+	select {
+	case err := <-done:
 		n.finish(batch, err)
+		<-n.inflight
+		return
+	default:
+	}
+	go func() {
+		err := <-done
+		n.finish(batch, err)
+		<-n.inflight
 	}()
 }
 

@@ -132,10 +132,16 @@ type forwarder struct {
 	waiting map[uint64]chan error
 }
 
+// forwardSilence is how long the leader may send nothing back while
+// batches wait for it; after that they fail (outcome unknown) and the
+// connection is dropped. The leader answers every batch within raft's
+// apply timeout (10 s), so only a dead or cut-off leader stays silent.
+const forwardSilence = 15 * time.Second
+
 // send writes a batch to the leader at addr and returns a channel that
 // yields its outcome: nil (committed), ErrUnavailable (not applied) or
 // ErrUnknown.
-func (f *forwarder) send(addr string, cmds []fsm.Command) <-chan error {
+func (f *forwarder) send(addr string, cmds []fsm.Command) chan error {
 	ch := make(chan error, 1)
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -155,6 +161,9 @@ func (f *forwarder) send(addr string, cmds []fsm.Command) <-chan error {
 	f.nextID++
 	id := f.nextID
 	f.waiting[id] = ch
+	if len(f.waiting) == 1 {
+		_ = f.conn.SetReadDeadline(time.Now().Add(forwardSilence))
+	}
 	_ = f.conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
 	err := writeFrame(f.bw, fwdRequest{ID: id, Cmds: cmds})
 	if err == nil {
@@ -181,6 +190,11 @@ func (f *forwarder) readLoop(c net.Conn) {
 		f.mu.Lock()
 		ch := f.waiting[r.ID]
 		delete(f.waiting, r.ID)
+		if len(f.waiting) == 0 {
+			_ = c.SetReadDeadline(time.Time{})
+		} else {
+			_ = c.SetReadDeadline(time.Now().Add(forwardSilence))
+		}
 		f.mu.Unlock()
 		if ch == nil {
 			continue
@@ -207,6 +221,16 @@ func (f *forwarder) failLocked(err error) {
 		delete(f.waiting, id)
 	}
 	f.conn, f.bw, f.addr = nil, nil, ""
+}
+
+// dropUnless drops the connection unless it goes to addr, failing what
+// waits on it as unknown.
+func (f *forwarder) dropUnless(addr string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.conn != nil && f.addr != addr {
+		f.failLocked(fmt.Errorf("%w: leader changed", ErrUnknown))
+	}
 }
 
 func (f *forwarder) close() {

@@ -45,12 +45,15 @@ func (m *mux) serve() {
 				return
 			default:
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				continue
+			// Transient failures (a timeout, too many open files) must not
+			// cut the node off for good: back off and accept again.
+			m.log.Warn("raft port accept failed; retrying", "err", err)
+			select {
+			case <-m.closed:
+				return
+			case <-time.After(100 * time.Millisecond):
 			}
-			m.log.Error("raft port accept failed", "err", err)
-			return
+			continue
 		}
 		go m.route(c)
 	}

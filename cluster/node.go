@@ -237,8 +237,13 @@ func (n *Node) start() error {
 	rc.SnapshotInterval = 60 * time.Second
 	// state.db keeps its applied index, so a restart continues from it
 	// instead of restoring the last snapshot and replaying over it. A node
-	// with an empty state.db still restores the snapshot.
-	rc.NoSnapshotRestoreOnStart = f.AppliedIndex() > 0
+	// whose state.db is empty or older than its newest snapshot (a crash
+	// during a snapshot install) restores the snapshot.
+	var snapIndex uint64
+	if metas, err := snaps.List(); err == nil && len(metas) > 0 {
+		snapIndex = metas[0].Index
+	}
+	rc.NoSnapshotRestoreOnStart = f.AppliedIndex() > 0 && f.AppliedIndex() >= snapIndex
 
 	// Replication reads recent entries back; serve them from memory.
 	logs, err := raft.NewLogCache(4096, store)
@@ -401,6 +406,12 @@ func (n *Node) leaderLoop() {
 			}
 			return
 		case leader := <-n.raft.LeaderCh():
+			// Heartbeat observations come from one term's replication;
+			// what an earlier term saw says nothing about the peers now.
+			n.peersMu.Lock()
+			clear(n.peersLost)
+			clear(n.peersDown)
+			n.peersMu.Unlock()
 			if leader && stop == nil {
 				stop = make(chan struct{})
 				n.wg.Add(1)

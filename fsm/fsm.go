@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -441,6 +442,15 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	}
 	if err := os.Rename(tmp, f.path); err != nil {
 		return err
+	}
+	// The rename must be durable before raft records the snapshot as
+	// installed, or a crash could bring back the old state.db.
+	if dir, err := os.Open(filepath.Dir(f.path)); err == nil {
+		err = dir.Sync()
+		dir.Close()
+		if err != nil {
+			return fmt.Errorf("restore: sync %s: %w", filepath.Dir(f.path), err)
+		}
 	}
 	return f.open()
 }

@@ -94,15 +94,18 @@ func queuedSize(v any) int64 {
 	return 64
 }
 
-// shutdown closes the connection from any goroutine: the close frame is
-// written directly (gorilla allows WriteControl concurrently with the
-// writer), then the socket closes, which ends the reader and writer.
+// shutdown closes the connection from any goroutine without blocking it
+// (it is called from the node's apply path for slow consumers): the close
+// frame and the socket close happen on a goroutine of their own, which
+// ends the reader and the writer.
 func (c *conn) shutdown(code int, reason string) {
 	c.closeOnce.Do(func() {
 		close(c.done)
-		msg := websocket.FormatCloseMessage(code, reason)
-		_ = c.ws.WriteControl(websocket.CloseMessage, msg, time.Now().Add(time.Second))
-		c.ws.Close()
+		go func() {
+			msg := websocket.FormatCloseMessage(code, reason)
+			_ = c.ws.WriteControl(websocket.CloseMessage, msg, time.Now().Add(time.Second))
+			c.ws.Close()
+		}()
 	})
 }
 
