@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
+
+	"github.com/hashicorp/raft"
 	"testing"
 	"time"
 
@@ -251,5 +253,45 @@ func Test_Cluster_LaggingFollowerInstallsSnapshot(t *testing.T) {
 	}
 	if info.Ready != 300 {
 		t.Fatalf("ready %d on the restarted node, want 300", info.Ready)
+	}
+}
+
+// A leader that loses and regains leadership must not act on heartbeat
+// failures it saw in its earlier term: the peer it once missed is healthy
+// now, and its clients keep their consumers.
+func Test_Cluster_ReelectedLeaderForgetsOldPeerFailures(t *testing.T) {
+	c := testcluster.Start(t, 3, testcluster.Options{NodeDownAfter: 2 * time.Second})
+	leader := c.WaitLeader()
+	f := c.Followers()
+	missed, other := f[0], f[1]
+	transfer := func(from, to *testcluster.Node) {
+		t.Helper()
+		err := from.Node.Raft().LeadershipTransferToServer(raft.ServerID(to.ID), raft.ServerAddress(to.RaftAddr())).Error()
+		if err != nil {
+			t.Fatalf("transfer %s -> %s: %v", from.ID, to.ID, err)
+		}
+		testcluster.WaitFor(t, 10*time.Second, to.Node.IsLeader)
+	}
+	// The leader misses heartbeats to one follower for a moment...
+	c.StopNode(missed)
+	testcluster.WaitFor(t, 10*time.Second, func() bool { return leader.Node.PeerUnreachable(missed.ID) })
+	// ...leadership moves away, the follower returns, leadership comes back.
+	transfer(leader, other)
+	c.RestartNode(missed)
+	cl := c.Dial("worker", missed.URL)
+	if _, err := cl.Consume(ctx(t), "kept", client.ConsumeOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	transfer(other, leader)
+	// Wait past NodeDownAfter: a stale failure would end the consumer.
+	time.Sleep(3 * time.Second)
+	info, err := cl.QueueInfo(ctx(t), "kept")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The client would reconnect and consume again after a kick; it must
+	// not have had to.
+	if info.Consumers != 1 || cl.Reconnects() != 0 {
+		t.Fatalf("consumers %d, reconnects %d after re-election: a healthy peer was declared down", info.Consumers, cl.Reconnects())
 	}
 }

@@ -482,6 +482,15 @@ func (n *Node) watchPeers(obs chan raft.Observation) {
 	}
 }
 
+// PeerUnreachable reports whether this node, as leader, currently misses
+// heartbeats to peer id.
+func (n *Node) PeerUnreachable(id string) bool {
+	n.peersMu.Lock()
+	defer n.peersMu.Unlock()
+	_, ok := n.peersLost[id]
+	return ok
+}
+
 // declareLostPeers ends, through the log, the connections of peers that
 // have been unreachable for NodeDownAfter: their leases go back to their
 // queues instead of bouncing off consumers nobody serves.

@@ -131,6 +131,9 @@ func (c *Cluster) startNode(nd *Node, raftLn net.Listener) {
 	nd.URL = fmt.Sprintf("wss://%s/v1", ln.Addr())
 }
 
+// RaftAddr is the node's Raft address.
+func (nd *Node) RaftAddr() string { return nd.raftAddr }
+
 // Stop shuts every running node down.
 func (c *Cluster) Stop() {
 	for _, nd := range c.Nodes {
