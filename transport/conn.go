@@ -211,6 +211,7 @@ func readLimited(r io.Reader, buf []byte, max int) ([]byte, bool, error) {
 
 func (c *conn) writer() {
 	defer close(c.writerDone)
+	cork, _ := c.ws.UnderlyingConn().(*corkConn)
 	ping := time.NewTicker(c.s.opt.PingInterval)
 	defer ping.Stop()
 	for {
@@ -223,25 +224,64 @@ func (c *conn) writer() {
 				return
 			}
 		case v := <-c.out:
-			if f, ok := v.(*frame); ok && f.close {
-				c.shutdown(f.code, f.reason)
-				return
+			// Write this item and whatever else is already waiting as one
+			// burst, then flush it.
+			if cork != nil {
+				cork.cork()
 			}
-			if _, ok := v.(*queue.Kick); ok {
-				c.shutdown(CloseNodeDown, "this node lost contact with the cluster; reconnect")
-				return
+			ok := c.write(v)
+			for more := 0; ok && more < 256; more++ {
+				select {
+				case v = <-c.out:
+					ok = c.write(v)
+					continue
+				default:
+				}
+				break
 			}
-			c.outBytes.Add(-queuedSize(v))
-			data := c.render(v)
-			if data == nil {
-				continue
+			if cork != nil && ok {
+				if err := cork.uncork(); err != nil {
+					c.shutdown(websocket.CloseGoingAway, "")
+					ok = false
+				}
 			}
-			_ = c.ws.SetWriteDeadline(time.Now().Add(30 * time.Second))
-			if err := c.ws.WriteMessage(websocket.TextMessage, data); err != nil {
-				c.shutdown(websocket.CloseGoingAway, "")
+			if !ok {
 				return
 			}
 		}
+	}
+}
+
+// write renders and writes one queued item; false when the connection
+// is done.
+func (c *conn) write(v any) bool {
+	if f, ok := v.(*frame); ok && f.close {
+		c.flushCork()
+		c.shutdown(f.code, f.reason)
+		return false
+	}
+	if _, ok := v.(*queue.Kick); ok {
+		c.flushCork()
+		c.shutdown(CloseNodeDown, "this node lost contact with the cluster; reconnect")
+		return false
+	}
+	c.outBytes.Add(-queuedSize(v))
+	data := c.render(v)
+	if data == nil {
+		return true
+	}
+	_ = c.ws.SetWriteDeadline(time.Now().Add(30 * time.Second))
+	if err := c.ws.WriteMessage(websocket.TextMessage, data); err != nil {
+		c.shutdown(websocket.CloseGoingAway, "")
+		return false
+	}
+	return true
+}
+
+// flushCork writes a burst gathered so far (before a close frame).
+func (c *conn) flushCork() {
+	if cork, ok := c.ws.UnderlyingConn().(*corkConn); ok {
+		_ = cork.uncork()
 	}
 }
 

@@ -158,7 +158,7 @@ func (s *Server) Shutdown(ctx context.Context) {
 // Serve accepts TLS (or plain, when tlsLn is not TLS) connections on ln.
 func (s *Server) Serve(ln net.Listener) error {
 	hs := &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelDebug)}
-	err := hs.Serve(ln)
+	err := hs.Serve(corkListener{ln})
 	if errors.Is(err, http.ErrServerClosed) || errors.Is(err, net.ErrClosed) {
 		return nil
 	}
