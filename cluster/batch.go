@@ -331,9 +331,7 @@ func mapRaftError(err error) error {
 		return nil
 	case errors.Is(err, raft.ErrNotLeader), errors.Is(err, raft.ErrLeadershipTransferInProgress), errors.Is(err, raft.ErrEnqueueTimeout):
 		return fmt.Errorf("%w: %v", ErrUnavailable, err)
-	case errors.Is(err, raft.ErrRaftShutdown):
-		return fmt.Errorf("%w: %v", ErrUnknown, err)
-	default:
+	default: // leadership lost, shutdown, timeout: it may have committed
 		return fmt.Errorf("%w: %v", ErrUnknown, err)
 	}
 }

@@ -74,8 +74,6 @@ func readFrame(r io.Reader, v any) error {
 // serveForward handles one follower's connection on the leader.
 func (n *Node) serveForward(c net.Conn) {
 	defer c.Close()
-	n.wg.Add(1)
-	defer n.wg.Done()
 	go func() {
 		<-n.shutdownCh
 		c.Close()

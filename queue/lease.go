@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+
+	"github.com/vmihailenco/msgpack/v5"
 )
 
 // ConsumeArgs opens a consumer for a connection.
@@ -328,23 +330,14 @@ func (t *Tx) Cancel(a CancelArgs) error {
 func (t *Tx) ConnClosed(conn string) error {
 	// Consumers and subscriptions of the connection.
 	for _, bucket := range [][]byte{bucketConsumers, bucketSubs} {
-		var ids [][]byte
-		err := t.b(bucket).ForEach(func(k, v []byte) error {
-			var owner struct {
-				Conn string `msgpack:"c"`
-			}
-			if _, err := get(t.b(bucket), k, &owner); err != nil {
-				return err
-			}
-			if owner.Conn == conn {
-				ids = append(ids, append([]byte(nil), k...))
-			}
-			return nil
-		})
+		keys, owners, err := t.owners(bucket)
 		if err != nil {
 			return err
 		}
-		for _, k := range ids {
+		for i, k := range keys {
+			if owners[i] != conn {
+				continue
+			}
 			if bytes.Equal(bucket, bucketConsumers) {
 				if err := t.Cancel(CancelArgs{Consumer: binary.BigEndian.Uint64(k), Conn: conn}); err != nil {
 					return err
@@ -369,6 +362,23 @@ func (t *Tx) ConnClosed(conn string) error {
 		}
 	}
 	return nil
+}
+
+// owners lists the keys of the consumers or subscriptions bucket with the
+// connection that owns each (both records keep it under msgpack key "c").
+func (t *Tx) owners(bucket []byte) (keys [][]byte, conns []string, err error) {
+	err = t.b(bucket).ForEach(func(k, v []byte) error {
+		var owner struct {
+			Conn string `msgpack:"c"`
+		}
+		if err := msgpack.Unmarshal(v, &owner); err != nil {
+			return fmt.Errorf("decode %s/%x: %w", bucket, k, err)
+		}
+		keys = append(keys, append([]byte(nil), k...))
+		conns = append(conns, owner.Conn)
+		return nil
+	})
+	return keys, conns, err
 }
 
 // NodeStarted ends the connections a node held before it restarted: every
@@ -398,18 +408,12 @@ func (t *Tx) endNodeConns(node string, kick bool, match func(conn string) bool) 
 		}
 	}
 	for _, bucket := range [][]byte{bucketConsumers, bucketSubs} {
-		err := t.b(bucket).ForEach(func(k, v []byte) error {
-			var owner struct {
-				Conn string `msgpack:"c"`
-			}
-			if _, err := get(t.b(bucket), k, &owner); err != nil {
-				return err
-			}
-			collect(owner.Conn)
-			return nil
-		})
+		_, owners, err := t.owners(bucket)
 		if err != nil {
 			return err
+		}
+		for _, conn := range owners {
+			collect(conn)
 		}
 	}
 	c := t.b(bucketByConn).Cursor()

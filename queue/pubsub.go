@@ -1,6 +1,7 @@
 package queue
 
 import (
+	"encoding/binary"
 	"strings"
 )
 
@@ -41,7 +42,7 @@ func (t *Tx) Publish(a PublishArgs) (PublishResult, error) {
 		}
 		res.Receivers++
 		if t.isLocal(s.Conn) {
-			t.Effects = append(t.Effects, &Event{Conn: s.Conn, Sub: beUint64(k), Topic: a.Topic, Msg: a.Env})
+			t.Effects = append(t.Effects, &Event{Conn: s.Conn, Sub: binary.BigEndian.Uint64(k), Topic: a.Topic, Msg: a.Env})
 		}
 		return nil
 	})
@@ -77,14 +78,6 @@ func (t *Tx) Unsubscribe(id uint64, conn string) error {
 		return ErrNotFound
 	}
 	return t.b(bucketSubs).Delete(u64(id))
-}
-
-func beUint64(k []byte) uint64 {
-	var n uint64
-	for _, c := range k[:8] {
-		n = n<<8 | uint64(c)
-	}
-	return n
 }
 
 // MatchTopic reports whether a subscription pattern matches a topic: '*'

@@ -1,7 +1,6 @@
 package transport
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"io"
@@ -151,7 +150,6 @@ func (c *conn) run() {
 		}
 		return nil
 	})
-	buf := make([]byte, 0, 4096)
 	for {
 		_ = c.ws.SetReadDeadline(time.Now().Add(c.s.opt.IdleTimeout))
 		mt, r, err := c.ws.NextReader()
@@ -162,8 +160,9 @@ func (c *conn) run() {
 			}
 			return
 		}
-		buf = buf[:0]
-		data, tooLarge, err := readLimited(r, buf, c.s.opt.MaxFrame)
+		// Each frame gets its own buffer: the request keeps slices of it
+		// (the msg bytes) after this loop moves on.
+		data, tooLarge, err := readLimited(r, make([]byte, 0, 4096), c.s.opt.MaxFrame)
 		if err != nil {
 			return
 		}
@@ -182,10 +181,7 @@ func (c *conn) run() {
 			c.sendErr(nil, "bad_request", "binary frames are not accepted; send one JSON object per text frame", false)
 			continue
 		}
-		// The request keeps slices of the frame (msg bytes), so it gets
-		// its own copy of the buffer.
-		c.handle(bytes.Clone(data))
-		buf = data[:0]
+		c.handle(data)
 	}
 }
 
