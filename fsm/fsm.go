@@ -353,12 +353,15 @@ func isBusiness(err error) bool {
 }
 
 // Digest is a SHA-256 over every bucket's keys and values in order: equal
-// digests mean equal logical state. It reads state.db as committed, after
-// committing what is pending.
-func (f *FSM) Digest() ([32]byte, error) {
+// digests mean equal logical state. It returns the applied index the
+// digest was taken at, read in the same view, so two replicas can be
+// compared only where their indexes agree.
+func (f *FSM) Digest() (sum [32]byte, index uint64, err error) {
 	h := sha256.New()
-	f.Flush()
-	err := f.View(func(tx *bolt.Tx) error {
+	err = f.View(func(tx *bolt.Tx) error {
+		if v := tx.Bucket(bucketMeta).Get(keyApplied); len(v) >= 8 {
+			index = binary.BigEndian.Uint64(v)
+		}
 		return tx.ForEach(func(name []byte, b *bolt.Bucket) error {
 			fmt.Fprintf(h, "bucket %q\n", name)
 			return b.ForEach(func(k, v []byte) error {
@@ -367,9 +370,8 @@ func (f *FSM) Digest() ([32]byte, error) {
 			})
 		})
 	})
-	var sum [32]byte
 	copy(sum[:], h.Sum(nil))
-	return sum, err
+	return sum, index, err
 }
 
 // Snapshot implements raft.FSM: it opens a read transaction, which Persist

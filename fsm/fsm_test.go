@@ -37,7 +37,7 @@ func mustFresh(t *testing.T, local string) *fsm.FSM {
 
 func mustDigest(t *testing.T, f *fsm.FSM) [32]byte {
 	t.Helper()
-	d, err := f.Digest()
+	d, _, err := f.Digest()
 	if err != nil {
 		t.Fatalf("digest: %v", err)
 	}
@@ -417,7 +417,7 @@ func sharedLog(t *testing.T) testLog {
 			g.entry()
 		}
 		logCache = testLog{logs: g.logs, stats: g.stats}
-		logCache.final, logErr = ref.Digest()
+		logCache.final, _, logErr = ref.Digest()
 		var dead int64
 		logErr = errors.Join(logErr, ref.View(func(tx *bolt.Tx) error {
 			for _, q := range genQueues {

@@ -1,6 +1,7 @@
 package transport
 
 import (
+	"encoding/hex"
 	"encoding/json"
 	"net/http"
 
@@ -46,6 +47,17 @@ func HealthHandler(node *cluster.Node) http.Handler {
 		}
 		body["status"] = "not ready"
 		write(w, http.StatusServiceUnavailable, body)
+	})
+	// /digest is for fault tests and operators comparing replicas: the
+	// state digest and the applied index it was taken at. It reads the
+	// whole state, so it is not for frequent polling.
+	mux.HandleFunc("/digest", func(w http.ResponseWriter, r *http.Request) {
+		sum, applied, err := node.FSM().Digest()
+		if err != nil {
+			write(w, http.StatusInternalServerError, map[string]any{"node": node.ID(), "error": err.Error()})
+			return
+		}
+		write(w, http.StatusOK, map[string]any{"node": node.ID(), "applied": applied, "digest": hex.EncodeToString(sum[:])})
 	})
 	return mux
 }

@@ -264,12 +264,12 @@ func (c *Cluster) Digests() ([]string, []uint64) {
 		if nd.stopped {
 			continue
 		}
-		d, err := nd.Node.FSM().Digest()
+		d, applied, err := nd.Node.FSM().Digest()
 		if err != nil {
 			c.t.Fatal(err)
 		}
 		ds = append(ds, fmt.Sprintf("%x", d))
-		idx = append(idx, nd.Node.FSM().AppliedIndex())
+		idx = append(idx, applied)
 	}
 	return ds, idx
 }
