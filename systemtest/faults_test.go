@@ -1,0 +1,368 @@
+package systemtest
+
+import (
+	"context"
+	"math/rand/v2"
+	"os"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/mcpd/mcpd/client"
+)
+
+// The fault suite. Each Test_Fault_* test starts a cluster whose nodes live
+// in their own network namespaces, runs producers and consumers, injects
+// one class of fault (or, in Test_Fault_Combined, all of them), heals, and
+// hands the history to the total-queue checker: nothing acknowledged may
+// be lost, nothing delivered that was never sent, and every replica must
+// end with the same applied index and state digest.
+//
+// `make test` runs each scenario briefly; `make chaos` (MCPD_CHAOS=1) runs
+// more rounds and the larger clusters.
+
+// chaos reports whether the long version of the suite was asked for.
+func chaos() bool { return os.Getenv("MCPD_CHAOS") != "" }
+
+// rounds is short in make test and long in make chaos.
+func rounds(short, long int) int {
+	if chaos() {
+		return long
+	}
+	return short
+}
+
+// faultRand is the scenario's random source; its seed is logged and
+// MCPD_FAULT_SEED replays it.
+func faultRand(t *testing.T) *rand.Rand {
+	seed := uint64(time.Now().UnixNano())
+	if s := os.Getenv("MCPD_FAULT_SEED"); s != "" {
+		v, err := strconv.ParseUint(s, 10, 64)
+		if err != nil {
+			t.Fatalf("MCPD_FAULT_SEED: %v", err)
+		}
+		seed = v
+	}
+	t.Logf("fault seed %d (MCPD_FAULT_SEED=%d replays the schedule)", seed, seed)
+	return rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
+}
+
+const batch = 150 // acknowledged enqueues between faults
+
+// standard is the default workload: four producers and two consumers
+// spread over the nodes.
+func standard(c *faultCluster, queue string) *workload {
+	return c.workload(queue, workloadOpts{producers: 4, consumers: 2})
+}
+
+// finishAndCheck heals, drains, checks and compares the replicas.
+func finishAndCheck(t *testing.T, c *faultCluster, w *workload) {
+	t.Helper()
+	c.lab.heal()
+	for _, nd := range c.nodes {
+		nd.resume()
+		if !nd.proc.running() {
+			nd.start(t)
+		}
+	}
+	c.waitAllReady(60 * time.Second)
+	r := w.finish()
+	applied, digest := c.converged(60 * time.Second)
+	r.report(t)
+	t.Logf("replicas agree: applied %d, digest %s", applied, digest[:16])
+}
+
+func Test_Fault_KillLeader(t *testing.T) {
+	c := newFaultCluster(t, 3, clusterOpts{})
+	w := standard(c, "fault.kill-leader")
+	w.waitAcked(batch, 30*time.Second)
+	for range rounds(2, 6) {
+		old := c.leader(10 * time.Second)
+		at := w.fault("SIGKILL leader %s", old.id)
+		old.kill()
+		c.leader(20 * time.Second)
+		w.recovered(at, batch, 30*time.Second)
+		old.start(t)
+		waitReady(t, old.health, 30*time.Second)
+	}
+	finishAndCheck(t, c, w)
+}
+
+func Test_Fault_KillFollower(t *testing.T) {
+	c := newFaultCluster(t, 3, clusterOpts{})
+	w := standard(c, "fault.kill-follower")
+	w.waitAcked(batch, 30*time.Second)
+	for range rounds(2, 6) {
+		f := c.others(c.leader(10 * time.Second))[0]
+		at := w.fault("SIGKILL follower %s", f.id)
+		f.kill()
+		w.recovered(at, batch, 30*time.Second)
+		f.start(t)
+		waitReady(t, f.health, 30*time.Second)
+	}
+	finishAndCheck(t, c, w)
+}
+
+func Test_Fault_KillAll(t *testing.T) {
+	c := newFaultCluster(t, 3, clusterOpts{})
+	w := standard(c, "fault.kill-all")
+	w.waitAcked(batch, 30*time.Second)
+	for range rounds(1, 4) {
+		at := w.fault("SIGKILL every node")
+		for _, nd := range c.nodes {
+			nd.kill()
+		}
+		c.startAll()
+		w.recovered(at, batch, 60*time.Second)
+	}
+	finishAndCheck(t, c, w)
+}
+
+// The leader is stopped past the election timeout, a new leader takes
+// over, and the old one resumes believing it leads: it must not
+// acknowledge anything it cannot commit (the checker would find it lost).
+func Test_Fault_PauseLeader(t *testing.T) {
+	c := newFaultCluster(t, 3, clusterOpts{})
+	w := standard(c, "fault.pause-leader")
+	w.waitAcked(batch, 30*time.Second)
+	for range rounds(2, 6) {
+		old := c.leader(10 * time.Second)
+		at := w.fault("SIGSTOP leader %s", old.id)
+		old.pause()
+		nl := c.leader(20 * time.Second)
+		w.recovered(at, batch, 30*time.Second)
+		t.Logf("new leader %s; SIGCONT %s", nl.id, old.id)
+		old.resume()
+		waitReady(t, old.health, 30*time.Second)
+	}
+	finishAndCheck(t, c, w)
+}
+
+// minorityRefuses checks that a write through node nd, cut off from a
+// quorum, fails with unavailable.
+func minorityRefuses(t *testing.T, c *faultCluster, nd *fnode) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 12*time.Second)
+	defer cancel()
+	cl := c.dial(ctx, "minority-probe", nd.url)
+	_, err := cl.Enqueue(ctx, "fault.minority-probe", map[string]string{"probe": "x"})
+	if err == nil {
+		t.Errorf("node %s, cut off from a quorum, acknowledged a write", nd.id)
+		return
+	}
+	if !client.IsCode(err, "unavailable") {
+		t.Errorf("write through cut-off node %s: want unavailable, got %v", nd.id, err)
+		return
+	}
+	t.Logf("cut-off node %s refuses writes: %v", nd.id, err)
+}
+
+func Test_Fault_IsolateLeader(t *testing.T) {
+	c := newFaultCluster(t, 3, clusterOpts{})
+	w := standard(c, "fault.isolate-leader")
+	w.waitAcked(batch, 30*time.Second)
+	for range rounds(1, 4) {
+		old := c.leader(10 * time.Second)
+		at := w.fault("isolate leader %s", old.id)
+		c.lab.isolate(old.k)
+		w.recovered(at, batch, 30*time.Second)
+		minorityRefuses(t, c, old)
+		c.lab.heal()
+		waitReady(t, old.health, 30*time.Second)
+	}
+	finishAndCheck(t, c, w)
+}
+
+func Test_Fault_Partition21(t *testing.T) {
+	c := newFaultCluster(t, 3, clusterOpts{})
+	w := standard(c, "fault.partition-2-1")
+	w.waitAcked(batch, 30*time.Second)
+	for range rounds(1, 4) {
+		rest := c.others(c.leader(10 * time.Second))
+		f := rest[0]
+		at := w.fault("partition {%s} from the other two", f.id)
+		c.lab.isolate(f.k)
+		w.recovered(at, batch, 30*time.Second)
+		minorityRefuses(t, c, f)
+		c.lab.heal()
+		waitReady(t, f.health, 30*time.Second)
+	}
+	finishAndCheck(t, c, w)
+}
+
+func Test_Fault_Partition111(t *testing.T) {
+	c := newFaultCluster(t, 3, clusterOpts{})
+	w := standard(c, "fault.partition-1-1-1")
+	w.waitAcked(batch, 30*time.Second)
+	w.fault("partition every node from every other")
+	c.lab.partition([]int{1}, []int{2}, []int{3})
+	minorityRefuses(t, c, c.node(1+rand.IntN(3)))
+	c.lab.heal()
+	w.recovered(time.Now(), batch, 30*time.Second) // timed from the heal
+	finishAndCheck(t, c, w)
+}
+
+// randomPartition cuts the cluster at random: one node isolated, a random
+// split into two sides, or every node alone.
+func randomPartition(r *rand.Rand, c *faultCluster) string {
+	n := len(c.nodes)
+	switch r.IntN(3) {
+	case 0:
+		k := 1 + r.IntN(n)
+		c.lab.isolate(k)
+		return "isolate n" + strconv.Itoa(k)
+	case 1:
+		var a, b []int
+		for _, k := range r.Perm(n) {
+			if len(a) < n/2 {
+				a = append(a, k+1)
+			} else {
+				b = append(b, k+1)
+			}
+		}
+		c.lab.partition(a, b)
+		return "split " + ints(a) + " | " + ints(b)
+	default:
+		var gs [][]int
+		for k := 1; k <= n; k++ {
+			gs = append(gs, []int{k})
+		}
+		c.lab.partition(gs...)
+		return "every node alone"
+	}
+}
+
+func ints(s []int) string {
+	out := "{"
+	for i, v := range s {
+		if i > 0 {
+			out += ","
+		}
+		out += "n" + strconv.Itoa(v)
+	}
+	return out + "}"
+}
+
+func Test_Fault_FlappingPartitions(t *testing.T) {
+	r := faultRand(t)
+	c := newFaultCluster(t, 3, clusterOpts{})
+	w := standard(c, "fault.flapping")
+	w.waitAcked(batch, 30*time.Second)
+	for range rounds(8, 40) {
+		w.fault("%s", randomPartition(r, c))
+		time.Sleep(time.Duration(300+r.IntN(1200)) * time.Millisecond) // the fault's duration, not a wait for a condition
+		c.lab.heal()
+		time.Sleep(time.Duration(r.IntN(600)) * time.Millisecond)
+	}
+	at := w.fault("healed for good")
+	w.recovered(at, batch, 30*time.Second)
+	finishAndCheck(t, c, w)
+}
+
+// Five nodes: the leader killed, then a 2/3 split with the new leader on
+// the minority side.
+func Test_Fault_FiveNodes(t *testing.T) {
+	c := newFaultCluster(t, 5, clusterOpts{})
+	w := c.workload("fault.five", workloadOpts{producers: 5, consumers: 3})
+	w.waitAcked(batch, 30*time.Second)
+	for range rounds(1, 4) {
+		old := c.leader(10 * time.Second)
+		at := w.fault("SIGKILL leader %s", old.id)
+		old.kill()
+		nl := c.leader(20 * time.Second)
+		w.recovered(at, batch, 30*time.Second)
+		var minority, majority []int
+		minority = append(minority, nl.k)
+		for _, nd := range c.others(nl) {
+			if len(minority) < 2 && nd != old {
+				minority = append(minority, nd.k)
+			} else {
+				majority = append(majority, nd.k)
+			}
+		}
+		at = w.fault("partition %s | %s (leader %s on the minority side)", ints(minority), ints(majority), nl.id)
+		c.lab.partition(minority, majority)
+		old.start(t) // rejoins the majority side
+		w.recovered(at, batch, 30*time.Second)
+		minorityRefuses(t, c, nl)
+		c.lab.heal()
+		c.waitAllReady(30 * time.Second)
+	}
+	finishAndCheck(t, c, w)
+}
+
+// Every fault class at random, one after another, on five nodes in make
+// chaos and three in make test.
+func Test_Fault_Combined(t *testing.T) {
+	r := faultRand(t)
+	n := 3
+	if chaos() {
+		n = 5
+	}
+	c := newFaultCluster(t, n, clusterOpts{})
+	w := c.workload("fault.combined", workloadOpts{producers: 4, consumers: 2})
+	w.waitAcked(batch, 30*time.Second)
+	for range rounds(4, 30) {
+		var at time.Time
+		switch r.IntN(4) {
+		case 0:
+			nd := c.node(1 + r.IntN(n))
+			at = w.fault("SIGKILL %s", nd.id)
+			nd.kill()
+			nd.start(t)
+		case 1:
+			nd := c.leader(20 * time.Second)
+			at = w.fault("SIGSTOP leader %s for a while", nd.id)
+			nd.pause()
+			c.leader(20 * time.Second)
+			nd.resume()
+		case 2:
+			at = w.fault("%s", randomPartition(r, c))
+			time.Sleep(time.Duration(500+r.IntN(1500)) * time.Millisecond) // the fault's duration
+			c.lab.heal()
+		default:
+			at = w.fault("SIGKILL every node")
+			for _, nd := range c.nodes {
+				nd.kill()
+			}
+			for _, nd := range c.nodes {
+				nd.start(t)
+			}
+		}
+		w.recovered(at, 50, 60*time.Second)
+	}
+	finishAndCheck(t, c, w)
+}
+
+// One producer, one queue, one consumer: the protocol promises FIFO order,
+// and porcupine checks the history is a linearizable FIFO queue while
+// leaders are killed. Both clients use a node that stays up, so nothing is
+// redelivered.
+func Test_Fault_OrderUnderLeaderKills(t *testing.T) {
+	c := newFaultCluster(t, 3, clusterOpts{})
+	ld := c.leader(10 * time.Second)
+	stay := c.others(ld)[0]
+	only := func(int) []string { return []string{stay.url} }
+	w := c.workload("fault.order", workloadOpts{producers: 1, consumers: 1, ordered: true, producerURLs: only, consumerURLs: only})
+	w.waitAcked(100, 30*time.Second)
+	for range rounds(2, 6) {
+		old := c.leader(10 * time.Second)
+		if old == stay {
+			// Move leadership off the node the clients use.
+			at := w.fault("SIGKILL %s (the clients' node leads; killing another)", c.others(stay)[0].id)
+			v := c.others(stay)[0]
+			v.kill()
+			w.recovered(at, 50, 30*time.Second)
+			v.start(t)
+			waitReady(t, v.health, 30*time.Second)
+			continue
+		}
+		at := w.fault("SIGKILL leader %s", old.id)
+		old.kill()
+		c.leader(20 * time.Second)
+		w.recovered(at, 100, 30*time.Second)
+		old.start(t)
+		waitReady(t, old.health, 30*time.Second)
+	}
+	finishAndCheck(t, c, w)
+}
