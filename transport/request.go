@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"strconv"
+	"unicode/utf8"
 )
 
 // request is a decoded client frame: its op, its rid (kept as raw JSON so
@@ -49,10 +50,13 @@ func parseRequest(data []byte) (*request, error) {
 	return r, nil
 }
 
+// validRid reports whether raw is a rid PROTOCOL.md allows. A string rid
+// is echoed byte for byte in text frames, so its bytes must be UTF-8:
+// json.Unmarshal would quietly turn invalid bytes into U+FFFD.
 func validRid(raw json.RawMessage) bool {
 	if len(raw) > 0 && raw[0] == '"' {
 		var s string
-		return json.Unmarshal(raw, &s) == nil && len(s) <= 64
+		return utf8.Valid(raw) && json.Unmarshal(raw, &s) == nil && len(s) <= 64
 	}
 	if bytes.ContainsAny(raw, ".eE") {
 		return false
