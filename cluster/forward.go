@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/mcpd/mcpd/fsm"
+	"github.com/mcpd/mcpd/internal/mpack"
 	"github.com/mcpd/mcpd/queue"
 	"github.com/vmihailenco/msgpack/v5"
 )
@@ -68,7 +69,8 @@ func readFrame(r io.Reader, v any) error {
 	if _, err := io.ReadFull(r, body); err != nil {
 		return err
 	}
-	return msgpack.Unmarshal(body, v)
+	// A peer's length prefixes must not size allocations (see mpack).
+	return mpack.Unmarshal(body, v)
 }
 
 // serveForward handles one follower's connection on the leader.

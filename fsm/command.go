@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"hash/crc32"
 
+	"github.com/mcpd/mcpd/internal/mpack"
 	"github.com/vmihailenco/msgpack/v5"
 )
 
@@ -91,7 +92,7 @@ func DecodeEntry(b []byte) (*Entry, error) {
 		return nil, ErrCorrupt
 	}
 	e := &Entry{}
-	if err := msgpack.Unmarshal(b[5:], e); err != nil {
+	if err := mpack.Unmarshal(b[5:], e); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrCorrupt, err)
 	}
 	return e, nil

@@ -3,8 +3,8 @@ package fsm
 import (
 	"fmt"
 
+	"github.com/mcpd/mcpd/internal/mpack"
 	"github.com/mcpd/mcpd/queue"
-	"github.com/vmihailenco/msgpack/v5"
 )
 
 // Reply is the outcome of a client's command, for the node that holds the
@@ -48,7 +48,7 @@ var handlers = map[MessageType]handler{}
 func register[A any](mt MessageType, fn func(t *queue.Tx, a *A) (any, error)) {
 	handlers[mt] = func(t *queue.Tx, body []byte) (any, error) {
 		a := new(A)
-		if err := msgpack.Unmarshal(body, a); err != nil {
+		if err := mpack.Unmarshal(body, a); err != nil {
 			panic(fmt.Sprintf("fsm: cannot decode command type %d: %v", mt, err))
 		}
 		return fn(t, a)

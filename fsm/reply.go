@@ -3,6 +3,7 @@ package fsm
 import (
 	"errors"
 
+	"github.com/mcpd/mcpd/internal/mpack"
 	"github.com/mcpd/mcpd/queue"
 	"github.com/vmihailenco/msgpack/v5"
 )
@@ -77,7 +78,7 @@ func EncodeReplies(rs []*Reply) ([]byte, error) {
 // DecodeReplies is the inverse of EncodeReplies.
 func DecodeReplies(b []byte) ([]*Reply, error) {
 	var ws []wireReply
-	if err := msgpack.Unmarshal(b, &ws); err != nil {
+	if err := mpack.Unmarshal(b, &ws); err != nil {
 		return nil, err
 	}
 	rs := make([]*Reply, len(ws))
@@ -93,7 +94,7 @@ func DecodeReplies(b []byte) ([]*Reply, error) {
 				r.Err = &detailed{sentinel: sentinel, msg: w.Msg}
 			}
 		} else if res := newResult(w.Type); res != nil && w.Res != nil {
-			if err := msgpack.Unmarshal(w.Res, res); err != nil {
+			if err := mpack.Unmarshal(w.Res, res); err != nil {
 				return nil, err
 			}
 			r.Result = res
