@@ -8,7 +8,7 @@ PEERS    := n1=127.0.0.1:4438,n2=127.0.0.2:4438,n3=127.0.0.3:4438
 BENCH_SERVER ?= wss://127.0.0.1:4433/v1
 BENCH_CA     ?= mcpd-data/tls/ca.pem
 
-.PHONY: all build run test test-race vet cluster cluster-stop bench clean
+.PHONY: all build run test test-race vet cluster cluster-stop bench clean fuzz
 
 all: build
 
@@ -21,6 +21,20 @@ run: build
 test: vet
 	$(GO) test -count=1 -timeout 20m ./...
 	$(GO) test -count=1 -race -timeout 20m ./queue/ ./fsm/ ./cluster/ ./transport/ ./client/
+
+# Every fuzz target, FUZZTIME each, one after another (docs/fuzzing.md).
+# A crasher is saved under the package's testdata/fuzz/ and replays with
+# make test from then on.
+FUZZTIME  ?= 30s
+FUZZ_PKGS := ./transport/ ./client/ ./auth/ ./fsm/ ./cluster/ ./pki/ ./internal/mpack/
+
+fuzz:
+	@set -e; for p in $(FUZZ_PKGS); do \
+	  for t in $$($(GO) test -list '^Fuzz' $$p | grep '^Fuzz'); do \
+	    echo "== $$p $$t ($(FUZZTIME))"; \
+	    $(GO) test -run '^$$' -fuzz "^$$t\$$" -fuzztime $(FUZZTIME) $$p; \
+	  done; \
+	done
 
 vet:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
