@@ -27,6 +27,7 @@ type mux struct {
 	log     *slog.Logger
 	raftCh  chan net.Conn
 	forward func(net.Conn)
+	clock   func(net.Conn) // clock probes (clock.go)
 
 	closeOnce sync.Once
 	closed    chan struct{}
@@ -74,6 +75,12 @@ func (m *mux) route(c net.Conn) {
 		case <-m.closed:
 			c.Close()
 		}
+	case protoClock:
+		if m.clock != nil {
+			m.clock(c)
+			return
+		}
+		c.Close()
 	case protoForward:
 		if m.forward != nil {
 			m.forward(c)

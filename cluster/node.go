@@ -105,6 +105,7 @@ type Node struct {
 	connsMu  sync.RWMutex
 	conns    map[string]Sink
 	lastTime atomic.Int64
+	clocks   peerClocks // the peers' clocks (clock.go)
 
 	// Peers the leader cannot reach: id -> since when (last contact).
 	peersMu   sync.Mutex
@@ -206,6 +207,7 @@ func (n *Node) start() error {
 	}
 	n.mux = newMux(ln, advert, n.log)
 	n.mux.forward = n.serveForward
+	n.mux.clock = n.serveClock
 	go n.mux.serve()
 	trans := raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
 		Stream:  streamLayer{n.mux},
@@ -266,6 +268,8 @@ func (n *Node) start() error {
 	}))
 	n.wg.Add(1)
 	go n.watchPeers(obs)
+	n.wg.Add(1)
+	go n.clockLoop()
 
 	existing, err := raft.HasExistingState(store, store, snaps)
 	if err != nil {
@@ -303,9 +307,6 @@ func (n *Node) FSM() *fsm.FSM { return n.fsm }
 
 // Raft is the node's Raft instance (for status and tests).
 func (n *Node) Raft() *raft.Raft { return n.raft }
-
-// Now is the node's clock in unix milliseconds.
-func (n *Node) Now() int64 { return time.Now().Add(n.cfg.ClockOffset).UnixMilli() }
 
 // Leader is the id of the current leader, or "" when none is known.
 func (n *Node) Leader() string {

@@ -366,3 +366,149 @@ func Test_Fault_OrderUnderLeaderKills(t *testing.T) {
 	}
 	finishAndCheck(t, c, w)
 }
+
+// delayedDelivery enqueues a message with a delay and returns how long,
+// by the test's clock, it took to be delivered.
+func delayedDelivery(t *testing.T, c *faultCluster, queue string, delay time.Duration) time.Duration {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cl := c.dial(ctx, "clock-probe", c.urls(0)...)
+	k, err := cl.Consume(ctx, queue, client.ConsumeOptions{Prefetch: 1})
+	if err != nil {
+		t.Fatalf("consume: %v", err)
+	}
+	defer k.Cancel(ctx)
+	start := time.Now()
+	if _, err := cl.Enqueue(ctx, queue, map[string]string{"probe": "delay"}, client.WithDelay(delay.Milliseconds())); err != nil {
+		t.Fatalf("enqueue: %v", err)
+	}
+	d, err := k.Next(ctx)
+	if err != nil {
+		t.Fatalf("delayed message not delivered: %v", err)
+	}
+	took := time.Since(start)
+	if err := d.Ack(ctx); err != nil {
+		t.Fatalf("ack: %v", err)
+	}
+	return took
+}
+
+// leaseExpiry takes a delivery, never acks it, and returns how long it took
+// to be delivered again.
+func leaseExpiry(t *testing.T, c *faultCluster, queue string, lease time.Duration) time.Duration {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cl := c.dial(ctx, "lease-probe", c.urls(0)...)
+	if _, err := cl.Enqueue(ctx, queue, map[string]string{"probe": "lease"}); err != nil {
+		t.Fatalf("enqueue: %v", err)
+	}
+	k, err := cl.Consume(ctx, queue, client.ConsumeOptions{Prefetch: 2, LeaseMs: int(lease.Milliseconds())})
+	if err != nil {
+		t.Fatalf("consume: %v", err)
+	}
+	defer k.Cancel(ctx)
+	first, err := k.Next(ctx)
+	if err != nil {
+		t.Fatalf("first delivery: %v", err)
+	}
+	got := time.Now()
+	again, err := k.Next(ctx)
+	if err != nil {
+		t.Fatalf("no redelivery after the lease: %v", err)
+	}
+	took := time.Since(got)
+	if again.Seq != first.Seq {
+		t.Fatalf("redelivered seq %d, want %d", again.Seq, first.Seq)
+	}
+	if err := again.Ack(ctx); err != nil {
+		t.Fatalf("ack: %v", err)
+	}
+	return took
+}
+
+// leadBy kills leaders until nd leads (each killed node restarts).
+func leadBy(t *testing.T, c *faultCluster, want func(*fnode) bool, what string) *fnode {
+	t.Helper()
+	for range 20 {
+		l := c.leader(20 * time.Second)
+		if want(l) {
+			return l
+		}
+		l.kill()
+		c.leader(20 * time.Second)
+		l.start(t)
+		waitReady(t, l.health, 30*time.Second)
+	}
+	t.Fatalf("could not make %s lead", what)
+	return nil
+}
+
+// One node's wall clock is minutes off. Time in the state machine comes
+// from the leader, so delays and leases must keep their length whether the
+// skewed node leads or not, and across a change of leader between the two.
+func Test_Fault_ClockOffset(t *testing.T) {
+	const skew = 5 * time.Minute
+	c := newFaultCluster(t, 3, clusterOpts{extra: func(k int) []string {
+		if k == 3 {
+			return []string{"--test-clock-offset", skew.String()}
+		}
+		return nil
+	}})
+	w := standard(c, "fault.clock")
+	w.waitAcked(batch, 30*time.Second)
+	skewed := c.node(3)
+	const (
+		delay = 2 * time.Second
+		lease = 2 * time.Second
+		slack = 20 * time.Second // far below the skew, far above scheduling noise
+	)
+	within := func(what string, got, want time.Duration) {
+		t.Helper()
+		t.Logf("%s: %v (nominal %v)", what, got.Round(time.Millisecond), want)
+		if got < want-want/4 || got > want+slack {
+			t.Errorf("%s took %v; want about %v (one node's clock is off by %v)", what, got, want, skew)
+		}
+	}
+	check := func(phase string) {
+		t.Helper()
+		within(phase+": delay", delayedDelivery(t, c, "fault.clock.delay", delay), delay)
+		within(phase+": lease", leaseExpiry(t, c, "fault.clock.lease", lease), lease)
+	}
+
+	fair := leadBy(t, c, func(n *fnode) bool { return n != skewed }, "a node with a true clock")
+	check("leader " + fair.id + " (true clock)")
+
+	// A delayed message enqueued under a true-clock leader must not fire
+	// early when the skewed node takes over.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cl := c.dial(ctx, "clock-handover", c.urls(0)...)
+	const long = 15 * time.Second
+	start := time.Now()
+	if _, err := cl.Enqueue(ctx, "fault.clock.handover", map[string]string{"probe": "handover"}, client.WithDelay(long.Milliseconds())); err != nil {
+		t.Fatal(err)
+	}
+	at := w.fault("make the skewed node %s lead", skewed.id)
+	leadBy(t, c, func(n *fnode) bool { return n == skewed }, "the skewed node")
+	w.recovered(at, 50, 30*time.Second)
+	check("leader " + skewed.id + " (clock +" + skew.String() + ")")
+	k, err := cl.Consume(ctx, "fault.clock.handover", client.ConsumeOptions{Prefetch: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := k.Next(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	within("delay across a change to the skewed leader", time.Since(start), long)
+	d.Ack(ctx)
+
+	at = w.fault("SIGKILL the skewed leader %s", skewed.id)
+	skewed.kill()
+	nl := c.leader(20 * time.Second)
+	w.recovered(at, 50, 30*time.Second)
+	check("leader " + nl.id + " after the skewed one")
+	finishAndCheck(t, c, w)
+}
