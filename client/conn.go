@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"sync"
@@ -79,6 +80,9 @@ func (c *Client) dialConn(ctx context.Context, url string) (*conn, error) {
 	defer cancel()
 	ws, resp, err := d.DialContext(hctx, url, nil)
 	if err != nil {
+		if e := refusal(resp); e != nil {
+			return nil, fmt.Errorf("dial %s: %w (HTTP %s)", url, e, resp.Status)
+		}
 		if resp != nil {
 			return nil, fmt.Errorf("dial %s: %w (HTTP %s)", url, err, resp.Status)
 		}
@@ -93,6 +97,24 @@ func (c *Client) dialConn(ctx context.Context, url string) (*conn, error) {
 		return nil, err
 	}
 	return cn, nil
+}
+
+// refusal reads the err frame a server sends as the body of a refused
+// handshake (HTTP 503 at its connection limit); nil if there is none.
+func refusal(resp *http.Response) *Error {
+	if resp == nil || resp.Body == nil || resp.StatusCode == http.StatusSwitchingProtocols {
+		return nil
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	if err != nil {
+		return nil
+	}
+	var f struct{ Op, Code, Msg string }
+	if json.Unmarshal(b, &f) != nil || f.Op != "err" || f.Code == "" {
+		return nil
+	}
+	return &Error{Code: f.Code, Msg: f.Msg}
 }
 
 func (c *Client) handshake(ctx context.Context, ws *websocket.Conn, url string) (*conn, error) {

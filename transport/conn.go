@@ -16,7 +16,7 @@ import (
 // conn is one client connection: a reader goroutine (run) that decodes and
 // handles requests, and a writer goroutine that renders and writes frames
 // from a bounded queue. Pushes from the node never block: a connection that
-// falls SendQueue frames or SendQueueBytes bytes behind is closed.
+// falls SendQueue frames or SendQueueBytes bytes behind is closed (4008).
 type conn struct {
 	s     *Server
 	ws    *websocket.Conn
@@ -26,11 +26,23 @@ type conn struct {
 	agent  string
 	authed atomic.Bool
 
-	out        chan any // *frame or queue.Effect
-	outBytes   atomic.Int64
-	done       chan struct{}
-	writerDone chan struct{}
-	closeOnce  sync.Once
+	// The send queue. Everything not yet written counts against the
+	// limits: the items waiting here and the burst in the writer's hands.
+	qmu    sync.Mutex
+	queue  []any // *frame or queue.Effect
+	held   int   // items queued or being written
+	heldB  int64 // their estimated bytes
+	wake   chan struct{}
+	closeQ *frame // a close requested by closeWith, after the queue
+	peak   int    // the most items and bytes ever held
+	peakB  int64
+
+	done          chan struct{} // closed when the connection starts closing
+	writerStarted atomic.Bool
+	writerDone    chan struct{}
+	closed        chan struct{} // closed once the socket is closed
+	closeOnce     sync.Once
+	rdMu          sync.Mutex // orders read deadline changes against shutdown
 
 	mu      sync.Mutex
 	pending map[uint64]json.RawMessage // request seq -> rid
@@ -50,9 +62,10 @@ func newConn(s *Server, ws *websocket.Conn) *conn {
 		s:          s,
 		ws:         ws,
 		nonce:      newNonce(),
-		out:        make(chan any, s.opt.SendQueue),
+		wake:       make(chan struct{}, 1),
 		done:       make(chan struct{}),
 		writerDone: make(chan struct{}),
+		closed:     make(chan struct{}),
 		pending:    map[uint64]json.RawMessage{},
 	}
 }
@@ -60,23 +73,49 @@ func newConn(s *Server, ws *websocket.Conn) *conn {
 // Push implements cluster.Sink.
 func (c *conn) Push(e queue.Effect) { c.queueOut(e) }
 
-func (c *conn) queueOut(v any) {
+func (c *conn) isDone() bool {
 	select {
 	case <-c.done:
-		return
+		return true
 	default:
+		return false
+	}
+}
+
+// queueOut adds an item to the send queue, or closes the connection with
+// CloseSlowConsumer when that would pass the queue's limits. It never
+// blocks: it runs on the node's apply path.
+func (c *conn) queueOut(v any) {
+	if c.isDone() {
+		return
 	}
 	size := queuedSize(v)
-	if c.outBytes.Add(size) > c.s.opt.SendQueueBytes {
-		c.s.log.Warn("closing slow connection", "agent", c.agent, "conn", c.id, "queued_bytes", c.outBytes.Load())
-		c.shutdown(CloseSlowConsumer, "slow consumer: too many bytes waiting")
+	c.qmu.Lock()
+	if c.held >= c.s.opt.SendQueue || (c.held > 0 && c.heldB+size > c.s.opt.SendQueueBytes) {
+		held, heldB := c.held, c.heldB
+		c.qmu.Unlock()
+		c.s.slowClosed.Add(1)
+		c.s.log.Warn("closing slow connection", "agent", c.agent, "conn", c.id, "queued_frames", held, "queued_bytes", heldB)
+		reason := "slow consumer: too many bytes waiting"
+		if held >= c.s.opt.SendQueue {
+			reason = "slow consumer: too many frames waiting"
+		}
+		c.shutdown(CloseSlowConsumer, reason)
 		return
 	}
+	c.queue = append(c.queue, v)
+	c.held++
+	c.heldB += size
+	c.peak = max(c.peak, c.held)
+	c.peakB = max(c.peakB, c.heldB)
+	c.qmu.Unlock()
+	c.wakeWriter()
+}
+
+func (c *conn) wakeWriter() {
 	select {
-	case c.out <- v:
+	case c.wake <- struct{}{}:
 	default:
-		c.s.log.Warn("closing slow connection", "agent", c.agent, "conn", c.id)
-		c.shutdown(CloseSlowConsumer, "slow consumer: too many frames waiting")
 	}
 }
 
@@ -94,30 +133,77 @@ func queuedSize(v any) int64 {
 }
 
 // shutdown closes the connection from any goroutine without blocking it
-// (it is called from the node's apply path for slow consumers): the close
-// frame and the socket close happen on a goroutine of their own, which
-// ends the reader and the writer.
+// (it is called from the node's apply path for slow consumers). Nothing
+// more is read or written after it, except the close frame: closeSocket
+// does that on a goroutine of its own.
 func (c *conn) shutdown(code int, reason string) {
 	c.closeOnce.Do(func() {
 		close(c.done)
-		go func() {
-			msg := websocket.FormatCloseMessage(code, reason)
-			_ = c.ws.WriteControl(websocket.CloseMessage, msg, time.Now().Add(time.Second))
-			c.ws.Close()
-		}()
+		go c.closeSocket(code, reason)
 	})
 }
 
-// closeWith asks the writer to flush what is queued, then close with code.
-func (c *conn) closeWith(code int, reason string) {
-	select {
-	case c.out <- &frame{close: true, code: code, reason: reason}:
-	default:
-		c.shutdown(code, reason)
+// closeSocket ends the reader at once (so the node releases the
+// connection's consumers and leases without waiting for the client), lets
+// the writer finish the write it is in, sends the close frame and closes
+// the socket. A client that reads nothing for CloseGrace loses the close
+// frame: the socket is closed without it.
+func (c *conn) closeSocket(code int, reason string) {
+	defer close(c.closed)
+	nc := c.ws.UnderlyingConn()
+	c.rdMu.Lock()
+	_ = nc.SetReadDeadline(time.Now())
+	c.rdMu.Unlock()
+	deadline := time.Now().Add(c.s.opt.CloseGrace)
+	_ = nc.SetWriteDeadline(deadline)
+	if c.writerStarted.Load() {
+		t := time.NewTimer(c.s.opt.CloseGrace)
+		select {
+		case <-c.writerDone:
+		case <-t.C:
+			// The writer may have set a later deadline of its own.
+			_ = nc.SetWriteDeadline(time.Now())
+			<-c.writerDone
+		}
+		t.Stop()
 	}
+	msg := websocket.FormatCloseMessage(code, reason)
+	_ = c.ws.WriteControl(websocket.CloseMessage, msg, deadline)
+	c.ws.Close()
+	peak, peakB := c.queuePeak()
+	c.s.notePeak(peak, peakB)
+}
+
+// queuePeak reports the most frames and bytes the queue ever held.
+func (c *conn) queuePeak() (int, int64) {
+	c.qmu.Lock()
+	defer c.qmu.Unlock()
+	return c.peak, c.peakB
+}
+
+// closeWith asks the writer to write what is queued, then close with code.
+func (c *conn) closeWith(code int, reason string) {
+	c.qmu.Lock()
+	if c.closeQ == nil {
+		c.closeQ = &frame{close: true, code: code, reason: reason}
+	}
+	c.qmu.Unlock()
+	c.wakeWriter()
+}
+
+// extendRead moves the read deadline IdleTimeout ahead, unless the
+// connection is closing (closeSocket has expired it).
+func (c *conn) extendRead() error {
+	c.rdMu.Lock()
+	defer c.rdMu.Unlock()
+	if c.isDone() {
+		return nil
+	}
+	return c.ws.SetReadDeadline(time.Now().Add(c.s.opt.IdleTimeout))
 }
 
 func (c *conn) run() {
+	c.writerStarted.Store(true)
 	go c.writer()
 	defer func() {
 		c.shutdown(websocket.CloseNormalClosure, "")
@@ -136,11 +222,9 @@ func (c *conn) run() {
 	})
 	defer authTimer.Stop()
 	// Anything from the client counts as activity: frames, pongs, pings.
-	c.ws.SetPongHandler(func(string) error {
-		return c.ws.SetReadDeadline(time.Now().Add(c.s.opt.IdleTimeout))
-	})
+	c.ws.SetPongHandler(func(string) error { return c.extendRead() })
 	c.ws.SetPingHandler(func(data string) error {
-		_ = c.ws.SetReadDeadline(time.Now().Add(c.s.opt.IdleTimeout))
+		_ = c.extendRead()
 		err := c.ws.WriteControl(websocket.PongMessage, []byte(data), time.Now().Add(time.Second))
 		if err != nil && !errors.Is(err, websocket.ErrCloseSent) {
 			var ne net.Error
@@ -151,7 +235,7 @@ func (c *conn) run() {
 		return nil
 	})
 	for {
-		_ = c.ws.SetReadDeadline(time.Now().Add(c.s.opt.IdleTimeout))
+		_ = c.extendRead()
 		mt, r, err := c.ws.NextReader()
 		if err != nil {
 			var ne net.Error
@@ -210,40 +294,62 @@ func (c *conn) writer() {
 	cork, _ := c.ws.UnderlyingConn().(*corkConn)
 	ping := time.NewTicker(c.s.opt.PingInterval)
 	defer ping.Stop()
+	var batch []any
 	for {
 		select {
 		case <-c.done:
 			return
 		case <-ping.C:
+			if c.isDone() {
+				return
+			}
 			if err := c.ws.WriteControl(websocket.PingMessage, nil, time.Now().Add(10*time.Second)); err != nil {
 				c.shutdown(websocket.CloseGoingAway, "")
 				return
 			}
-		case v := <-c.out:
-			// Write this item and whatever else is already waiting as one
-			// burst, then flush it.
-			if cork != nil {
-				cork.cork()
+			continue
+		case <-c.wake:
+		}
+		// Take everything waiting and write it as one burst (one TLS
+		// write where it fits), then flush it.
+		c.qmu.Lock()
+		batch, c.queue = c.queue, batch[:0]
+		closeQ := c.closeQ
+		c.qmu.Unlock()
+		if cork != nil {
+			cork.cork()
+		}
+		ok := true
+		var bytes int64
+		for i, v := range batch {
+			bytes += queuedSize(v)
+			if ok {
+				ok = c.write(v)
 			}
-			ok := c.write(v)
-			for more := 0; ok && more < 256; more++ {
-				select {
-				case v = <-c.out:
-					ok = c.write(v)
-					continue
-				default:
-				}
-				break
+			batch[i] = nil
+		}
+		if ok && closeQ != nil {
+			c.flushCork()
+			c.shutdown(closeQ.code, closeQ.reason)
+			ok = false
+		}
+		if cork != nil {
+			// Also when closing: the burst holds whole frames only, and
+			// the close frame follows them.
+			if err := cork.uncork(); err != nil && ok {
+				c.shutdown(websocket.CloseGoingAway, "")
+				ok = false
 			}
-			if cork != nil && ok {
-				if err := cork.uncork(); err != nil {
-					c.shutdown(websocket.CloseGoingAway, "")
-					ok = false
-				}
-			}
-			if !ok {
-				return
-			}
+		}
+		c.qmu.Lock()
+		c.held -= len(batch)
+		c.heldB -= bytes
+		c.qmu.Unlock()
+		if !ok {
+			return
+		}
+		if cap(batch) > 1024 {
+			batch = nil // an idle connection keeps no large buffer
 		}
 	}
 }
@@ -251,9 +357,7 @@ func (c *conn) writer() {
 // write renders and writes one queued item; false when the connection
 // is done.
 func (c *conn) write(v any) bool {
-	if f, ok := v.(*frame); ok && f.close {
-		c.flushCork()
-		c.shutdown(f.code, f.reason)
+	if c.isDone() {
 		return false
 	}
 	if _, ok := v.(*queue.Kick); ok {
@@ -261,7 +365,6 @@ func (c *conn) write(v any) bool {
 		c.shutdown(CloseNodeDown, "this node lost contact with the cluster; reconnect")
 		return false
 	}
-	c.outBytes.Add(-queuedSize(v))
 	data := c.render(v)
 	if data == nil {
 		return true

@@ -4,28 +4,50 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"net/http"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
 
 	"github.com/mcpd/mcpd/cluster"
 )
 
 // HealthHandler serves /healthz (the process is up) and /readyz (a leader
 // is known and this node has applied what it knows is committed). Both
-// answer JSON with the node id, Raft role, leader and indexes; /readyz
-// answers 503 when not ready.
-func HealthHandler(node *cluster.Node) http.Handler {
+// answer JSON with the node id, Raft role, leader and indexes, and the
+// process figures (RSS, goroutines); /readyz answers 503 when not ready.
+func HealthHandler(node *cluster.Node) http.Handler { return healthHandler(node, nil) }
+
+// HealthHandler is the package's HealthHandler for the server's node that
+// also reports the server's connections.
+func (s *Server) HealthHandler() http.Handler { return healthHandler(s.node, s) }
+
+func healthHandler(node *cluster.Node, ws *Server) http.Handler {
 	status := func() map[string]any {
 		var leader any
 		if l := node.Leader(); l != "" {
 			leader = l
 		}
-		return map[string]any{
-			"node":    node.ID(),
-			"role":    node.Raft().State().String(),
-			"leader":  leader,
-			"applied": node.FSM().AppliedIndex(),
-			"commit":  node.Raft().CommitIndex(),
-			"term":    node.Raft().CurrentTerm(),
+		m := map[string]any{
+			"node":       node.ID(),
+			"role":       node.Raft().State().String(),
+			"leader":     leader,
+			"applied":    node.FSM().AppliedIndex(),
+			"commit":     node.Raft().CommitIndex(),
+			"term":       node.Raft().CurrentTerm(),
+			"goroutines": runtime.NumGoroutine(),
 		}
+		if rss, ok := residentBytes(); ok {
+			m["rss_bytes"] = rss
+		}
+		if ws != nil {
+			st := ws.Stats()
+			m["connections"] = st.Conns
+			m["max_conns"] = st.MaxConns
+			m["refused_connections"] = st.Refused
+			m["slow_consumer_closes"] = st.SlowClosed
+		}
+		return m
 	}
 	write := func(w http.ResponseWriter, code int, body map[string]any) {
 		w.Header().Set("Content-Type", "application/json")
@@ -46,6 +68,7 @@ func HealthHandler(node *cluster.Node) http.Handler {
 			return
 		}
 		body["status"] = "not ready"
+		body["reason"] = node.NotReadyReason()
 		write(w, http.StatusServiceUnavailable, body)
 	})
 	// /digest is for fault tests and operators comparing replicas: the
@@ -60,4 +83,22 @@ func HealthHandler(node *cluster.Node) http.Handler {
 		write(w, http.StatusOK, map[string]any{"node": node.ID(), "applied": applied, "digest": hex.EncodeToString(sum[:])})
 	})
 	return mux
+}
+
+// residentBytes is the process's resident set size, from /proc/self/statm
+// (Linux); false where that is not available.
+func residentBytes() (int64, bool) {
+	b, err := os.ReadFile("/proc/self/statm")
+	if err != nil {
+		return 0, false
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 2 {
+		return 0, false
+	}
+	pages, err := strconv.ParseInt(f[1], 10, 64)
+	if err != nil {
+		return 0, false
+	}
+	return pages * int64(os.Getpagesize()), true
 }

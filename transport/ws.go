@@ -9,12 +9,15 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -43,8 +46,18 @@ type Options struct {
 	// CloseSlowConsumer.
 	SendQueue      int
 	SendQueueBytes int64
-	Logger         *slog.Logger
+	// CloseGrace bounds how long a closing connection waits for the
+	// client to take the frames in flight and the close frame.
+	CloseGrace time.Duration
+	// MaxConns is how many WebSocket connections may be open at once
+	// (default DefaultMaxConns); a handshake beyond it is refused with
+	// HTTP 503 before the upgrade.
+	MaxConns int
+	Logger   *slog.Logger
 }
+
+// DefaultMaxConns is the connection limit when Options.MaxConns is 0.
+const DefaultMaxConns = 20000
 
 func (o *Options) defaults() {
 	if o.MaxFrame == 0 {
@@ -68,6 +81,12 @@ func (o *Options) defaults() {
 	if o.SendQueue == 0 {
 		o.SendQueue = 16384
 	}
+	if o.CloseGrace == 0 {
+		o.CloseGrace = 5 * time.Second
+	}
+	if o.MaxConns <= 0 {
+		o.MaxConns = DefaultMaxConns
+	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
@@ -84,6 +103,22 @@ type Server struct {
 	conns    map[*conn]struct{}
 	draining bool
 	wg       sync.WaitGroup
+
+	open       atomic.Int64 // connections counted against MaxConns
+	refused    atomic.Int64 // handshakes refused at MaxConns
+	slowClosed atomic.Int64 // connections closed as slow consumers
+	lastWarn   atomic.Int64 // unix ms of the last "at the limit" warning
+
+	peakMu sync.Mutex // the largest send queue of a closed connection
+	peak   int
+	peakB  int64
+}
+
+func (s *Server) notePeak(n int, b int64) {
+	s.peakMu.Lock()
+	s.peak = max(s.peak, n)
+	s.peakB = max(s.peakB, b)
+	s.peakMu.Unlock()
 }
 
 // NewServer returns a WebSocket server for node.
@@ -111,6 +146,14 @@ func (s *Server) Handler() http.Handler {
 }
 
 func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
+	// A connection counts from before its upgrade until its socket is
+	// closed, whichever way it ends.
+	if n := s.open.Add(1); n > int64(s.opt.MaxConns) {
+		s.open.Add(-1)
+		s.refuse(w)
+		return
+	}
+	defer s.open.Add(-1)
 	ws, err := s.up.Upgrade(w, r, nil)
 	if err != nil {
 		return // the upgrader has answered
@@ -120,18 +163,53 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	if s.draining {
 		s.mu.Unlock()
 		c.shutdown(websocket.CloseGoingAway, "server shutting down")
+		<-c.closed
 		return
 	}
 	s.conns[c] = struct{}{}
 	s.wg.Add(1)
 	s.mu.Unlock()
 	defer func() {
+		<-c.closed
 		s.mu.Lock()
 		delete(s.conns, c)
 		s.mu.Unlock()
 		s.wg.Done()
 	}()
 	c.run()
+}
+
+// refuse answers a handshake beyond MaxConns: HTTP 503 with Retry-After
+// and an err frame as the body, before any upgrade.
+func (s *Server) refuse(w http.ResponseWriter) {
+	s.refused.Add(1)
+	now := time.Now().UnixMilli()
+	if last := s.lastWarn.Load(); now-last >= 10_000 && s.lastWarn.CompareAndSwap(last, now) {
+		s.log.Warn("refusing connections: at the connection limit", "max_conns", s.opt.MaxConns, "refused_total", s.refused.Load())
+	}
+	body, _ := json.Marshal(map[string]any{
+		"op": "err", "code": "unavailable",
+		"msg": fmt.Sprintf("connection limit reached: this node serves at most %d connections; retry later or on another node", s.opt.MaxConns),
+	})
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	h.Set("Retry-After", "1")
+	h.Set("Connection", "close")
+	w.WriteHeader(http.StatusServiceUnavailable)
+	_, _ = w.Write(append(body, '\n'))
+}
+
+// Stats are figures of the server for health reports.
+type Stats struct {
+	Conns      int64 // WebSocket connections open now
+	MaxConns   int   // the limit on Conns
+	Refused    int64 // handshakes refused at the limit since start
+	SlowClosed int64 // connections closed as slow consumers since start
+}
+
+// Stats returns the server's current figures.
+func (s *Server) Stats() Stats {
+	return Stats{Conns: s.open.Load(), MaxConns: s.opt.MaxConns, Refused: s.refused.Load(), SlowClosed: s.slowClosed.Load()}
 }
 
 // Shutdown sends every connection a close frame (1001) and waits for them

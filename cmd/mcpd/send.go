@@ -198,6 +198,8 @@ func errHint(err error) string {
 		return "\nhint: this server does not accept dev authentication; start it with --dev (or --insecure-auth-none)"
 	case client.IsCode(err, "forbidden"):
 		return "\nhint: the agent may not use this queue; @NAME inboxes belong to agent NAME (see --agent)"
+	case strings.Contains(msg, "connection limit"):
+		return "\nhint: the node is at its --max-conns; close idle connections, use another node, or raise the limit"
 	case client.IsCode(err, "unavailable") || errors.Is(err, context.DeadlineExceeded):
 		return "\nhint: the cluster had no leader in time; check that a majority of nodes is up, or raise --timeout"
 	case strings.Contains(msg, "x509") || strings.Contains(msg, "certificate"):

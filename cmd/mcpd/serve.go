@@ -29,11 +29,12 @@ type serveFlags struct {
 	tlsDir, tlsCert, tlsKey          string
 	port, healthPort, raftPort       int
 	metricsPort, adminPort, respPort int
-	maxFrame                         int
+	maxFrame, maxConns               int
 	heartbeat, election, clockOffset time.Duration
 	nodeDownAfter                    time.Duration
 	logLevel, logFormat              string
 	pprof                            bool
+	noSync                           bool // --test-unsafe-no-fsync
 }
 
 func runServe(args []string) error {
@@ -55,10 +56,12 @@ func runServe(args []string) error {
 	fs.StringVar(&f.tlsKey, "tls-key", "", "key of --tls-cert (PEM)")
 	fs.BoolVar(&f.authNone, "insecure-auth-none", false, "accept alg \"none\" authentication outside --dev (until agent identities are configured)")
 	fs.IntVar(&f.maxFrame, "max-frame", 1<<20, "largest accepted WebSocket frame in bytes")
+	fs.IntVar(&f.maxConns, "max-conns", 0, "most WebSocket connections open at once, more are refused with HTTP 503 (default 20000, fewer if the open-file limit is lower)")
 	fs.DurationVar(&f.heartbeat, "raft-heartbeat-timeout", time.Second, "Raft heartbeat timeout")
 	fs.DurationVar(&f.election, "raft-election-timeout", time.Second, "Raft election timeout")
 	fs.DurationVar(&f.nodeDownAfter, "node-down-after", 15*time.Second, "how long a leader waits on an unreachable peer before ending its clients' consumers and leases")
 	fs.DurationVar(&f.clockOffset, "test-clock-offset", 0, "shift this node's clock (fault-injection tests only)")
+	fs.BoolVar(&f.noSync, "test-unsafe-no-fsync", false, "never fsync the Raft log: loses acknowledged messages on power loss (the fault suite's self-test only)")
 	fs.BoolVar(&f.pprof, "pprof", false, "serve Go profiles under /debug/pprof/ on the health port")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&f.logFormat, "log-format", "text", "text or json")
@@ -105,13 +108,15 @@ func runServe(args []string) error {
 		HeartbeatTimeout: f.heartbeat,
 		ElectionTimeout:  f.election,
 		ClockOffset:      f.clockOffset,
+		UnsafeNoSync:     f.noSync,
 		NodeDownAfter:    f.nodeDownAfter,
 		Logger:           log,
 	})
 	if err != nil {
 		return err
 	}
-	ws := transport.NewServer(node, transport.Options{Dev: f.dev || f.authNone, MaxFrame: f.maxFrame, Logger: log})
+	f.maxConns = checkFileLimit(f.maxConns, log)
+	ws := transport.NewServer(node, transport.Options{Dev: f.dev || f.authNone, MaxFrame: f.maxFrame, MaxConns: f.maxConns, Logger: log})
 	wsLn, err := net.Listen("tcp", net.JoinHostPort(f.bind, strconv.Itoa(f.port)))
 	if err != nil {
 		node.Shutdown()
@@ -124,7 +129,7 @@ func runServe(args []string) error {
 		return fmt.Errorf("listen for health: %w", err)
 	}
 	healthMux := http.NewServeMux()
-	healthMux.Handle("/", transport.HealthHandler(node))
+	healthMux.Handle("/", ws.HealthHandler())
 	if f.pprof {
 		healthMux.HandleFunc("/debug/pprof/", pprof.Index)
 		healthMux.HandleFunc("/debug/pprof/profile", pprof.Profile)
