@@ -50,7 +50,12 @@
 //	t.Cleanup(func() { lfs.Unmount() })
 //
 // Every process with a file open on the mount must be dead before Crash or
-// Unmount, or the unmount fails as busy. The test process itself must not
+// Unmount. If the mount is still busy after a few seconds, it is detached
+// and its FUSE connection aborted (through fusectl, mounted at
+// /sys/fs/fuse/connections if need be), so the remaining users get errors
+// rather than hang, and an error is returned. This matters most for the
+// test process itself: it must close its own files on the mount before
+// unmounting, even when a test fails. The test process must also not
 // mmap files of its own mount: a page fault served by the same Go process
 // can deadlock against the garbage collector, so bbolt and other mmap users
 // belong in child processes (a test can inspect the backing directory
@@ -74,6 +79,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -118,6 +124,7 @@ type FS struct {
 	mountpoint string
 	backing    string
 	server     *fuse.Server
+	conn       uint64 // FUSE connection id
 
 	fsyncs atomic.Int64
 	writes atomic.Int64
@@ -182,6 +189,16 @@ func Mount(mountpoint, backing string, opts *Options) (*FS, error) {
 		return nil, fmt.Errorf("lazyfs: mount %s: %w", mountpoint, err)
 	}
 	l.server = server
+	// The connection is named in fusectl by the kernel's device number of
+	// the mount.
+	var mst syscall.Stat_t
+	if err := syscall.Stat(mountpoint, &mst); err != nil {
+		_ = l.unmount()
+		return nil, fmt.Errorf("lazyfs: stat %s: %w", mountpoint, err)
+	}
+	major := (mst.Dev>>8)&0xfff | (mst.Dev>>32)&^0xfff
+	minor := mst.Dev&0xff | (mst.Dev>>12)&^0xff
+	l.conn = major<<20 | minor
 	return l, nil
 }
 
@@ -275,8 +292,11 @@ func (l *FS) flushAllLocked() []error {
 
 // unmount detaches the mount and waits for the server to stop. It retries
 // while the kernel still reports the mount busy (the descriptors of a
-// killed process are released asynchronously); if it stays busy, it
-// detaches lazily and reports the error.
+// killed process are released asynchronously). If it stays busy, it
+// detaches the mount lazily and aborts the FUSE connection, so that the
+// processes still using it get errors instead of waiting for a server
+// that will be gone (a process that exits with files open on a mount it
+// serves itself would otherwise hang forever in its exit).
 func (l *FS) unmount() error {
 	deadline := time.Now().Add(5 * time.Second)
 	for {
@@ -289,12 +309,31 @@ func (l *FS) unmount() error {
 		}
 		if err != syscall.EBUSY || time.Now().After(deadline) {
 			derr := syscall.Unmount(l.mountpoint, syscall.MNT_DETACH)
-			return fmt.Errorf("lazyfs: unmount %s: %w (lazy detach: %v); is a process still using it?", l.mountpoint, err, derr)
+			aerr := l.abort()
+			if aerr == nil {
+				l.server.Wait()
+			}
+			return fmt.Errorf("lazyfs: unmount %s: %w (lazy detach: %v, abort: %v); was a process still using it?", l.mountpoint, err, derr, aerr)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
 	l.server.Wait()
 	return nil
+}
+
+// fusectl is where the kernel lists FUSE connections.
+const fusectl = "/sys/fs/fuse/connections"
+
+// abort aborts the FUSE connection of the mount through fusectl, mounting
+// fusectl first if nothing has.
+func (l *FS) abort() error {
+	dir := filepath.Join(fusectl, strconv.FormatUint(l.conn, 10))
+	if _, err := os.Stat(dir); err != nil {
+		if err := syscall.Mount("fusectl", fusectl, "fusectl", 0, ""); err != nil && err != syscall.EBUSY {
+			return fmt.Errorf("mount fusectl: %w", err)
+		}
+	}
+	return os.WriteFile(filepath.Join(dir, "abort"), []byte("1"), 0)
 }
 
 // acquire returns the state of the backing file open at fd, taking
