@@ -67,6 +67,11 @@ func Open(path, local string) (*FSM, error) {
 }
 
 func (f *FSM) open() error {
+	// The file is about to change: it no longer is what a clean close
+	// left (see sidecar.go).
+	if err := removeSidecar(f.path); err != nil {
+		return fmt.Errorf("open %s: %w", f.path, err)
+	}
 	db, err := bolt.Open(f.path, 0o600, &bolt.Options{
 		Timeout:        5 * time.Second,
 		NoFreelistSync: true,
@@ -190,7 +195,12 @@ func (f *FSM) Close() error {
 	f.Flush()
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return f.db.Close()
+	if err := f.db.Close(); err != nil {
+		return err
+	}
+	// The file is final: record its checksum so the next open can trust
+	// it (see sidecar.go).
+	return writeSidecar(f.path)
 }
 
 // Apply implements raft.FSM for a single entry.
