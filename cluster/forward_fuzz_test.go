@@ -43,6 +43,9 @@ func FuzzReadFrame(f *testing.F) {
 		}
 		var rs fwdResponse
 		if err := readFrame(bytes.NewReader(b), &rs); err == nil {
+			if len(rs.Replies) == 0 {
+				rs.Replies = nil // omitted when written
+			}
 			var again fwdResponse
 			if err := readFrame(bytes.NewReader(frame(t, rs)), &again); err != nil || !reflect.DeepEqual(rs, again) {
 				t.Fatalf("response %+v read back as %+v (%v)", rs, again, err)
