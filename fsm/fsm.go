@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"sync"
@@ -50,6 +51,21 @@ type FSM struct {
 	stop    chan struct{}
 	stopped chan struct{}
 
+	// A failed commit and its recovery (commitfail.go). failed and the
+	// fields after it are guarded by txMu; failing mirrors failed != nil.
+	failed      error
+	failedAt    time.Time
+	failedNag   time.Time
+	failedTries int
+	recovered   chan struct{} // closed when the failure is resolved
+	failing     atomic.Bool
+	nextTry     atomic.Int64 // unix ns of the next recovery attempt
+	reason      atomic.Pointer[string]
+	logs        atomic.Pointer[LogSource]
+	logger      atomic.Pointer[slog.Logger]
+	commitHook  atomic.Pointer[func() error] // tests
+	stopOnce    sync.Once
+
 	applied  atomic.Uint64
 	deadline atomic.Int64
 }
@@ -72,15 +88,7 @@ func (f *FSM) open() error {
 	if err := removeSidecar(f.path); err != nil {
 		return fmt.Errorf("open %s: %w", f.path, err)
 	}
-	db, err := bolt.Open(f.path, 0o600, &bolt.Options{
-		Timeout:        5 * time.Second,
-		NoFreelistSync: true,
-		FreelistType:   bolt.FreelistMapType,
-		// A large initial mapping (address space, not memory) spares
-		// writers from waiting on a remap while a snapshot's long read
-		// transaction is open.
-		InitialMmapSize: 1 << 30,
-	})
+	db, err := bolt.Open(f.path, 0o600, stateDBOptions())
 	if err != nil {
 		return fmt.Errorf("open %s: %w", f.path, err)
 	}
@@ -111,7 +119,8 @@ const (
 	flushLogs     = 4096
 )
 
-// flusher commits the pending transaction once it is flushInterval old.
+// flusher commits the pending transaction once it is flushInterval old,
+// and retries the recovery after a failed commit.
 func (f *FSM) flusher() {
 	defer close(f.stopped)
 	t := time.NewTicker(flushInterval / 2)
@@ -122,33 +131,54 @@ func (f *FSM) flusher() {
 			return
 		case <-t.C:
 		}
+		if f.failing.Load() {
+			f.tryRecover(false)
+			continue
+		}
 		f.txMu.Lock()
 		if f.tx != nil && time.Since(f.txSince) >= flushInterval {
-			f.commitLocked()
+			_ = f.commitLocked()
 		}
 		f.txMu.Unlock()
 	}
 }
 
-// commitLocked commits the pending transaction. The Raft log is durable,
-// so a failure here would leave the replica behind what it acknowledged:
-// it stops the process instead.
-func (f *FSM) commitLocked() {
+// commitLocked commits the pending transaction. A failure (a full disk)
+// leaves state.db behind the applied index; the entries in between are
+// in the Raft log, and the FSM recovers by applying them again (see
+// commitfail.go). While a failure is unresolved it returns that failure.
+func (f *FSM) commitLocked() error {
+	if f.failed != nil {
+		return f.failed
+	}
 	if f.tx == nil {
-		return
+		return nil
 	}
-	if err := f.tx.Commit(); err != nil {
-		panic(fmt.Sprintf("fsm: commit state.db: %v", err))
-	}
+	err := f.commitTx(f.tx)
 	f.tx = nil
 	f.txLogs = 0
+	if err != nil {
+		f.commitFailedLocked(err)
+	}
+	return err
 }
 
 // Flush commits everything applied so far to state.db.
-func (f *FSM) Flush() {
+func (f *FSM) Flush() { _ = f.flush() }
+
+// flush commits everything applied so far, first recovering from a failed
+// commit if there is one; it returns the error if state.db stays behind.
+func (f *FSM) flush() error {
+	if !f.tryRecover(true) {
+		f.txMu.Lock()
+		defer f.txMu.Unlock()
+		if f.failed != nil {
+			return f.failed
+		}
+	}
 	f.txMu.Lock()
-	f.commitLocked()
-	f.txMu.Unlock()
+	defer f.txMu.Unlock()
+	return f.commitLocked()
 }
 
 // SetSink installs the receiver of local effects.
@@ -186,13 +216,12 @@ func (f *FSM) View(fn func(tx *bolt.Tx) error) error {
 
 // Close commits what was applied and closes state.db.
 func (f *FSM) Close() error {
-	select {
-	case <-f.stop:
-	default:
-		close(f.stop)
-	}
+	f.Stop()
 	<-f.stopped
-	f.Flush()
+	if err := f.flush(); err != nil {
+		f.log().Error("closing state.db behind the applied index; the entries after it are applied again from the Raft log at the next start",
+			"err", err, "applied", f.applied.Load())
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if err := f.db.Close(); err != nil {
@@ -219,9 +248,24 @@ func (f *FSM) Apply(l *raft.Log) interface{} {
 // the stored index were applied before and are skipped.
 func (f *FSM) ApplyBatch(logs []*raft.Log) []interface{} {
 	out := make([]interface{}, len(logs))
-	f.mu.RLock()
+	// After a failed commit nothing is applied until state.db has caught
+	// up again (commitfail.go): applying on top of the older state would
+	// leave a gap.
+	for {
+		if !f.awaitDurable() {
+			// Stopping: these entries are applied again from the Raft
+			// log after the restart.
+			return out
+		}
+		f.mu.RLock()
+		f.txMu.Lock()
+		if f.failed == nil {
+			break
+		}
+		f.txMu.Unlock()
+		f.mu.RUnlock()
+	}
 	defer f.mu.RUnlock()
-	f.txMu.Lock()
 	effects, err := func() (effects []queue.Effect, err error) {
 		defer func() {
 			if r := recover(); r != nil {
@@ -246,7 +290,9 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []interface{} {
 		panic(fmt.Sprintf("fsm: %v", err))
 	}
 	if f.txLogs >= flushLogs {
-		f.commitLocked()
+		// A failure is recorded and recovered from by the flusher; this
+		// batch's effects are delivered, as the entries are applied.
+		_ = f.commitLocked()
 	}
 	f.txMu.Unlock()
 	if s := f.sink.Load(); s != nil && len(effects) > 0 {
@@ -389,7 +435,9 @@ func (f *FSM) Digest() (sum [32]byte, index uint64, err error) {
 func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 	// raft calls Snapshot between applies; the snapshot must contain every
 	// entry applied so far.
-	f.Flush()
+	if err := f.flush(); err != nil {
+		return nil, fmt.Errorf("snapshot: state.db is behind the applied index: %w", err)
+	}
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	tx, err := f.db.Begin(false)
@@ -449,6 +497,7 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 		f.tx = nil
 		f.txLogs = 0
 	}
+	f.clearFailureLocked()
 	f.txMu.Unlock()
 	if err := f.db.Close(); err != nil {
 		return err
