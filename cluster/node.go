@@ -65,7 +65,11 @@ type Config struct {
 	TrailingLogs      uint64
 	// ClockOffset shifts this node's clock (fault-injection tests only).
 	ClockOffset time.Duration
-	Logger      *slog.Logger
+	// UnsafeNoSync skips the fsync of the Raft log: a deliberately broken
+	// build for the fault suite's self-test, which must catch the
+	// acknowledged messages a power loss then destroys. Never in production.
+	UnsafeNoSync bool
+	Logger       *slog.Logger
 }
 
 // Sink is a local client connection as the node sees it.
@@ -175,10 +179,14 @@ func (n *Node) start() error {
 	}
 	n.fsm = f
 	f.SetSink(n.route)
+	if n.cfg.UnsafeNoSync {
+		f.SetUnsafeNoSync()
+	}
 
 	store, err := raftboltdb.New(raftboltdb.Options{
 		Path:        filepath.Join(raftDir, "raft.db"),
-		BoltOptions: &bolt.Options{Timeout: 5 * time.Second, NoFreelistSync: true, InitialMmapSize: 256 << 20},
+		NoSync:      n.cfg.UnsafeNoSync,
+		BoltOptions: &bolt.Options{Timeout: 5 * time.Second, NoFreelistSync: true, InitialMmapSize: 256 << 20, NoGrowSync: n.cfg.UnsafeNoSync},
 	})
 	if err != nil {
 		return fmt.Errorf("open raft log: %w", err)
