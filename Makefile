@@ -8,7 +8,7 @@ PEERS    := n1=127.0.0.1:4438,n2=127.0.0.2:4438,n3=127.0.0.3:4438
 BENCH_SERVER ?= wss://127.0.0.1:4433/v1
 BENCH_CA     ?= mcpd-data/tls/ca.pem
 
-.PHONY: all build run test test-race vet cluster cluster-stop bench clean fuzz
+.PHONY: all build run test test-race vet deps cluster cluster-stop bench clean fuzz chaos
 
 all: build
 
@@ -18,9 +18,26 @@ build:
 run: build
 	./$(BIN) serve --dev --data-dir mcpd-data
 
-test: vet
+test: vet deps
 	$(GO) test -count=1 -timeout 20m ./...
 	$(GO) test -count=1 -race -timeout 20m ./queue/ ./fsm/ ./cluster/ ./transport/ ./client/
+
+# The fault suite in systemtest/ (docs/reliability.md) runs nodes in network
+# namespaces and on FUSE disks: it needs root, /dev/fuse and the ip tool.
+# deps installs iproute2 where it is missing (Debian).
+deps:
+	@command -v ip >/dev/null 2>&1 || { echo "installing iproute2 for the fault suite"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 >/dev/null; }
+
+# The whole fault matrix: more rounds of every scenario and the combined
+# faults on five nodes. Each scenario appends its checker figures to
+# CHAOS_REPORT as a JSON line; MCPD_FAULT_SEED=N replays a random schedule.
+CHAOS_REPORT ?= chaos-report.jsonl
+chaos: deps
+	rm -f $(CHAOS_REPORT)
+	MCPD_CHAOS=1 MCPD_FAULT_REPORT=$(abspath $(CHAOS_REPORT)) \
+	  $(GO) test -count=1 -timeout 120m -run 'Test_Fault_' -v ./systemtest/
+	@echo "figures: $(CHAOS_REPORT)"
 
 # Every fuzz target, FUZZTIME each, one after another (docs/fuzzing.md).
 # A crasher is saved under the package's testdata/fuzz/ and replays with
