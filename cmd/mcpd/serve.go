@@ -35,7 +35,6 @@ type serveFlags struct {
 	logLevel, logFormat              string
 	pprof                            bool
 	noSync                           bool // --test-unsafe-no-fsync
-	noSync                           bool // --test-unsafe-no-fsync
 }
 
 func runServe(args []string) error {
@@ -63,7 +62,6 @@ func runServe(args []string) error {
 	fs.DurationVar(&f.nodeDownAfter, "node-down-after", 15*time.Second, "how long a leader waits on an unreachable peer before ending its clients' consumers and leases")
 	fs.DurationVar(&f.clockOffset, "test-clock-offset", 0, "shift this node's clock (fault-injection tests only)")
 	fs.BoolVar(&f.noSync, "test-unsafe-no-fsync", false, "never fsync the Raft log or state.db: loses acknowledged messages on power loss (the fault suite's self-test only)")
-	fs.BoolVar(&f.noSync, "test-unsafe-no-fsync", false, "never fsync the Raft log: loses acknowledged messages on power loss (the fault suite's self-test only)")
 	fs.BoolVar(&f.pprof, "pprof", false, "serve Go profiles under /debug/pprof/ on the health port")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&f.logFormat, "log-format", "text", "text or json")
@@ -110,7 +108,6 @@ func runServe(args []string) error {
 		HeartbeatTimeout: f.heartbeat,
 		ElectionTimeout:  f.election,
 		ClockOffset:      f.clockOffset,
-		UnsafeNoSync:     f.noSync,
 		UnsafeNoSync:     f.noSync,
 		NodeDownAfter:    f.nodeDownAfter,
 		Logger:           log,
