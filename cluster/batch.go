@@ -329,7 +329,8 @@ func mapRaftError(err error) error {
 	switch {
 	case err == nil:
 		return nil
-	case errors.Is(err, raft.ErrNotLeader), errors.Is(err, raft.ErrLeadershipTransferInProgress), errors.Is(err, raft.ErrEnqueueTimeout):
+	case errors.Is(err, raft.ErrNotLeader), errors.Is(err, raft.ErrLeadershipTransferInProgress), errors.Is(err, raft.ErrEnqueueTimeout),
+		errors.As(err, new(*logWriteError)): // the leader could not store it: not replicated
 		return fmt.Errorf("%w: %v", ErrUnavailable, err)
 	default: // leadership lost, shutdown, timeout: it may have committed
 		return fmt.Errorf("%w: %v", ErrUnknown, err)

@@ -115,6 +115,9 @@ type Node struct {
 	peersMu   sync.Mutex
 	peersLost map[string]time.Time
 	peersDown map[string]bool
+
+	// Write failures of the raft log and stable store (diskfull.go).
+	logGuard, stableGuard *diskGuard
 }
 
 // Tuning of group commit.
@@ -260,7 +263,12 @@ func (n *Node) start() error {
 	if err != nil {
 		return err
 	}
-	r, err := raft.NewRaft(rc, f, logs, store, snaps, trans)
+	// After a failed commit of state.db the FSM applies entries again
+	// from the log (fsm/commitfail.go).
+	f.SetLogSource(logs)
+	f.SetLogger(n.cfg.Logger.With("component", "fsm"))
+	guardedLogs, guardedStable := n.guardStores(logs, store)
+	r, err := raft.NewRaft(rc, f, guardedLogs, guardedStable, snaps, trans)
 	if err != nil {
 		trans.Close()
 		return fmt.Errorf("start raft: %w", err)
@@ -326,9 +334,10 @@ func (n *Node) Leader() string {
 func (n *Node) IsLeader() bool { return n.raft.State() == raft.Leader }
 
 // Ready reports whether the node knows a leader and has applied what it
-// knows to be committed.
+// knows to be committed, and can write its data directory (diskfull.go).
+// NotReadyReason says why not.
 func (n *Node) Ready() bool {
-	return n.Leader() != "" && n.fsm.AppliedIndex()+8 >= n.raft.CommitIndex()
+	return n.NotReadyReason() == ""
 }
 
 // Read runs fn on the node's local state.
@@ -561,7 +570,10 @@ func (n *Node) stop(handOver bool) error {
 		n.subClosed = true
 		n.subMu.Unlock()
 		n.fwd.close()
-		err = n.raft.Shutdown().Error()
+		// Raft's Shutdown waits for the apply goroutine, which may wait
+		// for state.db to commit again.
+		n.fsm.Stop()
+		err = n.shutdownRaft()
 		n.mux.close()
 		n.wg.Wait()
 		n.drainSubmits()
