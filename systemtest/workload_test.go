@@ -372,6 +372,8 @@ type result struct {
 	Unknown       int     `json:"unknown_outcomes"` // attempts whose outcome was unknown
 	Refused       int     `json:"refusals"`         // attempts refused (unavailable, ...)
 	Recovered     int     `json:"recovered"`        // ids acknowledged as duplicates: an unknown attempt had stored them
+	UnknownIDs    int     `json:"unknown_ids"`      // ids with at least one attempt of unknown outcome
+	RecoveredRate float64 `json:"recovered_rate"`   // recovered / unknown_ids
 	Delivered     int     `json:"delivered"`        // distinct ids delivered
 	Deliveries    int     `json:"deliveries"`
 	Duplicates    int     `json:"duplicate_deliveries"`
@@ -397,6 +399,9 @@ func (w *workload) check() result {
 		r.Attempts += op.attempts
 		r.Unknown += op.unknowns
 		r.Refused += op.refusals
+		if op.unknowns > 0 {
+			r.UnknownIDs++
+		}
 		if op.outcome == outAcked {
 			r.Acked++
 			if op.dup {
@@ -419,6 +424,9 @@ func (w *workload) check() result {
 	r.Redeliveries = w.redelivery
 	r.Faults, r.RecoveryMs = w.faults, w.maxRecovery.Milliseconds()
 	r.Lost = len(lost)
+	if r.UnknownIDs > 0 {
+		r.RecoveredRate = float64(r.Recovered) / float64(r.UnknownIDs)
+	}
 	if r.Deliveries > 0 {
 		r.DuplicateRate = float64(r.Duplicates) / float64(r.Deliveries)
 	}
@@ -506,8 +514,8 @@ func (w *workload) checkOrder() string {
 // it there as a JSON line (make chaos collects them for the docs).
 func (r result) report(t *testing.T) {
 	t.Helper()
-	t.Logf("checker: attempted %d, acked %d, lost %d, unexpected %d; attempts %d (%d unknown, %d refused), recovered %d; deliveries %d of %d ids, %d duplicates (%.2f%%), %d redeliveries; faults %d, max recovery %dms; order: %s; %.1fs",
-		r.Attempted, r.Acked, r.Lost, r.Unexpected, r.Attempts, r.Unknown, r.Refused, r.Recovered,
+	t.Logf("checker: attempted %d, acked %d, lost %d, unexpected %d; attempts %d (%d unknown, %d refused), recovered %d of %d ids with an unknown outcome; deliveries %d of %d ids, %d duplicates (%.2f%%), %d redeliveries; faults %d, max recovery %dms; order: %s; %.1fs",
+		r.Attempted, r.Acked, r.Lost, r.Unexpected, r.Attempts, r.Unknown, r.Refused, r.Recovered, r.UnknownIDs,
 		r.Deliveries, r.Delivered, r.Duplicates, 100*r.DuplicateRate, r.Redeliveries, r.Faults, r.RecoveryMs, orNone(r.Ordered), r.Seconds)
 	if path := os.Getenv("MCPD_FAULT_REPORT"); path != "" {
 		f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
