@@ -53,9 +53,6 @@ func (n *Node) Now() int64 {
 // measured recently, this node counting as offset zero. With an even count
 // it is the mean of the middle two.
 func (n *Node) clockCorrection() time.Duration {
-	if n.raft == nil {
-		return 0
-	}
 	offs := []time.Duration{0}
 	now := time.Now()
 	n.clocks.mu.Lock()
