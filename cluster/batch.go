@@ -29,6 +29,9 @@ type pending struct {
 // within the submit timeout), ErrUnknown when it may have been, or
 // ErrShutdown.
 func (n *Node) Submit(ctx context.Context, cmd fsm.Command) error {
+	if n.rejoining.Load() {
+		return errRejoining
+	}
 	timeout := n.cfg.SubmitTimeout
 	if d, ok := ctx.Deadline(); ok {
 		timeout = min(timeout, time.Until(d))
@@ -47,6 +50,10 @@ func (n *Node) submit(cmd fsm.Command, timeout time.Duration) error {
 // the order they were queued, unless one has to be retried. It blocks
 // while the submit queue is full.
 func (n *Node) SubmitAsync(cmd fsm.Command, done func(error)) {
+	if n.rejoining.Load() {
+		done(errRejoining)
+		return
+	}
 	n.submitAsync(cmd, n.cfg.SubmitTimeout, done)
 }
 

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -28,6 +29,10 @@ type mux struct {
 	raftCh  chan net.Conn
 	forward func(net.Conn)
 	clock   func(net.Conn) // clock probes (clock.go)
+	member  func(net.Conn) // membership requests (rejoin.go)
+	// raftClosed turns raft connections away, while a node that lost its
+	// raft data waits to be demoted (rejoin.go).
+	raftClosed atomic.Bool
 
 	closeOnce sync.Once
 	closed    chan struct{}
@@ -70,6 +75,10 @@ func (m *mux) route(c net.Conn) {
 	_ = c.SetReadDeadline(time.Time{})
 	switch b[0] {
 	case protoRaft:
+		if m.raftClosed.Load() {
+			c.Close()
+			return
+		}
 		select {
 		case m.raftCh <- c:
 		case <-m.closed:
@@ -84,6 +93,12 @@ func (m *mux) route(c net.Conn) {
 	case protoForward:
 		if m.forward != nil {
 			m.forward(c)
+			return
+		}
+		c.Close()
+	case protoMember:
+		if m.member != nil {
+			m.member(c)
 			return
 		}
 		c.Close()

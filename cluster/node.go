@@ -86,9 +86,11 @@ type Node struct {
 	raft  *raft.Raft
 	fsm   *fsm.FSM
 	store *raftboltdb.BoltStore
-	mux   *mux
-	fwd   *forwarder
-	epoch uint64
+	// stable is the checksumming log and stable store over store.
+	stable *checksumStore
+	mux    *mux
+	fwd    *forwarder
+	epoch  uint64
 
 	submitCh    chan *pending
 	subMu       sync.RWMutex // subClosed: no more submissions
@@ -115,6 +117,10 @@ type Node struct {
 	peersMu   sync.Mutex
 	peersLost map[string]time.Time
 	peersDown map[string]bool
+
+	// rejoining: this node's raft data was lost and it has not been
+	// promoted back to voter yet (rejoin.go); it serves no client.
+	rejoining atomic.Bool
 
 	// Write failures of the raft log and stable store (diskfull.go).
 	logGuard, stableGuard *diskGuard
@@ -172,20 +178,20 @@ func New(cfg Config) (*Node, error) {
 }
 
 func (n *Node) start() error {
+	if err := os.MkdirAll(n.cfg.DataDir, 0o700); err != nil {
+		return err
+	}
+	// Check every store before opening any; move what is damaged aside.
+	rejoin, err := n.repairDataDir()
+	if err != nil {
+		return err
+	}
 	raftDir := filepath.Join(n.cfg.DataDir, "raft")
 	if err := os.MkdirAll(raftDir, 0o700); err != nil {
 		return err
 	}
-	f, err := fsm.Open(filepath.Join(n.cfg.DataDir, "state.db"), n.cfg.NodeID)
-	if err != nil {
-		return err
-	}
-	n.fsm = f
-	f.SetSink(n.route)
-	if n.cfg.UnsafeNoSync {
-		f.SetUnsafeNoSync()
-	}
-
+	// raft.db first: a state.db without a raft.db beside it means the
+	// raft data was lost (repairDataDir).
 	store, err := raftboltdb.New(raftboltdb.Options{
 		Path:        filepath.Join(raftDir, "raft.db"),
 		NoSync:      n.cfg.UnsafeNoSync,
@@ -195,6 +201,26 @@ func (n *Node) start() error {
 		return fmt.Errorf("open raft log: %w", err)
 	}
 	n.store = store
+	stable, sealedNow, err := newChecksumStore(store, false)
+	if err != nil {
+		return fmt.Errorf("open raft log: %w", err)
+	}
+	n.stable = stable
+	if sealedNow {
+		if last, _ := stable.LastIndex(); last > 0 {
+			n.log.Warn("raft log written before log checksums existed: sealed every entry now", "node", n.cfg.NodeID, "last_index", last)
+		}
+	}
+
+	f, err := fsm.Open(filepath.Join(n.cfg.DataDir, "state.db"), n.cfg.NodeID)
+	if err != nil {
+		return err
+	}
+	n.fsm = f
+	f.SetSink(n.route)
+	if n.cfg.UnsafeNoSync {
+		f.SetUnsafeNoSync()
+	}
 	hlog := newHCLogger("raft", n.cfg.Logger)
 	snaps, err := raft.NewFileSnapshotStoreWithLogger(raftDir, 2, hlog)
 	if err != nil {
@@ -219,6 +245,18 @@ func (n *Node) start() error {
 	n.mux = newMux(ln, advert, n.log)
 	n.mux.forward = n.serveForward
 	n.mux.clock = n.serveClock
+	n.mux.member = n.serveMember
+	existing, err := raft.HasExistingState(stable, stable, snaps)
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	if rejoin {
+		n.rejoining.Store(true)
+		// Until the leader has demoted this node, raft must not hear
+		// from its peers: it could vote with a lost vote record.
+		n.mux.raftClosed.Store(!existing)
+	}
 	go n.mux.serve()
 	trans := raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
 		Stream:  streamLayer{n.mux},
@@ -259,7 +297,7 @@ func (n *Node) start() error {
 	rc.NoSnapshotRestoreOnStart = f.AppliedIndex() > 0 && f.AppliedIndex() >= snapIndex
 
 	// Replication reads recent entries back; serve them from memory.
-	logs, err := raft.NewLogCache(4096, store)
+	logs, err := raft.NewLogCache(4096, stable)
 	if err != nil {
 		return err
 	}
@@ -267,7 +305,7 @@ func (n *Node) start() error {
 	// from the log (fsm/commitfail.go).
 	f.SetLogSource(logs)
 	f.SetLogger(n.cfg.Logger.With("component", "fsm"))
-	guardedLogs, guardedStable := n.guardStores(logs, store)
+	guardedLogs, guardedStable := n.guardStores(logs, stable)
 	r, err := raft.NewRaft(rc, f, guardedLogs, guardedStable, snaps, trans)
 	if err != nil {
 		trans.Close()
@@ -287,9 +325,11 @@ func (n *Node) start() error {
 	n.wg.Add(1)
 	go n.clockLoop()
 
-	existing, err := raft.HasExistingState(store, store, snaps)
-	if err != nil {
-		return err
+	if rejoin {
+		n.log.Info("raft data lost; rejoining from peers without bootstrap", "node", n.cfg.NodeID, "demote_first", !existing)
+		n.wg.Add(1)
+		go n.rejoin(!existing)
+		return nil
 	}
 	if existing {
 		n.log.Info("raft state found; rejoining", "node", n.cfg.NodeID, "applied", f.AppliedIndex())
@@ -335,13 +375,27 @@ func (n *Node) IsLeader() bool { return n.raft.State() == raft.Leader }
 
 // Ready reports whether the node knows a leader and has applied what it
 // knows to be committed, and can write its data directory (diskfull.go).
-// NotReadyReason says why not.
+// NotReadyReason says why not. A node rejoining after losing its raft
+// data is not ready until it is a voter again (rejoin.go).
 func (n *Node) Ready() bool {
-	return n.NotReadyReason() == ""
+	return !n.rejoining.Load() && n.NotReadyReason() == ""
 }
 
-// Read runs fn on the node's local state.
-func (n *Node) Read(fn func(tx *bolt.Tx) error) error { return n.fsm.View(fn) }
+// Rejoining reports whether the node is rebuilding its raft data from its
+// peers (and serves no client meanwhile).
+func (n *Node) Rejoining() bool { return n.rejoining.Load() }
+
+// errRejoining is what clients of a rejoining node get.
+var errRejoining = fmt.Errorf("%w: this node is rebuilding its data from its peers", ErrUnavailable)
+
+// Read runs fn on the node's local state. It fails with ErrUnavailable
+// while the node is rejoining: its state is not the cluster's yet.
+func (n *Node) Read(fn func(tx *bolt.Tx) error) error {
+	if n.rejoining.Load() {
+		return errRejoining
+	}
+	return n.fsm.View(fn)
+}
 
 // NewConn registers a local connection and returns its cluster-wide id.
 func (n *Node) NewConn(s Sink) string {

@@ -21,6 +21,7 @@ var commands = []command{
 	{"recv", runRecv, "consume messages and print them as JSON lines"},
 	{"bench", runBench, "measure enqueue and consume throughput and latency"},
 	{"tls", runTLS, "create TLS material (tls init)"},
+	{"check", runCheck, "verify a stopped node's data directory (checksums of log, snapshots, state.db)"},
 }
 
 func usage() {

@@ -1,0 +1,330 @@
+package cluster
+
+import (
+	"bufio"
+	"fmt"
+	"net"
+	"sort"
+	"time"
+
+	"github.com/hashicorp/raft"
+)
+
+// A node whose raft data was moved aside (repair.go) has lost its log,
+// its term and the vote it cast in it. Voting or campaigning with that
+// could elect a leader without entries a majority committed, or give two
+// candidates its vote in one term. So it rejoins as a non-voter:
+//
+//  1. With its Raft port closed to raft traffic (the mux turns raft
+//     connections away), it asks the leader, over a membership message on
+//     the Raft port, to demote it to non-voter. The leader commits the
+//     change (DemoteVoter, or AddNonvoter when it is not a member) and a
+//     barrier, and answers with its term.
+//  2. The node records in its stable store a vote in that term for no
+//     candidate, so it grants no vote in it, then opens its Raft port.
+//     Raft runs without bootstrap; the leader replicates to it (entries or
+//     a snapshot install).
+//  3. Once its log is within promoteSlack entries of the leader's, it asks
+//     to be promoted; the leader checks the claim against its own last
+//     index and commits AddVoter.
+//  4. Once it sees itself a voter it removes rejoin-pending and becomes
+//     ready. Until then it serves no client: Ready is false and submits
+//     and reads fail with ErrUnavailable.
+//
+// Why the vote record is enough: the leader's demotion commits in its
+// term T only with every remaining voter's acknowledgement in T, so no
+// other voter had moved past T; any vote this node cast before the wipe
+// in a term above T went to a candidate that could not have won. Votes in
+// T itself are refused. See DESIGN.md.
+
+// protoMember is the membership request on the Raft port.
+const protoMember byte = 'M'
+
+// Membership operations.
+const (
+	memberDemote  = "demote"
+	memberPromote = "promote"
+)
+
+// promoteSlack is how far behind the leader's last index a non-voter may
+// be when it is promoted.
+const promoteSlack = 256
+
+// rejoinVote is recorded as the vote of the term the node rejoins in; it
+// never equals a candidate's address, so no vote is granted in that term.
+var rejoinVote = []byte("mcpd:rejoined-no-vote")
+
+type memberRequest struct {
+	Op   string `msgpack:"o"`
+	ID   string `msgpack:"n"`
+	Last uint64 `msgpack:"l"`
+}
+
+type memberResponse struct {
+	OK        bool   `msgpack:"ok"`
+	NotLeader bool   `msgpack:"nl,omitempty"`
+	Leader    string `msgpack:"la,omitempty"` // address of the leader, when known
+	LeaderID  string `msgpack:"li,omitempty"`
+	Term      uint64 `msgpack:"t,omitempty"`
+	Last      uint64 `msgpack:"l,omitempty"` // the leader's last index
+	Msg       string `msgpack:"m,omitempty"`
+}
+
+// serveMember answers one membership request (leader side).
+func (n *Node) serveMember(c net.Conn) {
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(40 * time.Second))
+	var req memberRequest
+	if err := readFrame(bufio.NewReader(c), &req); err != nil {
+		return
+	}
+	resp := n.handleMember(req)
+	bw := bufio.NewWriter(c)
+	if err := writeFrame(bw, resp); err == nil {
+		_ = bw.Flush()
+	}
+}
+
+func (n *Node) handleMember(req memberRequest) memberResponse {
+	notLeader := func(msg string) memberResponse {
+		addr, id := n.raft.LeaderWithID()
+		return memberResponse{NotLeader: true, Leader: string(addr), LeaderID: string(id), Msg: msg}
+	}
+	if n.raft.State() != raft.Leader {
+		return notLeader("not the leader")
+	}
+	addr, ok := n.cfg.Peers[req.ID]
+	if !ok || req.ID == n.cfg.NodeID {
+		return memberResponse{Msg: fmt.Sprintf("%q is not a configured peer", req.ID)}
+	}
+	term := n.raft.CurrentTerm()
+	cf := n.raft.GetConfiguration()
+	if err := cf.Error(); err != nil {
+		return notLeader(err.Error())
+	}
+	suffrage, member := raft.Nonvoter, false
+	for _, s := range cf.Configuration().Servers {
+		if string(s.ID) == req.ID {
+			suffrage, member = s.Suffrage, true
+		}
+	}
+	id, raddr := raft.ServerID(req.ID), raft.ServerAddress(addr)
+	var f raft.Future
+	switch req.Op {
+	case memberDemote:
+		switch {
+		case !member:
+			f = n.raft.AddNonvoter(id, raddr, 0, 10*time.Second)
+		case suffrage == raft.Voter:
+			f = n.raft.DemoteVoter(id, 0, 10*time.Second)
+		}
+		if f != nil {
+			n.log.Warn("demoting a peer whose raft data was lost; it catches up as a non-voter before it is promoted back", "peer", req.ID, "term", term)
+		}
+	case memberPromote:
+		last := n.raft.LastIndex()
+		if !member {
+			return memberResponse{Msg: fmt.Sprintf("%s is not a member; ask for a demotion first", req.ID)}
+		}
+		if suffrage != raft.Voter {
+			if req.Last+promoteSlack < last {
+				return memberResponse{Last: last, Term: term, Msg: fmt.Sprintf("not caught up: last index %d, leader's %d", req.Last, last)}
+			}
+			f = n.raft.AddVoter(id, raddr, 0, 10*time.Second)
+			n.log.Info("promoting a caught-up peer back to voter", "peer", req.ID, "its_last", req.Last, "leader_last", last)
+		}
+	default:
+		return memberResponse{Msg: fmt.Sprintf("unknown membership operation %q", req.Op)}
+	}
+	if f != nil {
+		if err := f.Error(); err != nil {
+			return notLeader(err.Error())
+		}
+	}
+	// The configuration, and everything before it, is committed in term.
+	if err := n.raft.Barrier(10 * time.Second).Error(); err != nil {
+		return notLeader(err.Error())
+	}
+	if n.raft.State() != raft.Leader || n.raft.CurrentTerm() != term {
+		return notLeader("leadership changed during the change")
+	}
+	_, lid := n.raft.LeaderWithID()
+	return memberResponse{OK: true, LeaderID: string(lid), Term: term, Last: n.raft.LastIndex()}
+}
+
+// memberCall sends req to the leader: to the known leader first, else to
+// each peer in turn, following a redirect.
+func (n *Node) memberCall(req memberRequest) (memberResponse, error) {
+	var addrs []string
+	if addr, _ := n.raft.LeaderWithID(); addr != "" {
+		addrs = append(addrs, string(addr))
+	}
+	ids := n.otherPeers()
+	sort.Strings(ids)
+	for _, id := range ids {
+		addrs = append(addrs, n.cfg.Peers[id])
+	}
+	var lastErr error
+	tried := map[string]bool{}
+	for len(addrs) > 0 {
+		addr := addrs[0]
+		addrs = addrs[1:]
+		if tried[addr] {
+			continue
+		}
+		tried[addr] = true
+		resp, err := n.memberCallTo(addr, req)
+		if err != nil {
+			lastErr = err
+			continue
+		}
+		if resp.NotLeader {
+			lastErr = fmt.Errorf("%s: %s", addr, resp.Msg)
+			if resp.Leader != "" {
+				addrs = append([]string{resp.Leader}, addrs...)
+			}
+			continue
+		}
+		return resp, nil
+	}
+	if lastErr == nil {
+		lastErr = fmt.Errorf("no peers")
+	}
+	return memberResponse{}, lastErr
+}
+
+func (n *Node) memberCallTo(addr string, req memberRequest) (memberResponse, error) {
+	c, err := dial(addr, protoMember, 2*time.Second)
+	if err != nil {
+		return memberResponse{}, err
+	}
+	defer c.Close()
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		select {
+		case <-n.shutdownCh:
+			c.Close()
+		case <-done:
+		}
+	}()
+	_ = c.SetDeadline(time.Now().Add(45 * time.Second))
+	bw := bufio.NewWriter(c)
+	if err := writeFrame(bw, req); err != nil {
+		return memberResponse{}, err
+	}
+	if err := bw.Flush(); err != nil {
+		return memberResponse{}, err
+	}
+	var resp memberResponse
+	if err := readFrame(bufio.NewReader(c), &resp); err != nil {
+		return memberResponse{}, err
+	}
+	return resp, nil
+}
+
+// rejoin runs steps 1 to 4 above. demote is false when an earlier start
+// already got this node demoted and recorded its vote (its raft store is
+// no longer empty).
+func (n *Node) rejoin(demote bool) {
+	defer n.wg.Done()
+	sleep := func(d time.Duration) bool {
+		select {
+		case <-n.shutdownCh:
+			return false
+		case <-time.After(d):
+			return true
+		}
+	}
+	var lastLog time.Time
+	every := func(d time.Duration) bool {
+		if time.Since(lastLog) < d {
+			return false
+		}
+		lastLog = time.Now()
+		return true
+	}
+	started := time.Now()
+	if demote {
+		for {
+			resp, err := n.memberCall(memberRequest{Op: memberDemote, ID: n.cfg.NodeID})
+			if err == nil && resp.OK {
+				// A vote in the leader's term for nobody.
+				err = n.stable.SetUint64(keyLastVoteTerm, resp.Term)
+				if err == nil {
+					err = n.stable.Set(keyLastVoteCand, rejoinVote)
+				}
+				if err != nil {
+					n.log.Error("cannot record the rejoin vote; retrying", "err", err)
+				} else {
+					n.mux.raftClosed.Store(false)
+					n.log.Warn("demoted to non-voter by the leader; catching up from it before being promoted back",
+						"node", n.cfg.NodeID, "leader", resp.LeaderID, "term", resp.Term, "leader_last", resp.Last)
+					break
+				}
+			} else if every(5 * time.Second) {
+				why := "refused"
+				if err != nil {
+					why = err.Error()
+				} else if resp.Msg != "" {
+					why = resp.Msg
+				}
+				n.log.Warn("rejoin: waiting for a leader to demote this node before it takes part in raft again; not serving meanwhile",
+					"node", n.cfg.NodeID, "waiting", time.Since(started).Round(time.Second), "last_error", why)
+			}
+			if !sleep(500 * time.Millisecond) {
+				return
+			}
+		}
+	}
+	lastLog = time.Time{}
+	for {
+		if n.isVoter() && n.Leader() != "" && n.fsm.AppliedIndex()+8 >= n.raft.CommitIndex() {
+			if err := removeMarker(rejoinMarker(n.cfg.DataDir)); err != nil {
+				n.log.Error("cannot remove the rejoin marker; retrying", "err", err)
+			} else {
+				n.rejoining.Store(false)
+				n.log.Warn("rejoin complete: voter again and caught up; serving",
+					"node", n.cfg.NodeID, "applied", n.fsm.AppliedIndex(), "took", time.Since(started).Round(time.Millisecond))
+				return
+			}
+		} else if !n.isVoter() && n.Leader() != "" {
+			last := n.raft.LastIndex()
+			resp, err := n.memberCall(memberRequest{Op: memberPromote, ID: n.cfg.NodeID, Last: last})
+			if (err != nil || !resp.OK) && every(5*time.Second) {
+				why := resp.Msg
+				if err != nil {
+					why = err.Error()
+				}
+				n.log.Info("rejoin: catching up as a non-voter", "node", n.cfg.NodeID, "last", last,
+					"applied", n.fsm.AppliedIndex(), "leader_last", resp.Last, "status", why)
+			}
+		} else if every(5 * time.Second) {
+			n.log.Info("rejoin: waiting for the leader's replication", "node", n.cfg.NodeID, "leader", n.Leader())
+		}
+		if !sleep(250 * time.Millisecond) {
+			return
+		}
+	}
+}
+
+// isVoter reports whether the latest configuration this node knows makes
+// it a voter.
+func (n *Node) isVoter() bool {
+	cf := n.raft.GetConfiguration()
+	if cf.Error() != nil {
+		return false
+	}
+	for _, s := range cf.Configuration().Servers {
+		if string(s.ID) == n.cfg.NodeID {
+			return s.Suffrage == raft.Voter
+		}
+	}
+	return false
+}
+
+// The stable keys of hashicorp/raft's vote record.
+var (
+	keyLastVoteTerm = []byte("LastVoteTerm")
+	keyLastVoteCand = []byte("LastVoteCand")
+)
