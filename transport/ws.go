@@ -130,9 +130,14 @@ func NewServer(node *cluster.Node, opt Options) *Server {
 		log:   opt.Logger.With("component", "ws"),
 		conns: map[*conn]struct{}{},
 		up: websocket.Upgrader{
-			Subprotocols:    []string{"mcp.v1"},
-			ReadBufferSize:  64 << 10,
+			Subprotocols: []string{"mcp.v1"},
+			// Memory per idle connection: reads reuse the HTTP server's
+			// 4 KiB buffer (a frame larger than it is read straight into
+			// its own buffer), and the 64 KiB write buffer is taken from
+			// a pool only while a frame is being written.
+			ReadBufferSize:  0,
 			WriteBufferSize: 64 << 10,
+			WriteBufferPool: &sync.Pool{},
 			CheckOrigin:     func(*http.Request) bool { return true },
 		},
 	}
@@ -153,9 +158,9 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		s.refuse(w)
 		return
 	}
-	defer s.open.Add(-1)
 	ws, err := s.up.Upgrade(w, r, nil)
 	if err != nil {
+		s.open.Add(-1)
 		return // the upgrader has answered
 	}
 	c := newConn(s, ws)
@@ -164,19 +169,26 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		s.mu.Unlock()
 		c.shutdown(websocket.CloseGoingAway, "server shutting down")
 		<-c.closed
+		s.open.Add(-1)
 		return
 	}
 	s.conns[c] = struct{}{}
 	s.wg.Add(1)
 	s.mu.Unlock()
-	defer func() {
-		<-c.closed
-		s.mu.Lock()
-		delete(s.conns, c)
-		s.mu.Unlock()
-		s.wg.Done()
+	// The connection gets a goroutine of its own, and this handler
+	// returns: the HTTP server's request and buffers of the handshake are
+	// not kept for the life of the connection.
+	go func() {
+		defer func() {
+			<-c.closed
+			s.mu.Lock()
+			delete(s.conns, c)
+			s.mu.Unlock()
+			s.open.Add(-1)
+			s.wg.Done()
+		}()
+		c.run()
 	}()
-	c.run()
 }
 
 // refuse answers a handshake beyond MaxConns: HTTP 503 with Retry-After
