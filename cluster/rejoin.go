@@ -137,13 +137,21 @@ func (n *Node) handleMember(req memberRequest) memberResponse {
 		return memberResponse{Msg: fmt.Sprintf("unknown membership operation %q", req.Op)}
 	}
 	if f != nil {
+		// Committed in term, acknowledged by a quorum of the voters left.
 		if err := f.Error(); err != nil {
 			return notLeader(err.Error())
 		}
-	}
-	// The configuration, and everything before it, is committed in term.
-	if err := n.raft.Barrier(10 * time.Second).Error(); err != nil {
-		return notLeader(err.Error())
+	} else {
+		// Nothing to change (a retry): the configuration must be committed
+		// already, and a quorum must still accept this leader's term. (No
+		// barrier: it would leave an entry the FSM never applies, and
+		// replicas compare applied indexes.)
+		if cf.Index() > n.raft.CommitIndex() {
+			return notLeader("a configuration change is in progress")
+		}
+		if err := n.raft.VerifyLeader().Error(); err != nil {
+			return notLeader(err.Error())
+		}
 	}
 	if n.raft.State() != raft.Leader || n.raft.CurrentTerm() != term {
 		return notLeader("leadership changed during the change")
