@@ -18,10 +18,13 @@ import (
 )
 
 // Timings of the fault clusters: short, so that a test sees several
-// elections and lease expiries in seconds.
+// elections and lease expiries in seconds, yet long enough for five nodes
+// sharing two loaded cores (300 ms timeouts let a five-node cluster, its
+// processes starved for CPU, go through elections for half a minute
+// without keeping a leader).
 const (
-	faultHeartbeat     = 300 * time.Millisecond
-	faultElection      = 300 * time.Millisecond
+	faultRaftTimeout   = 500 * time.Millisecond // heartbeat and election, three nodes
+	faultRaftTimeout5  = time.Second            // five nodes
 	faultNodeDownAfter = 3 * time.Second
 )
 
@@ -80,6 +83,10 @@ func newFaultCluster(t *testing.T, n int, o clusterOpts) *faultCluster {
 		if o.dataDir != nil {
 			data = o.dataDir(k)
 		}
+		timeout := faultRaftTimeout
+		if n > 3 {
+			timeout = faultRaftTimeout5
+		}
 		args := []string{bin, "serve",
 			"--node-id", id,
 			"--data-dir", data,
@@ -87,8 +94,8 @@ func newFaultCluster(t *testing.T, n int, o clusterOpts) *faultCluster {
 			"--peers", strings.Join(peers, ","),
 			"--tls-dir", filepath.Join(dir, "tls"),
 			"--insecure-auth-none",
-			"--raft-heartbeat-timeout", faultHeartbeat.String(),
-			"--raft-election-timeout", faultElection.String(),
+			"--raft-heartbeat-timeout", timeout.String(),
+			"--raft-election-timeout", timeout.String(),
 			"--node-down-after", faultNodeDownAfter.String(),
 			"--log-level", "info",
 		}

@@ -47,7 +47,8 @@ func faultRand(t *testing.T) *rand.Rand {
 	return rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
 }
 
-const batch = 150 // acknowledged enqueues between faults
+// batch is the number of acknowledged enqueues between faults.
+var batch = int64(rounds(150, 500))
 
 // standard is the default workload: four producers and two consumers
 // spread over the nodes.
