@@ -40,6 +40,10 @@ func healthHandler(node *cluster.Node, ws *Server) http.Handler {
 		if rss, ok := residentBytes(); ok {
 			m["rss_bytes"] = rss
 		}
+		if anon, file, ok := residentSplit(); ok {
+			m["rss_anon_bytes"] = anon
+			m["rss_file_bytes"] = file
+		}
 		if ws != nil {
 			st := ws.Stats()
 			m["connections"] = st.Conns
@@ -101,4 +105,35 @@ func residentBytes() (int64, bool) {
 		return 0, false
 	}
 	return pages * int64(os.Getpagesize()), true
+}
+
+// residentSplit splits the resident set into anonymous memory (the Go
+// heap, stacks) and file pages (mostly the memory-mapped bbolt files of
+// state.db and the Raft log), from /proc/self/status (Linux).
+func residentSplit() (anon, file int64, ok bool) {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0, 0, false
+	}
+	var found int
+	for _, line := range strings.Split(string(b), "\n") {
+		k, v, _ := strings.Cut(line, ":")
+		var dst *int64
+		switch k {
+		case "RssAnon":
+			dst = &anon
+		case "RssFile":
+			dst = &file
+		default:
+			continue
+		}
+		f := strings.Fields(v)
+		if len(f) == 2 && f[1] == "kB" {
+			if n, err := strconv.ParseInt(f[0], 10, 64); err == nil {
+				*dst = n << 10
+				found++
+			}
+		}
+	}
+	return anon, file, found == 2
 }

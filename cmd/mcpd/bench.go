@@ -21,13 +21,19 @@ import (
 	"github.com/mcpd/mcpd/client"
 )
 
-const benchUsage = "usage: mcpd bench [--queue Q] [--clients C] [--messages N] [--size B] [--window W] [--json] [--server URL[,URL...]] [--ca FILE]"
+const benchUsage = `usage: mcpd bench [--queue Q] [--clients C] [--messages N] [--size B] [--window W] [--json] [--server URL[,URL...]] [--ca FILE]
+       mcpd bench --duration D [--report-every I] [--health URL] ...   (soak: run the workload for D)
+       mcpd bench --idle-conns N [--health URL] ...                    (RSS per idle connection)`
 
 type benchConfig struct {
 	queue                           string
 	clients, messages, size, window int
 	prefetch                        int
 	json                            bool
+	duration, reportEvery           time.Duration
+	health                          string
+	idleConns, dialParallel         int
+	settle                          time.Duration
 }
 
 // benchPhase is the outcome of one phase.
@@ -70,6 +76,12 @@ func runBench(args []string) error {
 	fs.IntVar(&cfg.window, "window", 1, "enqueue requests in flight per producer (1 waits for each ok)")
 	fs.IntVar(&cfg.prefetch, "prefetch", 0, "consumer prefetch (default max(window, 64))")
 	fs.BoolVar(&cfg.json, "json", false, "print one JSON object instead of a table")
+	fs.DurationVar(&cfg.duration, "duration", 0, "soak: enqueue and consume at the same time for this long instead of --messages")
+	fs.DurationVar(&cfg.reportEvery, "report-every", 10*time.Second, "soak: print throughput and the server's figures this often")
+	fs.StringVar(&cfg.health, "health", "", "the node's health URL for RSS, goroutines and connections (default http://HOST:PORT+1 of the first --server)")
+	fs.IntVar(&cfg.idleConns, "idle-conns", 0, "open this many authenticated idle connections and report the server's RSS per connection")
+	fs.IntVar(&cfg.dialParallel, "dial-parallel", 32, "idle-conns: handshakes in flight at once")
+	fs.DurationVar(&cfg.settle, "settle", 3*time.Second, "idle-conns: wait this long before each RSS reading")
 	setUsage(fs, benchUsage)
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -83,6 +95,10 @@ func runBench(args []string) error {
 		return &usageError{"--size must not be negative"}
 	case cfg.prefetch < 0 || cfg.prefetch > 1000:
 		return &usageError{"--prefetch must be between 1 and 1000"}
+	case cfg.duration < 0, cfg.reportEvery <= 0, cfg.idleConns < 0, cfg.dialParallel < 1:
+		return &usageError{"--duration and --idle-conns must not be negative, --report-every and --dial-parallel must be positive"}
+	case cfg.duration > 0 && cfg.idleConns > 0:
+		return &usageError{"--duration and --idle-conns are separate modes; give one"}
 	}
 	if cfg.queue == "" {
 		var b [4]byte
@@ -96,10 +112,19 @@ func runBench(args []string) error {
 	if err != nil {
 		return err
 	}
+	if cfg.health == "" {
+		cfg.health = healthURL(opts.URLs[0])
+	}
+	if cfg.duration > 0 && cf.timeout > 0 && cf.timeout < cfg.duration+2*time.Minute {
+		cf.timeout = cfg.duration + 2*time.Minute // room to drain after the soak
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	ctx, cancel := cf.withTimeout(ctx)
 	defer cancel()
+	if cfg.idleConns > 0 {
+		return benchIdle(ctx, opts, cfg)
+	}
 
 	clients, err := benchDial(ctx, opts, cfg.clients)
 	defer func() {
@@ -113,6 +138,9 @@ func runBench(args []string) error {
 	body, size, err := benchBody(clients[0], cfg.size)
 	if err != nil {
 		return err
+	}
+	if cfg.duration > 0 {
+		return benchSoak(ctx, clients, cfg, body, size)
 	}
 	rep := benchReport{Queue: cfg.queue, Servers: opts.URLs, Clients: cfg.clients, Messages: cfg.messages,
 		Size: size, Window: cfg.window, Prefetch: cfg.prefetch}
