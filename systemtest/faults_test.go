@@ -293,19 +293,21 @@ func Test_Fault_FiveNodes(t *testing.T) {
 }
 
 // Every fault class at random, one after another, on five nodes in make
-// chaos and three in make test.
+// chaos and three in make test: kills, pauses, partitions, whole-cluster
+// crashes and power losses (the data dirs are on lazyfs disks).
 func Test_Fault_Combined(t *testing.T) {
 	r := faultRand(t)
 	n := 3
 	if chaos() {
 		n = 5
 	}
-	c := newFaultCluster(t, n, clusterOpts{})
+	disks := newLazyDisks(t, n)
+	c := newFaultCluster(t, n, clusterOpts{dataDir: disks.dataDir})
 	w := c.workload("fault.combined", workloadOpts{producers: 4, consumers: 2})
 	w.waitAcked(batch, 30*time.Second)
-	for range rounds(4, 30) {
+	for range rounds(5, 30) {
 		var at time.Time
-		switch r.IntN(4) {
+		switch r.IntN(5) {
 		case 0:
 			nd := c.node(1 + r.IntN(n))
 			at = w.fault("SIGKILL %s", nd.id)
@@ -321,11 +323,20 @@ func Test_Fault_Combined(t *testing.T) {
 			at = w.fault("%s", randomPartition(r, c))
 			time.Sleep(time.Duration(500+r.IntN(1500)) * time.Millisecond) // the fault's duration
 			c.lab.heal()
-		default:
+		case 3:
 			at = w.fault("SIGKILL every node")
 			for _, nd := range c.nodes {
 				nd.kill()
 			}
+			for _, nd := range c.nodes {
+				nd.start(t)
+			}
+		default:
+			at = w.fault("power loss of every node")
+			for _, nd := range c.nodes {
+				nd.kill()
+			}
+			t.Logf("dropped %d unsynced bytes", disks.crashAll())
 			for _, nd := range c.nodes {
 				nd.start(t)
 			}
