@@ -57,6 +57,7 @@ type workload struct {
 	ops        map[string]*opRecord
 	deliveries map[string]int
 	redelivery int // deliveries with attempt > 1
+	dead       int // deliveries from the dead-letter queue
 	foreign    []string
 	deqs       []porcupine.Operation
 
@@ -68,6 +69,9 @@ type workload struct {
 	cancel   context.CancelFunc
 	ackErrs  atomic.Int64
 	acked    atomic.Int64
+	// consumerEnds counts consumers the server ended and the workload
+	// started again.
+	consumerEnds atomic.Int64
 
 	faults      int
 	maxRecovery time.Duration
@@ -121,15 +125,21 @@ func (w *workload) startConsumers(n int, urls func(int) []string) {
 	if w.ordered {
 		prefetch = 1
 	}
+	opts := client.ConsumeOptions{Prefetch: prefetch, LeaseMs: 3000}
 	for i := range n {
 		cl := w.c.dial(w.ctx, fmt.Sprintf("consumer-%d", i), urls(i)...)
-		k, err := cl.Consume(w.ctx, w.queue, client.ConsumeOptions{Prefetch: prefetch, LeaseMs: 3000})
-		if err != nil {
-			w.t.Fatalf("consume: %v", err)
+		// A message whose deliveries all failed (its consumers' nodes
+		// killed again and again) reaches max_attempts and moves to the
+		// dead-letter queue: a delivery too, so consumers read both.
+		for _, q := range []string{w.queue, w.queue + ".dlq"} {
+			k, err := cl.Consume(w.ctx, q, opts)
+			if err != nil {
+				w.t.Fatalf("consume %s: %v", q, err)
+			}
+			w.consWG.Add(1)
+			go w.consume(cl, q, k, opts)
 		}
 		w.consumers++
-		w.consWG.Add(1)
-		go w.consume(k)
 	}
 }
 
@@ -202,13 +212,29 @@ func (w *workload) attempt(cl *client.Client, id string, timeout time.Duration) 
 	return false
 }
 
-func (w *workload) consume(k *client.Consumer) {
+func (w *workload) consume(cl *client.Client, queue string, k *client.Consumer, opts client.ConsumeOptions) {
 	defer w.consWG.Done()
 	var lastAck int64 // when the previous ack was sent: the next lease follows it
 	for {
 		d, err := k.Next(w.ctx)
 		if err != nil {
-			return
+			if w.ctx.Err() != nil {
+				return
+			}
+			// The server may end a consumer (its node was declared
+			// down, say); an agent consumes again, and so does this one.
+			w.t.Logf("consumer ended (%v); consuming again", err)
+			w.consumerEnds.Add(1)
+			for {
+				if k, err = cl.Consume(w.ctx, queue, opts); err == nil || w.ctx.Err() != nil {
+					break
+				}
+				time.Sleep(100 * time.Millisecond) // a backoff, not a wait for a condition
+			}
+			if w.ctx.Err() != nil {
+				return
+			}
+			continue
 		}
 		got := w.now()
 		var env struct {
@@ -226,6 +252,9 @@ func (w *workload) consume(k *client.Consumer) {
 			w.deliveries[env.ID]++
 			if d.Attempt > 1 {
 				w.redelivery++
+			}
+			if d.Dead != nil {
+				w.dead++
 			}
 			if w.ordered && w.deliveries[env.ID] == 1 {
 				// The first delivery of each id: a redelivery goes back
@@ -339,12 +368,14 @@ func (w *workload) finish() result {
 		}
 		ctx, cancel := context.WithTimeout(w.ctx, 5*time.Second)
 		defer cancel()
-		s, err := info.QueueInfo(ctx, w.queue)
-		if err != nil {
-			return err
-		}
-		if s.Ready != 0 || s.Inflight != 0 || s.Delayed != 0 {
-			return fmt.Errorf("queue.info %+v", s)
+		for _, q := range []string{w.queue, w.queue + ".dlq"} {
+			s, err := info.QueueInfo(ctx, q)
+			if err != nil && !client.IsCode(err, "not_found") {
+				return err
+			}
+			if s.Ready != 0 || s.Inflight != 0 || s.Delayed != 0 {
+				return fmt.Errorf("queue.info %s %+v", q, s)
+			}
 		}
 		return nil
 	}
@@ -355,7 +386,21 @@ func (w *workload) finish() result {
 			time.Sleep(100 * time.Millisecond)
 		}
 	} else {
-		waitFor(w.t, 90*time.Second, "every acknowledged message delivered and the queue drained", drained)
+		deadline := time.Now().Add(90 * time.Second)
+		err := drained()
+		for err != nil && time.Now().Before(deadline) {
+			time.Sleep(100 * time.Millisecond)
+			err = drained()
+		}
+		if err != nil {
+			// Go on to the checker, which names what is missing.
+			w.t.Errorf("not drained after 90s: %v", err)
+			ctx, cancel := context.WithTimeout(w.ctx, 5*time.Second)
+			if s, qerr := info.QueueInfo(ctx, w.queue); qerr == nil {
+				w.t.Errorf("queue.info %+v; %d consumers restarted", s, w.consumerEnds.Load())
+			}
+			cancel()
+		}
 	}
 	w.cancel()
 	w.consWG.Wait()
@@ -378,6 +423,7 @@ type result struct {
 	Deliveries    int     `json:"deliveries"`
 	Duplicates    int     `json:"duplicate_deliveries"`
 	Redeliveries  int     `json:"redeliveries"`
+	DeadLettered  int     `json:"dead_lettered"` // deliveries from the dead-letter queue
 	Lost          int     `json:"lost"`
 	Unexpected    int     `json:"unexpected"`
 	DuplicateRate float64 `json:"duplicate_rate"`
@@ -399,7 +445,9 @@ func (w *workload) check() result {
 		r.Attempts += op.attempts
 		r.Unknown += op.unknowns
 		r.Refused += op.refusals
-		if op.unknowns > 0 {
+		if op.unknowns > 0 || op.dup {
+			// A duplicate ack means an attempt (perhaps one the client
+			// library retried by itself) had an unknown outcome.
 			r.UnknownIDs++
 		}
 		if op.outcome == outAcked {
@@ -421,7 +469,7 @@ func (w *workload) check() result {
 		}
 	}
 	r.Unexpected += len(w.foreign)
-	r.Redeliveries = w.redelivery
+	r.Redeliveries, r.DeadLettered = w.redelivery, w.dead
 	r.Faults, r.RecoveryMs = w.faults, w.maxRecovery.Milliseconds()
 	r.Lost = len(lost)
 	if r.UnknownIDs > 0 {
@@ -514,9 +562,9 @@ func (w *workload) checkOrder() string {
 // it there as a JSON line (make chaos collects them for the docs).
 func (r result) report(t *testing.T) {
 	t.Helper()
-	t.Logf("checker: attempted %d, acked %d, lost %d, unexpected %d; attempts %d (%d unknown, %d refused), recovered %d of %d ids with an unknown outcome; deliveries %d of %d ids, %d duplicates (%.2f%%), %d redeliveries; faults %d, max recovery %dms; order: %s; %.1fs",
+	t.Logf("checker: attempted %d, acked %d, lost %d, unexpected %d; attempts %d (%d unknown, %d refused), recovered %d of %d ids with an unknown outcome; deliveries %d of %d ids, %d duplicates (%.2f%%), %d redeliveries, %d dead-lettered; faults %d, max recovery %dms; order: %s; %.1fs",
 		r.Attempted, r.Acked, r.Lost, r.Unexpected, r.Attempts, r.Unknown, r.Refused, r.Recovered, r.UnknownIDs,
-		r.Deliveries, r.Delivered, r.Duplicates, 100*r.DuplicateRate, r.Redeliveries, r.Faults, r.RecoveryMs, orNone(r.Ordered), r.Seconds)
+		r.Deliveries, r.Delivered, r.Duplicates, 100*r.DuplicateRate, r.Redeliveries, r.DeadLettered, r.Faults, r.RecoveryMs, orNone(r.Ordered), r.Seconds)
 	if path := os.Getenv("MCPD_FAULT_REPORT"); path != "" {
 		f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 		if err != nil {
