@@ -63,6 +63,9 @@ type Config struct {
 	// means 32768 and 65536.
 	SnapshotThreshold uint64
 	TrailingLogs      uint64
+	// SnapshotEvery, for tests, sets SnapshotThreshold and TrailingLogs
+	// to it and checks the threshold every second instead of every 60 s.
+	SnapshotEvery uint64
 	// ClockOffset shifts this node's clock (fault-injection tests only).
 	ClockOffset time.Duration
 	// UnsafeNoSync skips the fsync of the Raft log: a deliberately broken
@@ -286,6 +289,9 @@ func (n *Node) start() error {
 		rc.TrailingLogs = n.cfg.TrailingLogs
 	}
 	rc.SnapshotInterval = 60 * time.Second
+	if n.cfg.SnapshotEvery > 0 {
+		rc.SnapshotThreshold, rc.TrailingLogs, rc.SnapshotInterval = n.cfg.SnapshotEvery, n.cfg.SnapshotEvery, time.Second
+	}
 	// state.db keeps its applied index, so a restart continues from it
 	// instead of restoring the last snapshot and replaying over it. A node
 	// whose state.db is empty or older than its newest snapshot (a crash

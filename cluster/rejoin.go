@@ -27,7 +27,9 @@ import (
 //  3. Once its log is within promoteSlack entries of the leader's, it asks
 //     to be promoted; the leader checks the claim against its own last
 //     index and commits AddVoter.
-//  4. Once it sees itself a voter it removes rejoin-pending and becomes
+//  4. Once the leader confirms it is a voter in the committed
+//     configuration, and it sees that configuration and has applied what
+//     it knows to be committed, it removes rejoin-pending and becomes
 //     ready. Until then it serves no client: Ready is false and submits
 //     and reads fail with ErrUnavailable.
 //
@@ -286,8 +288,12 @@ func (n *Node) rejoin(demote bool) {
 		}
 	}
 	lastLog = time.Time{}
+	// Only the leader's word counts: until the demotion entry arrives,
+	// the configuration this node knows may come from a snapshot taken
+	// before it, which still lists it as a voter.
+	promoted := false
 	for {
-		if n.isVoter() && n.Leader() != "" && n.fsm.AppliedIndex()+8 >= n.raft.CommitIndex() {
+		if promoted && n.isVoter() && n.Leader() != "" && n.fsm.AppliedIndex()+8 >= n.raft.CommitIndex() {
 			if err := removeMarker(rejoinMarker(n.cfg.DataDir)); err != nil {
 				n.log.Error("cannot remove the rejoin marker; retrying", "err", err)
 			} else {
@@ -296,10 +302,11 @@ func (n *Node) rejoin(demote bool) {
 					"node", n.cfg.NodeID, "applied", n.fsm.AppliedIndex(), "took", time.Since(started).Round(time.Millisecond))
 				return
 			}
-		} else if !n.isVoter() && n.Leader() != "" {
+		} else if n.Leader() != "" {
 			last := n.raft.LastIndex()
 			resp, err := n.memberCall(memberRequest{Op: memberPromote, ID: n.cfg.NodeID, Last: last})
-			if (err != nil || !resp.OK) && every(5*time.Second) {
+			promoted = err == nil && resp.OK
+			if !promoted && every(5*time.Second) {
 				why := resp.Msg
 				if err != nil {
 					why = err.Error()

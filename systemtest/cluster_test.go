@@ -34,7 +34,8 @@ type testCluster struct {
 }
 
 // startCluster starts three nodes and waits until every one is ready.
-func startCluster(t *testing.T) *testCluster {
+// extra flags are given to every node.
+func startCluster(t *testing.T, extra ...string) *testCluster {
 	t.Helper()
 	if runtime.GOOS != "linux" {
 		t.Skip("the three-node cluster needs 127.0.0.2 and 127.0.0.3 on loopback (Linux)")
@@ -57,7 +58,7 @@ func startCluster(t *testing.T) *testCluster {
 		p := &proc{
 			name: id,
 			bin:  bin,
-			args: []string{"serve",
+			args: append([]string{"serve",
 				"--node-id", id,
 				"--data-dir", filepath.Join(dir, id),
 				"--bind", host,
@@ -70,7 +71,7 @@ func startCluster(t *testing.T) *testCluster {
 				"--raft-heartbeat-timeout", "500ms",
 				"--raft-election-timeout", "500ms",
 				"--log-level", "info",
-			},
+			}, extra...),
 			logPath: filepath.Join(dir, id+".log"),
 		}
 		c.nodes = append(c.nodes, &node{

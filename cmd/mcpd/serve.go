@@ -31,6 +31,7 @@ type serveFlags struct {
 	metricsPort, adminPort, respPort int
 	maxFrame, maxConns               int
 	heartbeat, election, clockOffset time.Duration
+	snapEvery                        uint64
 	nodeDownAfter                    time.Duration
 	logLevel, logFormat              string
 	pprof                            bool
@@ -61,6 +62,7 @@ func runServe(args []string) error {
 	fs.DurationVar(&f.election, "raft-election-timeout", time.Second, "Raft election timeout")
 	fs.DurationVar(&f.nodeDownAfter, "node-down-after", 15*time.Second, "how long a leader waits on an unreachable peer before ending its clients' consumers and leases")
 	fs.DurationVar(&f.clockOffset, "test-clock-offset", 0, "shift this node's clock (fault-injection tests only)")
+	fs.Uint64Var(&f.snapEvery, "test-snapshot-threshold", 0, "snapshot every this many entries, checked every second, keeping as many (tests only)")
 	fs.BoolVar(&f.noSync, "test-unsafe-no-fsync", false, "never fsync the Raft log or state.db: loses acknowledged messages on power loss (the fault suite's self-test only)")
 	fs.BoolVar(&f.pprof, "pprof", false, "serve Go profiles under /debug/pprof/ on the health port")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
@@ -108,6 +110,7 @@ func runServe(args []string) error {
 		HeartbeatTimeout: f.heartbeat,
 		ElectionTimeout:  f.election,
 		ClockOffset:      f.clockOffset,
+		SnapshotEvery:    f.snapEvery,
 		UnsafeNoSync:     f.noSync,
 		NodeDownAfter:    f.nodeDownAfter,
 		Logger:           log,
