@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"math"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/hashicorp/raft"
 	"github.com/mcpd/mcpd/fsm"
+	"github.com/mcpd/mcpd/internal/mpack"
 	"github.com/mcpd/mcpd/queue"
 	"github.com/vmihailenco/msgpack/v5"
 )
@@ -213,11 +215,14 @@ func fzSameEntry(a, b *fsm.Entry) bool {
 
 // FuzzApplyEntry applies fuzzed entries, with a correct CRC, to a real FSM.
 // Apply may panic only as DESIGN.md says: deliberately, for an entry it
-// cannot apply faithfully (an undecodable body, an unknown command type,
-// an error that is not a business outcome), after rolling the batch back.
-// A Go runtime error (index out of range, nil dereference) is a bug.
+// cannot apply faithfully (an undecodable entry or command body, an
+// unknown command type), after rolling the batch back. An entry whose
+// commands all decode must apply without a panic: an argument no client
+// request could carry (an empty queue name, a lease out of range) is that
+// command's error reply, not a reason to stop every replica. A Go runtime
+// error (index out of range, nil dereference) is a bug either way.
 func FuzzApplyEntry(f *testing.F) {
-	for _, e := range fzEntries(f) {
+	for _, e := range append(fzEntries(f), fzInvalidEntries(f)...) {
 		b, err := fsm.EncodeEntry(e)
 		if err != nil {
 			f.Fatal(err)
@@ -234,19 +239,186 @@ func FuzzApplyEntry(f *testing.F) {
 		index++
 		l := &raft.Log{Index: index, Term: 1, Type: raft.LogCommand, Data: fzSeal(body)}
 		e, decErr := fsm.DecodeEntry(l.Data)
+		var out any
 		msg := func() (msg any) {
 			defer func() { msg = recover() }()
-			st.Apply(l)
+			out = st.Apply(l)
 			return nil
 		}()
 		if msg == nil {
+			if decErr == nil {
+				fzCheckReplies(t, e, out)
+			}
 			return
 		}
 		s := fmt.Sprint(msg)
+		if decErr == nil && fzDecodable(e) {
+			t.Fatalf("Apply of an entry whose commands all decode panicked: %s\nentry: %+v", s, e)
+		}
 		if !strings.HasPrefix(s, "fsm: ") || strings.Contains(s, "runtime error") || decErr != nil && !strings.Contains(s, "log entry") {
 			t.Fatalf("Apply of %+v panicked: %s", e, s)
 		}
 	})
+}
+
+// FuzzApplyCommand is FuzzApplyEntry one level up: it builds a command of
+// any type from fuzzed field values (names, connection ids, numbers, the
+// entry's time) instead of msgpack bytes, so the fuzzer explores what the
+// argument checks and the queue functions see. Every such command decodes,
+// so Apply must never panic, and its reply error is a business error.
+func FuzzApplyCommand(f *testing.F) {
+	// type, name, conn, from, id, n1, n2, n3, flags, time
+	f.Add(uint8(fsm.TypeDeclare), "jobs", "n1/1/1", "jobs.dlq", "m1", int64(3), int64(100), uint64(0), uint8(0xff), int64(1_700_000_000_000))
+	f.Add(uint8(fsm.TypeEnqueue), "jobs", "n1/1/1", "alice", "m1", int64(0), int64(0), uint64(9), uint8(0), int64(1_700_000_000_001))
+	f.Add(uint8(fsm.TypeConsume), "jobs", "n1/1/1", "", "", int64(2), int64(1000), uint64(0), uint8(0), int64(1_700_000_000_002))
+	f.Add(uint8(fsm.TypeNack), "jobs", "n1/1/1", "", "", int64(1), int64(0), uint64(1), uint8(1), int64(1_700_000_000_003))
+	f.Add(uint8(fsm.TypeExtend), "jobs", "n1/1/1", "", "", int64(1), int64(5000), uint64(1), uint8(0), int64(1_700_000_000_004))
+	f.Add(uint8(fsm.TypeSubscribe), "a.*.>", "n1/1/1", "", "", int64(0), int64(0), uint64(0), uint8(0), int64(1_700_000_000_005))
+	f.Add(uint8(fsm.TypePublish), "a.b.c", "n1/1/1", "alice", "p1", int64(0), int64(0), uint64(0), uint8(0), int64(1_700_000_000_006))
+	f.Add(uint8(fsm.TypeNodeDown), "n1", "", "", "", int64(0), int64(0), uint64(0), uint8(0), int64(1_700_000_000_007))
+	f.Add(uint8(fsm.TypeDeclare), "", "", "", "", int64(0), int64(0), uint64(0), uint8(0), int64(0))
+	f.Add(uint8(fsm.TypeDeclare), "jobs", "", "", "", int64(0), int64(0), uint64(0), uint8(1<<3), int64(0))
+	f.Add(uint8(fsm.TypeConsume), "a\x00b", "n1/1/\x00", "", "", int64(0), int64(0), uint64(0), uint8(0), int64(0))
+	f.Add(uint8(fsm.TypeEnqueue), "jobs", "n1/1/1", "alice", "m2", int64(queue.MaxDelayMs), int64(0), uint64(0), uint8(0), int64(math.MaxInt64))
+	st, err := fsm.Open(filepath.Join(f.TempDir(), "state.db"), "n1")
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Cleanup(func() { st.Close() })
+	var index uint64
+	f.Fuzz(func(t *testing.T, typ uint8, name, conn, from, id string, n1, n2 int64, n3 uint64, flags uint8, at int64) {
+		mt := fsm.MessageType((typ-1)%uint8(fsm.TypeNodeDown) + 1) // 1 to 14, the seeds' own type
+		index++
+		cmd, err := fsm.NewCommand(mt, "n1/1/1", index, fzBody(mt, name, conn, from, id, n1, n2, n3, flags))
+		if err != nil {
+			t.Fatal(err)
+		}
+		e := &fsm.Entry{Time: at, Cmds: []fsm.Command{cmd}}
+		data, err := fsm.EncodeEntry(e)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out any
+		func() {
+			defer func() {
+				if msg := recover(); msg != nil {
+					t.Fatalf("Apply of %+v panicked: %v", fzBody(mt, name, conn, from, id, n1, n2, n3, flags), msg)
+				}
+			}()
+			out = st.Apply(&raft.Log{Index: index, Term: 1, Type: raft.LogCommand, Data: data})
+		}()
+		fzCheckReplies(t, e, out)
+	})
+}
+
+// fzBody fills the argument type of mt from fuzzed values; flags chooses
+// which optional fields are present.
+func fzBody(mt fsm.MessageType, name, conn, from, id string, n1, n2 int64, n3 uint64, flags uint8) any {
+	opt := func(bit uint8) bool { return flags&(1<<bit) != 0 }
+	switch mt {
+	case fsm.TypeEnqueue:
+		return &queue.EnqueueArgs{Queue: name, From: from, ID: id, Env: []byte(conn), DelayMs: n1, Priority: uint8(n3)}
+	case fsm.TypeConsume:
+		return &queue.ConsumeArgs{Queue: name, Conn: conn, Prefetch: int(n1), LeaseMs: n2}
+	case fsm.TypeAck, fsm.TypeNack, fsm.TypeReject, fsm.TypeExtend:
+		a := &queue.SettleArgs{Queue: name, Seq: n3, Attempt: int(n1), Conn: conn, Reason: id, LeaseMs: n2}
+		if opt(0) {
+			a.DelayMs = &n2
+		}
+		return a
+	case fsm.TypeCancel:
+		return &queue.CancelArgs{Consumer: n3, Conn: conn}
+	case fsm.TypeDeclare:
+		a := &queue.DeclareArgs{Queue: name, SetBackoff: opt(2)}
+		if opt(0) {
+			m := int(n1)
+			a.MaxAttempts = &m
+		}
+		if opt(1) {
+			a.BackoffMs = []int64{n2, n1, int64(n3)}[:1+n3%3]
+		}
+		if opt(3) {
+			a.DLQ = &from
+		}
+		if opt(4) {
+			a.MaxLen = &n2
+		}
+		return a
+	case fsm.TypePublish:
+		return &queue.PublishArgs{Topic: name, From: from, ID: id, Env: []byte(conn)}
+	case fsm.TypeSubscribe:
+		return &queue.SubscribeArgs{Pattern: name, Conn: conn}
+	case fsm.TypeUnsubscribe:
+		return &fsm.UnsubscribeArgs{Sub: n3, Conn: conn}
+	case fsm.TypeConnClosed:
+		return &fsm.ConnClosedArgs{Conn: conn}
+	case fsm.TypeNodeStarted:
+		return &fsm.NodeStartedArgs{Node: name, Epoch: n3}
+	default:
+		return &fsm.NodeDownArgs{Node: name}
+	}
+}
+
+// fzDecodable reports whether every command of e has a known type and a
+// body that decodes into its argument type, as the handlers decode it.
+func fzDecodable(e *fsm.Entry) bool {
+	for _, c := range e.Cmds {
+		a := fzArgs(c.Type)
+		if a == nil || mpack.Unmarshal(c.Body, a) != nil {
+			return false
+		}
+	}
+	return true
+}
+
+// fzCheckReplies: an applied entry answers each client command once, in
+// order, and every error it answers with is a business error.
+func fzCheckReplies(t *testing.T, e *fsm.Entry, out any) {
+	var want []fsm.Command
+	for _, c := range e.Cmds {
+		if c.Conn != "" {
+			want = append(want, c)
+		}
+	}
+	rs, _ := out.([]*fsm.Reply)
+	if len(rs) != len(want) {
+		t.Fatalf("%d replies for %d client commands", len(rs), len(want))
+	}
+	for i, r := range rs {
+		if r.Conn != want[i].Conn || r.Req != want[i].Req || r.Type != want[i].Type {
+			t.Fatalf("reply %d answers %s #%d type %d, want %s #%d type %d", i, r.Conn, r.Req, r.Type, want[i].Conn, want[i].Req, want[i].Type)
+		}
+		if r.Err != nil && !fzBusiness(r.Err) {
+			t.Fatalf("reply %d: %v is not a business error", i, r.Err)
+		}
+	}
+}
+
+func fzBusiness(err error) bool {
+	for _, s := range []error{queue.ErrNotFound, queue.ErrFull, queue.ErrConflict, queue.ErrBadRequest, queue.ErrForbidden} {
+		if errors.Is(err, s) {
+			return true
+		}
+	}
+	return false
+}
+
+// fzInvalidEntries carry commands that decode but hold values no client
+// request could: each must be answered with an error reply.
+func fzInvalidEntries(tb testing.TB) []*fsm.Entry {
+	var cmds []fsm.Command
+	for i, c := range invalidCommands() {
+		cmd, err := fsm.NewCommand(c.typ, "n1/1/1", uint64(i+1), c.body)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		cmds = append(cmds, cmd)
+	}
+	var out []*fsm.Entry
+	for i := 0; i < len(cmds); i += 8 {
+		out = append(out, &fsm.Entry{Time: 1_700_000_000_000 + int64(i), Cmds: cmds[i:min(i+8, len(cmds))]})
+	}
+	return out
 }
 
 // FuzzDecodeReplies: DecodeReplies never panics, and what it accepts

@@ -33,6 +33,26 @@ const (
 	DedupWindowMs = 2 * 60 * 1000
 )
 
+// Limits of command arguments, the ones the transport applies to client
+// requests. Like DedupWindowMs they are constants of the replicated state
+// machine: the FSM refuses a command outside them with ErrBadRequest, so a
+// command a faulty peer proposes gets an error reply instead of reaching
+// state.db.
+const (
+	MaxDelayMs     = 30 * 24 * 3600 * 1000 // enqueue and nack delays, each backoff step
+	MinLeaseMs     = 100
+	MaxLeaseMs     = 3_600_000
+	MaxPrefetch    = 1000
+	MaxMaxAttempts = 1000
+	MaxBackoffLen  = 32
+	MaxReasonLen   = 1024
+	MaxPriority    = 9
+	MaxSeq         = 1 << 53 // also the largest max_len
+	MaxAttempt     = 1 << 31
+	MaxIDLen       = 128  // an envelope id
+	MaxConnLen     = 1024 // a connection id "node/epoch/n", and a node id
+)
+
 // DefaultBackoffMs is the retry schedule of a queue that declares none.
 var DefaultBackoffMs = []int64{1000, 5000, 30000}
 
