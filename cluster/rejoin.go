@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+
+	"github.com/mcpd/mcpd/internal/durable"
 )
 
 // A node whose raft data was moved aside (repair.go) has lost its log,
@@ -294,7 +296,7 @@ func (n *Node) rejoin(demote bool) {
 	promoted := false
 	for {
 		if promoted && n.isVoter() && n.Leader() != "" && n.fsm.AppliedIndex()+8 >= n.raft.CommitIndex() {
-			if err := removeMarker(rejoinMarker(n.cfg.DataDir)); err != nil {
+			if err := durable.Remove(rejoinMarker(n.cfg.DataDir)); err != nil {
 				n.log.Error("cannot remove the rejoin marker; retrying", "err", err)
 			} else {
 				n.rejoining.Store(false)

@@ -1,7 +1,6 @@
 package cluster
 
 import (
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -9,6 +8,7 @@ import (
 	"time"
 
 	"github.com/mcpd/mcpd/fsm"
+	"github.com/mcpd/mcpd/internal/durable"
 )
 
 // repairDataDir checks the node's stores before anything opens them and
@@ -126,7 +126,7 @@ func (n *Node) repairDataDir() (rejoin bool, err error) {
 		actions = append(actions, "raft restores the newest good snapshot and replays the log")
 	}
 	if aside != "" || len(actions) > 0 {
-		if err := syncDir(dir); err != nil {
+		if err := durable.SyncDir(dir); err != nil {
 			return false, err
 		}
 	}
@@ -178,26 +178,5 @@ func writeMarker(path, why string) error {
 	if err != nil {
 		return err
 	}
-	return syncDir(filepath.Dir(path))
-}
-
-func removeMarker(path string) error {
-	err := os.Remove(path)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	return syncDir(filepath.Dir(path))
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	err = d.Sync()
-	d.Close()
-	return err
+	return durable.SyncDir(filepath.Dir(path))
 }

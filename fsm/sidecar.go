@@ -10,6 +10,8 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+
+	"github.com/mcpd/mcpd/internal/durable"
 )
 
 // state.db is trusted at open only when it is byte for byte the file a
@@ -146,28 +148,11 @@ func writeSidecar(path string) error {
 		os.Remove(tmp)
 		return fmt.Errorf("write %s: %w", side, err)
 	}
-	return syncDir(filepath.Dir(path))
+	return durable.SyncDir(filepath.Dir(path))
 }
 
 // removeSidecar invalidates the clean-close record of path before the
 // file is written again; the removal is durable when it returns.
 func removeSidecar(path string) error {
-	err := os.Remove(SidecarPath(path))
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	return syncDir(filepath.Dir(path))
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	err = d.Sync()
-	d.Close()
-	return err
+	return durable.Remove(SidecarPath(path))
 }

@@ -158,37 +158,30 @@ func minorityRefuses(t *testing.T, c *faultCluster, nd *fnode) {
 	t.Logf("cut-off node %s refuses writes: %v", nd.id, err)
 }
 
-func Test_Fault_IsolateLeader(t *testing.T) {
+// isolateRounds cuts one node, chosen by pick from the leader, off from its
+// peers: the rest must go on, the cut-off node must refuse writes.
+func isolateRounds(t *testing.T, queue string, pick func(c *faultCluster, leader *fnode) *fnode) {
 	c := newFaultCluster(t, 3, clusterOpts{})
-	w := standard(c, "fault.isolate-leader")
+	w := standard(c, queue)
 	w.waitAcked(batch, 30*time.Second)
 	for range rounds(1, 4) {
-		old := c.leader(10 * time.Second)
-		at := w.fault("isolate leader %s", old.id)
-		c.lab.isolate(old.k)
+		nd := pick(c, c.leader(10*time.Second))
+		at := w.fault("cut %s off from the other two", nd.id)
+		c.lab.isolate(nd.k)
 		w.recovered(at, batch, 30*time.Second)
-		minorityRefuses(t, c, old)
+		minorityRefuses(t, c, nd)
 		c.lab.heal()
-		waitReady(t, old.health, 30*time.Second)
+		waitReady(t, nd.health, 30*time.Second)
 	}
 	finishAndCheck(t, c, w)
 }
 
+func Test_Fault_IsolateLeader(t *testing.T) {
+	isolateRounds(t, "fault.isolate-leader", func(_ *faultCluster, leader *fnode) *fnode { return leader })
+}
+
 func Test_Fault_Partition21(t *testing.T) {
-	c := newFaultCluster(t, 3, clusterOpts{})
-	w := standard(c, "fault.partition-2-1")
-	w.waitAcked(batch, 30*time.Second)
-	for range rounds(1, 4) {
-		rest := c.others(c.leader(10 * time.Second))
-		f := rest[0]
-		at := w.fault("partition {%s} from the other two", f.id)
-		c.lab.isolate(f.k)
-		w.recovered(at, batch, 30*time.Second)
-		minorityRefuses(t, c, f)
-		c.lab.heal()
-		waitReady(t, f.health, 30*time.Second)
-	}
-	finishAndCheck(t, c, w)
+	isolateRounds(t, "fault.partition-2-1", func(c *faultCluster, leader *fnode) *fnode { return c.others(leader)[0] })
 }
 
 func Test_Fault_Partition111(t *testing.T) {
