@@ -266,42 +266,24 @@ func benchConsume(ctx context.Context, clients []*client.Client, cfg benchConfig
 			return benchPhase{}, fmt.Errorf("%w%s", err, errHint(err))
 		}
 		// Acks are pipelined: as many workers as deliveries in flight.
-		for range cfg.prefetch {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for {
-					var d *client.Delivery
-					select {
-					case d = <-k.C():
-					case <-ctx.Done():
-						return
-					}
-					if d == nil {
-						cancel(fmt.Errorf("consumer on %s ended: %v", cfg.queue, k.Err()))
-						return
-					}
-					if claimed.Add(1) > n {
-						// Beyond N (a queue that was not empty): leave it
-						// leased until the connection closes, but keep
-						// waiting in case a claimed ack turns out stale.
-						claimed.Add(-1)
-						continue
-					}
-					err := d.Ack(ctx)
-					switch {
-					case err == nil:
-						if acked.Add(1) == n {
-							cancel(all)
-						}
-					case client.IsStale(err):
-						claimed.Add(-1) // it comes again
-					case ctx.Err() == nil:
-						cancel(fmt.Errorf("ack failed: %w%s", err, errHint(err)))
-					}
+		ackWorkers(ctx, cancel, &wg, k, cfg.queue, cfg.prefetch, ackHooks{
+			claim: func() bool {
+				if claimed.Add(1) > n {
+					// Beyond N (a queue that was not empty): leave it
+					// leased until the connection closes, but keep
+					// waiting in case a claimed ack turns out stale.
+					claimed.Add(-1)
+					return false
 				}
-			}()
-		}
+				return true
+			},
+			acked: func() {
+				if acked.Add(1) == n {
+					cancel(all)
+				}
+			},
+			stale: func() { claimed.Add(-1) }, // it comes again
+		})
 	}
 	wg.Wait()
 	elapsed := time.Since(start)
@@ -309,6 +291,51 @@ func benchConsume(ctx context.Context, clients []*client.Client, cfg benchConfig
 		return benchPhase{}, fmt.Errorf("consume phase stopped after %d of %d acks: %w", acked.Load(), n, err)
 	}
 	return phaseRates(cfg.messages, size, elapsed), nil
+}
+
+// ackHooks adapt ackWorkers to a phase: claim (nil: always) decides
+// whether to ack a delivery, acked follows each ack, stale (may be nil)
+// follows an ack refused because the delivery will come again.
+type ackHooks struct {
+	claim        func() bool
+	acked, stale func()
+}
+
+// ackWorkers starts n goroutines that take deliveries from k and ack them.
+// A consumer that ends or an ack that fails cancels ctx with the cause.
+func ackWorkers(ctx context.Context, cancel context.CancelCauseFunc, wg *sync.WaitGroup, k *client.Consumer, queue string, n int, h ackHooks) {
+	for range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				var d *client.Delivery
+				select {
+				case d = <-k.C():
+				case <-ctx.Done():
+					return
+				}
+				if d == nil {
+					cancel(fmt.Errorf("consumer on %s ended: %v", queue, k.Err()))
+					return
+				}
+				if h.claim != nil && !h.claim() {
+					continue
+				}
+				err := d.Ack(ctx)
+				switch {
+				case err == nil:
+					h.acked()
+				case client.IsStale(err):
+					if h.stale != nil {
+						h.stale()
+					}
+				case ctx.Err() == nil:
+					cancel(fmt.Errorf("ack failed: %w%s", err, errHint(err)))
+				}
+			}
+		}()
+	}
 }
 
 func phaseRates(n, size int, d time.Duration) benchPhase {

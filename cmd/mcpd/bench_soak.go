@@ -148,32 +148,7 @@ func benchSoak(ctx context.Context, clients []*client.Client, cfg benchConfig, b
 		if err != nil {
 			return fmt.Errorf("%w%s", err, errHint(err))
 		}
-		for range cfg.prefetch {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for {
-					var d *client.Delivery
-					select {
-					case d = <-k.C():
-					case <-ctx.Done():
-						return
-					}
-					if d == nil {
-						cancel(fmt.Errorf("consumer on %s ended: %v", cfg.queue, k.Err()))
-						return
-					}
-					err := d.Ack(ctx)
-					switch {
-					case err == nil:
-						acked.Add(1)
-					case client.IsStale(err):
-					case ctx.Err() == nil:
-						cancel(fmt.Errorf("ack failed: %w%s", err, errHint(err)))
-					}
-				}
-			}()
-		}
+		ackWorkers(ctx, cancel, &wg, k, cfg.queue, cfg.prefetch, ackHooks{acked: func() { acked.Add(1) }})
 	}
 	for _, c := range clients {
 		for range cfg.window {
