@@ -299,7 +299,10 @@ func (n *Node) applyLeader(cmds []fsm.Command) (func() ([]*fsm.Reply, error), er
 	if !n.IsLeader() {
 		return nil, fmt.Errorf("%w: not the leader", ErrUnavailable)
 	}
-	now := n.Now()
+	now, measured := n.stampTime()
+	if !measured {
+		return nil, fmt.Errorf("%w: the leader has not yet measured a quorum's clocks", ErrUnavailable)
+	}
 	for {
 		last := n.lastTime.Load()
 		if now < last {

@@ -38,6 +38,7 @@ type clockSample struct {
 type peerClocks struct {
 	mu      sync.Mutex
 	samples map[raft.ServerID]clockSample
+	voters  int // in the configuration last read; 0 before (no quorum yet)
 }
 
 // wallNow is this node's own clock (shifted in fault-injection tests).
@@ -46,13 +47,24 @@ func (n *Node) wallNow() time.Time { return time.Now().Add(n.cfg.ClockOffset) }
 // Now is the cluster time in unix ms: this node's clock corrected by the
 // median of the voters' clock offsets measured in the last few seconds.
 func (n *Node) Now() int64 {
-	return n.wallNow().Add(n.clockCorrection()).UnixMilli()
+	corr, _ := n.clockCorrection()
+	return n.wallNow().Add(corr).UnixMilli()
+}
+
+// stampTime is Now for a leader about to stamp an entry. It is false until
+// the clocks of a quorum of voters (this node included) have been
+// measured: right after a cluster starts, a leader with a bad clock would
+// otherwise stamp its own time before it knows better.
+func (n *Node) stampTime() (int64, bool) {
+	corr, quorum := n.clockCorrection()
+	return n.wallNow().Add(corr).UnixMilli(), quorum
 }
 
 // clockCorrection is the median offset of the voters whose clocks were
 // measured recently, this node counting as offset zero. With an even count
-// it is the mean of the middle two.
-func (n *Node) clockCorrection() time.Duration {
+// it is the mean of the middle two. quorum says whether those clocks are
+// a majority of the voters.
+func (n *Node) clockCorrection() (corr time.Duration, quorum bool) {
 	offs := []time.Duration{0}
 	now := time.Now()
 	n.clocks.mu.Lock()
@@ -61,13 +73,15 @@ func (n *Node) clockCorrection() time.Duration {
 			offs = append(offs, s.offset)
 		}
 	}
+	voters := n.clocks.voters
 	n.clocks.mu.Unlock()
+	quorum = voters > 0 && len(offs) > voters/2
 	slices.Sort(offs)
 	m := len(offs) / 2
 	if len(offs)%2 == 1 {
-		return offs[m]
+		return offs[m], quorum
 	}
-	return (offs[m-1] + offs[m]) / 2
+	return (offs[m-1] + offs[m]) / 2, quorum
 }
 
 // serveClock answers clock probes on one connection until it closes.
@@ -88,52 +102,100 @@ func (n *Node) serveClock(c net.Conn) {
 	}
 }
 
-// clockLoop measures every voter's clock once a second over a connection
-// kept open per peer.
+// clockLoop keeps one prober per voter, each measuring that voter's clock
+// once a second over a connection of its own, so an unreachable peer
+// delays no other measurement.
 func (n *Node) clockLoop() {
 	defer n.wg.Done()
-	conns := map[raft.ServerID]net.Conn{}
+	probers := map[raft.ServerID]chan struct{}{} // stop channel per peer
+	var wg sync.WaitGroup
 	defer func() {
-		for _, c := range conns {
+		for _, stop := range probers {
+			close(stop)
+		}
+		wg.Wait()
+	}()
+	// Until the configuration is known (a node that just bootstrapped),
+	// look again soon: a leader stamps nothing before it knows a quorum's
+	// clocks.
+	wait := time.Duration(0)
+	for {
+		select {
+		case <-n.shutdownCh:
+			return
+		case <-time.After(wait):
+		}
+		wait = 50 * time.Millisecond
+		f := n.raft.GetConfiguration()
+		if f.Error() != nil || len(f.Configuration().Servers) == 0 {
+			continue
+		}
+		wait = clockProbeEvery
+		voters := map[raft.ServerID]raft.ServerAddress{}
+		for _, s := range f.Configuration().Servers {
+			if s.Suffrage == raft.Voter {
+				voters[s.ID] = s.Address
+			}
+		}
+		n.clocks.mu.Lock()
+		n.clocks.voters = len(voters)
+		n.clocks.mu.Unlock()
+		for id, stop := range probers {
+			if _, ok := voters[id]; !ok {
+				close(stop)
+				delete(probers, id)
+			}
+		}
+		for id, addr := range voters {
+			if _, ok := probers[id]; ok || id == raft.ServerID(n.cfg.NodeID) {
+				continue
+			}
+			stop := make(chan struct{})
+			probers[id] = stop
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				n.probePeer(id, string(addr), stop)
+			}()
+		}
+	}
+}
+
+// probePeer measures one peer's clock once a second until stop closes (an
+// address change of a peer is a membership change: its prober restarts).
+func (n *Node) probePeer(id raft.ServerID, addr string, stop chan struct{}) {
+	var c net.Conn
+	defer func() {
+		if c != nil {
 			c.Close()
 		}
 	}()
 	t := time.NewTicker(clockProbeEvery)
 	defer t.Stop()
 	for {
-		select {
-		case <-n.shutdownCh:
-			return
-		case <-t.C:
+		if c == nil {
+			c, _ = dial(addr, protoClock, clockMaxRTT)
 		}
-		f := n.raft.GetConfiguration()
-		if f.Error() != nil {
-			continue
-		}
-		for _, s := range f.Configuration().Servers {
-			if s.ID == raft.ServerID(n.cfg.NodeID) || s.Suffrage != raft.Voter {
-				continue
-			}
-			c := conns[s.ID]
-			if c == nil {
-				var err error
-				if c, err = dial(string(s.Address), protoClock, clockMaxRTT); err != nil {
-					continue
-				}
-				conns[s.ID] = c
-			}
+		if c != nil {
 			off, err := probeClock(c, n.wallNow)
 			if err != nil {
 				c.Close()
-				delete(conns, s.ID)
-				continue
+				c = nil
+			} else {
+				n.clocks.mu.Lock()
+				if n.clocks.samples == nil {
+					n.clocks.samples = map[raft.ServerID]clockSample{}
+				}
+				n.clocks.samples[id] = clockSample{offset: off, at: time.Now()}
+				n.clocks.mu.Unlock()
 			}
-			n.clocks.mu.Lock()
-			if n.clocks.samples == nil {
-				n.clocks.samples = map[raft.ServerID]clockSample{}
-			}
-			n.clocks.samples[s.ID] = clockSample{offset: off, at: time.Now()}
-			n.clocks.mu.Unlock()
+		}
+		select {
+		case <-stop:
+			return
+		case <-n.shutdownCh:
+			return
+		case <-t.C:
 		}
 	}
 }
