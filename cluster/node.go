@@ -266,6 +266,13 @@ func (n *Node) start() error {
 		MaxPool: 8,
 		Timeout: 10 * time.Second,
 		Logger:  hlog,
+		// No pipelined replication: when a follower rejects a pipelined
+		// append (its log write failed, say on a full disk), raft's
+		// pipeline can deadlock, and the leader then never sends that
+		// follower another entry while its heartbeats go on, so it is
+		// never declared down either (hashicorp/raft#612). One append
+		// at a time per follower; raft batches the entries.
+		MaxRPCsInFlight: 1,
 	})
 
 	rc := raft.DefaultConfig()
