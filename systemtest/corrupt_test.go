@@ -2,135 +2,21 @@ package systemtest
 
 import (
 	"bytes"
-	"context"
-	"encoding/json"
 	"fmt"
-	"net/http"
 	"os"
 	"path/filepath"
 	"sort"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/mcpd/mcpd/client"
 )
 
-// crptLoad enqueues numbered messages from a few clients connected to
-// every node, recording which were acknowledged; it can be paused.
-type crptLoad struct {
-	next   atomic.Int64
-	acks   atomic.Int64
-	paused atomic.Bool
-	stop   chan struct{}
-	wg     sync.WaitGroup
-
-	mu    sync.Mutex
-	acked map[string]bool
-	errs  []string
-}
-
-func crptID(i int64) string { return fmt.Sprintf("c-%06d", i) }
-
-func startCrptLoad(t *testing.T, ctx context.Context, c *testCluster, queue string) *crptLoad {
-	l := &crptLoad{stop: make(chan struct{}), acked: map[string]bool{}}
-	urls := []string{c.nodes[0].url, c.nodes[1].url, c.nodes[2].url}
-	for w := range 4 {
-		cl := c.dial(t, ctx, "producer", append(urls[w%3:], urls[:w%3]...)...)
-		l.wg.Add(1)
-		go func() {
-			defer l.wg.Done()
-			for {
-				select {
-				case <-l.stop:
-					return
-				default:
-				}
-				if l.paused.Load() {
-					time.Sleep(20 * time.Millisecond)
-					continue
-				}
-				i := l.next.Add(1)
-				ectx, cancel := context.WithTimeout(ctx, 30*time.Second)
-				_, err := cl.Enqueue(ectx, queue, map[string]any{"id": crptID(i), "pad": strings.Repeat("x", 64)}, client.WithID(crptID(i)))
-				cancel()
-				l.mu.Lock()
-				if err != nil {
-					l.errs = append(l.errs, fmt.Sprintf("%s: %v", crptID(i), err))
-				} else {
-					l.acked[crptID(i)] = true
-					l.acks.Add(1)
-				}
-				l.mu.Unlock()
-			}
-		}()
-	}
-	return l
-}
-
-func (l *crptLoad) waitAcks(t *testing.T, n int64) {
-	t.Helper()
-	want := l.acks.Load() + n
-	waitFor(t, 30*time.Second, fmt.Sprintf("%d more acks", n), func() error {
-		if got := l.acks.Load(); got < want {
-			return fmt.Errorf("%d acks, want %d", got, want)
-		}
-		return nil
-	})
-}
-
-// pause stops new enqueues and waits for those under way.
-func (l *crptLoad) pause() {
-	l.paused.Store(true)
-	time.Sleep(200 * time.Millisecond)
-}
-
-type crptDigest struct {
-	Node    string `json:"node"`
-	Applied uint64 `json:"applied"`
-	Digest  string `json:"digest"`
-}
-
-func getDigest(health string) (crptDigest, error) {
-	resp, err := httpClient.Get("http://" + health + "/digest")
-	if err != nil {
-		return crptDigest{}, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return crptDigest{}, fmt.Errorf("/digest on %s: %s", health, resp.Status)
-	}
-	var d crptDigest
-	return d, json.NewDecoder(resp.Body).Decode(&d)
-}
-
-// waitSameDigest waits until the three nodes report the same applied
-// index and state digest.
-func waitSameDigest(t *testing.T, c *testCluster) crptDigest {
-	t.Helper()
-	var first crptDigest
-	waitFor(t, 30*time.Second, "the same applied index and digest on every node", func() error {
-		var ds []crptDigest
-		for _, n := range c.nodes {
-			d, err := getDigest(n.health)
-			if err != nil {
-				return err
-			}
-			ds = append(ds, d)
-		}
-		for _, d := range ds[1:] {
-			if d.Applied != ds[0].Applied || d.Digest != ds[0].Digest {
-				return fmt.Errorf("%+v", ds)
-			}
-		}
-		first = ds[0]
-		return nil
-	})
-	return first
-}
+// Corruption: a stopped node's Raft log, snapshot or state.db is damaged
+// on disk. At its restart the node detects it, says so in one ERROR line,
+// moves the damaged files aside, repairs itself from its peers or its own
+// intact data, is ready again and ends with the same state as the others;
+// the checker must find nothing acknowledged lost.
 
 // flipAt flips one bit at each offset of the file.
 func flipAt(t *testing.T, path string, offs ...int64) {
@@ -155,20 +41,24 @@ func flipAt(t *testing.T, path string, offs ...int64) {
 // flipRaftDB flips bytes in the middle of raft.db and in every copy of
 // the 20 most recent message ids it holds (so a live entry is hit, not
 // only a page bbolt has freed).
-func flipRaftDB(t *testing.T, path string, l *crptLoad) string {
+func flipRaftDB(t *testing.T, path string, w *workload) string {
+	t.Helper()
 	b, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	offs := []int64{int64(len(b) / 2)}
-	last := l.next.Load()
-	for i, found := last, 0; i > last-5000 && i > 0 && found < 20; i-- {
-		id := []byte(crptID(i))
+	found := 0
+	for _, s := range w.newestIDs(5000) {
+		if found == 20 {
+			break
+		}
+		id := []byte(s)
 		if bytes.Contains(b, id) {
 			found++
 		}
-		for k, j := 0, 0; ; {
-			k = bytes.Index(b[j:], id)
+		for j := 0; ; {
+			k := bytes.Index(b[j:], id)
 			if k < 0 {
 				break
 			}
@@ -177,7 +67,12 @@ func flipRaftDB(t *testing.T, path string, l *crptLoad) string {
 		}
 	}
 	flipAt(t, path, offs...)
-	return fmt.Sprintf("flipped %d bytes of raft.db (%d bytes)", len(offs), len(b))
+	return fmt.Sprintf("flipped %d bytes of raft.db (%d bytes; %d recent ids found)", len(offs), len(b), found)
+}
+
+// flipRaftLog is flipRaftDB on the node's raft.db.
+func flipRaftLog(t *testing.T, dataDir string, w *workload) string {
+	return flipRaftDB(t, filepath.Join(dataDir, "raft", "raft.db"), w)
 }
 
 func newestSnapshot(t *testing.T, dataDir string) string {
@@ -205,72 +100,93 @@ func newestSnapshot(t *testing.T, dataDir string) string {
 	return filepath.Join(dataDir, "raft", "snapshots", dirs[len(dirs)-1])
 }
 
-// A stopped node whose raft log, snapshot or state.db was damaged on
-// disk detects it at restart, says so in one line, moves the damaged
-// files aside, repairs itself from its peers or its own intact data, and
-// ends with the same state as the others; nothing acknowledged is lost.
-func Test_System_CorruptMinorityRepairsFromPeers(t *testing.T) {
-	const queue = "system.corrupt"
-	c := startCluster(t, "--test-snapshot-threshold", "300")
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	load := startCrptLoad(t, ctx, c, queue)
-	defer func() {
-		select {
-		case <-load.stop:
-		default:
-			close(load.stop)
-		}
-	}()
+// corruption is one way of damaging a stopped node's files.
+type corruption struct {
+	leader   bool // damage the leader (killed first) instead of a follower
+	clean    bool // SIGTERM instead of SIGKILL
+	snapshot bool // wait for a snapshot on the node first
+	// corrupt damages the files in dataDir and says how.
+	corrupt func(t *testing.T, dataDir string, w *workload) string
+	expect  string // in the corruption line
+}
 
-	// Consume (and ack) some of the messages as the load goes on.
-	var (
-		delMu     sync.Mutex
-		delivered = map[string]int{}
-	)
-	consume := func(t *testing.T, n int) {
-		t.Helper()
-		cl := c.dial(t, ctx, "consumer", c.nodes[0].url, c.nodes[1].url, c.nodes[2].url)
-		k, err := cl.Consume(ctx, queue, client.ConsumeOptions{Prefetch: 64})
-		if err != nil {
-			t.Fatal(err)
-		}
-		for got := 0; n < 0 || got < n; got++ {
-			dctx, dcancel := context.WithTimeout(ctx, 3*time.Second)
-			d, err := k.Next(dctx)
-			dcancel()
-			if err != nil {
-				if n < 0 {
-					break // drained
-				}
-				t.Fatalf("consume after %d: %v", got, err)
-			}
-			env, err := client.ParseEnvelope(d.Msg)
-			if err != nil {
-				t.Fatal(err)
-			}
-			delMu.Lock()
-			delivered[env.ID]++
-			delMu.Unlock()
-			if err := d.Ack(ctx); err != nil && !client.IsStale(err) {
-				t.Fatalf("ack %s: %v", env.ID, err)
-			}
-		}
-		cl.Close()
+// corruptRound stops a node under the standard workload, damages its
+// files, restarts it, and checks the corruption line, that it is ready
+// again without bootstrapping, and that the cluster goes on and agrees.
+// Snapshots are taken every 300 entries, so the log is compacted under
+// the workload as it would be over a longer life.
+func corruptRound(t *testing.T, queue string, cr corruption) {
+	c := newFaultCluster(t, 3, clusterOpts{extra: func(int) []string {
+		return []string{"--test-snapshot-threshold", "300"}
+	}})
+	w := standard(c, queue)
+	w.waitAcked(batch, 30*time.Second)
+	leader := c.leader(10 * time.Second)
+	victim, role := c.others(leader)[0], "follower"
+	if cr.leader {
+		victim, role = leader, "leader"
 	}
+	if cr.snapshot {
+		waitFor(t, 30*time.Second, "a snapshot on "+victim.id, func() error {
+			if newestSnapshot(t, victim.data) == "" {
+				return fmt.Errorf("none yet")
+			}
+			return nil
+		})
+	}
+	off := victim.proc.logSize(t)
+	var at time.Time
+	if cr.clean {
+		at = w.fault("SIGTERM %s %s, then damage its files", role, victim.id)
+		victim.proc.cmd.Process.Signal(syscall.SIGTERM)
+		if _, exited := victim.proc.wait(15 * time.Second); !exited {
+			t.Fatalf("%s did not stop on SIGTERM", victim.id)
+		}
+	} else {
+		at = w.fault("SIGKILL %s %s, then damage its files", role, victim.id)
+		victim.kill()
+	}
+	if cr.leader {
+		nl := c.leader(20 * time.Second)
+		t.Logf("killed leader %s; %s leads", victim.id, nl.id)
+	}
+	t.Logf("%s: %s", victim.id, cr.corrupt(t, victim.data, w))
+	victim.start(t)
 
-	type corruptCase struct {
-		name    string
-		leader  bool // damage the leader (killed first) instead of a follower
-		clean   bool // SIGTERM instead of SIGKILL
-		corrupt func(t *testing.T, dataDir string) string
-		expect  string // in the corruption line
+	var line string
+	waitFor(t, 20*time.Second, "the corruption line in "+victim.id+"'s log", func() error {
+		for _, l := range strings.Split(victim.proc.logSince(t, off), "\n") {
+			if strings.Contains(l, "level=ERROR") && strings.Contains(l, "data corruption detected") {
+				line = l
+				return nil
+			}
+		}
+		return fmt.Errorf("not logged yet")
+	})
+	if !strings.Contains(line, cr.expect) || !strings.Contains(line, "moved to") || !strings.Contains(line, "corrupt-") {
+		t.Errorf("corruption line does not name %q and where the files went: %s", cr.expect, line)
 	}
-	cases := []corruptCase{
-		{name: "raft.db flipped", corrupt: func(t *testing.T, dir string) string {
-			return flipRaftDB(t, filepath.Join(dir, "raft", "raft.db"), load)
-		}, expect: "raft.db"},
-		{name: "raft.db truncated", clean: true, corrupt: func(t *testing.T, dir string) string {
+	t.Logf("%s: %.400s", victim.id, line)
+	st := waitReady(t, victim.health, 45*time.Second)
+	t.Logf("%s ready again %v after it stopped (applied %d)", victim.id, time.Since(at).Round(time.Millisecond), st.Applied)
+	if strings.Contains(victim.proc.logSince(t, off), "bootstrapping cluster") {
+		t.Errorf("%s bootstrapped after the repair", victim.id)
+	}
+	w.recovered(at, batch, 30*time.Second)
+	finishAndCheck(t, c, w)
+}
+
+func Test_Fault_CorruptRaftLogFollower(t *testing.T) {
+	corruptRound(t, "fault.corrupt-raft-log", corruption{
+		corrupt: flipRaftLog,
+		expect:  "raft.db",
+	})
+}
+
+func Test_Fault_CorruptRaftLogTruncated(t *testing.T) {
+	corruptRound(t, "fault.corrupt-truncated", corruption{
+		clean: true,
+		corrupt: func(t *testing.T, dir string, _ *workload) string {
 			// bbolt grows its file ahead of use: cut half of what is
 			// used, not half of a tail of zeros.
 			path := filepath.Join(dir, "raft", "raft.db")
@@ -283,8 +199,17 @@ func Test_System_CorruptMinorityRepairsFromPeers(t *testing.T) {
 				t.Fatal(err)
 			}
 			return fmt.Sprintf("truncated raft.db (%d bytes, %d used) to %d bytes", len(b), used, used/2)
-		}, expect: "raft.db"},
-		{name: "state.db flipped", clean: true, corrupt: func(t *testing.T, dir string) string {
+		},
+		expect: "raft.db",
+	})
+}
+
+// state.db is trusted only after a clean close, so the node is stopped
+// with SIGTERM: the damage must be found by the checksum of a clean file.
+func Test_Fault_CorruptStateDB(t *testing.T) {
+	corruptRound(t, "fault.corrupt-state-db", corruption{
+		clean: true,
+		corrupt: func(t *testing.T, dir string, _ *workload) string {
 			path := filepath.Join(dir, "state.db")
 			fi, err := os.Stat(path)
 			if err != nil {
@@ -292,8 +217,15 @@ func Test_System_CorruptMinorityRepairsFromPeers(t *testing.T) {
 			}
 			flipAt(t, path, fi.Size()/2, fi.Size()/3)
 			return fmt.Sprintf("flipped 2 bytes of state.db (%d bytes)", fi.Size())
-		}, expect: "state.db"},
-		{name: "snapshot corrupted", corrupt: func(t *testing.T, dir string) string {
+		},
+		expect: "state.db",
+	})
+}
+
+func Test_Fault_CorruptSnapshot(t *testing.T) {
+	corruptRound(t, "fault.corrupt-snapshot", corruption{
+		snapshot: true,
+		corrupt: func(t *testing.T, dir string, _ *workload) string {
 			snap := newestSnapshot(t, dir)
 			if snap == "" {
 				t.Fatal("no snapshot to corrupt")
@@ -305,115 +237,17 @@ func Test_System_CorruptMinorityRepairsFromPeers(t *testing.T) {
 			}
 			flipAt(t, path, fi.Size()/2)
 			return "flipped a byte of " + filepath.Base(snap) + "/state.bin"
-		}, expect: "snapshot"},
-		{name: "leader raft.db flipped", leader: true, corrupt: func(t *testing.T, dir string) string {
-			return flipRaftDB(t, filepath.Join(dir, "raft", "raft.db"), load)
-		}, expect: "raft.db"},
-	}
-	for _, tc := range cases {
-		ok := t.Run(strings.ReplaceAll(tc.name, " ", "_"), func(t *testing.T) {
-			started := time.Now()
-			load.waitAcks(t, 300)
-			leader := c.leader(t, 20*time.Second)
-			victim := leader
-			if !tc.leader {
-				for _, n := range c.nodes {
-					if n != leader {
-						victim = n
-						break
-					}
-				}
-			}
-			if tc.name == "snapshot corrupted" {
-				waitFor(t, 20*time.Second, "a snapshot on "+victim.id, func() error {
-					if newestSnapshot(t, filepath.Join(c.dir, victim.id)) == "" {
-						return fmt.Errorf("none yet")
-					}
-					return nil
-				})
-			}
-			off := victim.proc.logSize(t)
-			if tc.clean {
-				victim.proc.cmd.Process.Signal(syscall.SIGTERM)
-				if _, exited := victim.proc.wait(15 * time.Second); !exited {
-					t.Fatalf("%s did not stop on SIGTERM", victim.id)
-				}
-			} else {
-				victim.proc.kill()
-			}
-			if tc.leader {
-				nl := c.leader(t, 20*time.Second)
-				t.Logf("killed leader %s; %s leads", victim.id, nl.id)
-			}
-			what := tc.corrupt(t, filepath.Join(c.dir, victim.id))
-			t.Logf("%s stopped (clean %v); %s", victim.id, tc.clean, what)
-			victim.proc.start(t)
+		},
+		expect: "snapshot",
+	})
+}
 
-			var line string
-			waitFor(t, 20*time.Second, "the corruption line in "+victim.id+"'s log", func() error {
-				for _, l := range strings.Split(victim.proc.logSince(t, off), "\n") {
-					if strings.Contains(l, "level=ERROR") && strings.Contains(l, "data corruption detected") {
-						line = l
-						return nil
-					}
-				}
-				return fmt.Errorf("not logged yet")
-			})
-			if !strings.Contains(line, tc.expect) || !strings.Contains(line, "moved to") || !strings.Contains(line, "corrupt-") {
-				t.Errorf("corruption line does not name %q and where the files went: %s", tc.expect, line)
-			}
-			t.Logf("%s: %.400s", victim.id, line)
-			st := waitReady(t, victim.health, 45*time.Second)
-			t.Logf("%s ready again %v after its restart (applied %d)", victim.id, time.Since(started).Round(time.Millisecond), st.Applied)
-			if log := victim.proc.logSince(t, off); strings.Contains(log, "bootstrapping cluster") {
-				t.Errorf("%s bootstrapped after the repair", victim.id)
-			}
-
-			consume(t, 100)
-			load.pause()
-			d := waitSameDigest(t, c)
-			load.paused.Store(false)
-			t.Logf("case %q: all nodes at applied %d digest %.16s, %v", tc.name, d.Applied, d.Digest, time.Since(started).Round(time.Millisecond))
-		})
-		if !ok {
-			break
-		}
-	}
-
-	close(load.stop)
-	load.wg.Wait()
-	consume(t, -1)
-	load.mu.Lock()
-	defer load.mu.Unlock()
-	delMu.Lock()
-	defer delMu.Unlock()
-	missing := 0
-	for id := range load.acked {
-		if delivered[id] == 0 {
-			if missing < 5 {
-				t.Errorf("acknowledged message %s never delivered", id)
-			}
-			missing++
-		}
-	}
-	dups := 0
-	for id, n := range delivered {
-		if !load.acked[id] && n > 0 {
-			// A timed-out enqueue may still have committed: allowed, but
-			// only for ids that were attempted.
-			var i int64
-			fmt.Sscanf(id, "c-%d", &i)
-			if i <= 0 || i > load.next.Load() {
-				t.Errorf("delivered %s, never sent", id)
-			}
-		}
-		dups += n - 1
-	}
-	t.Logf("%d acknowledged, %d delivered (%d redeliveries), %d missing, %d enqueue errors", len(load.acked), len(delivered), dups, missing, len(load.errs))
-	if missing > 0 {
-		t.Errorf("%d acknowledged messages lost", missing)
-	}
-	if len(load.errs) > 0 {
-		t.Logf("first enqueue error: %s", load.errs[0])
-	}
+// The leader is killed, another node leads, and the old leader's log is
+// damaged before it restarts.
+func Test_Fault_CorruptRaftLogLeader(t *testing.T) {
+	corruptRound(t, "fault.corrupt-leader", corruption{
+		leader:  true,
+		corrupt: flipRaftLog,
+		expect:  "raft.db",
+	})
 }

@@ -59,7 +59,9 @@ func standard(c *faultCluster, queue string) *workload {
 // finishAndCheck heals, drains, checks and compares the replicas.
 func finishAndCheck(t *testing.T, c *faultCluster, w *workload) {
 	t.Helper()
-	c.lab.heal()
+	if c.lab != nil { // nil for a dev node (devCluster)
+		c.lab.heal()
+	}
 	for _, nd := range c.nodes {
 		nd.resume()
 		if !nd.proc.running() {

@@ -248,7 +248,8 @@ type status struct {
 	Commit  uint64 `json:"commit"`
 	Term    uint64 `json:"term"`
 	Status  string `json:"status"`
-	Ready   bool   `json:"-"` // 200 from /readyz
+	Reason  string `json:"reason"` // why /readyz is 503
+	Ready   bool   `json:"-"`      // 200 from /readyz
 }
 
 var httpClient = &http.Client{Timeout: 2 * time.Second}

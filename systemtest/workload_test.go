@@ -282,6 +282,18 @@ func (w *workload) consume(cl *client.Client, queue string, k *client.Consumer, 
 	}
 }
 
+// newestIDs returns up to n ids, the most recently first attempted first.
+func (w *workload) newestIDs(n int) []string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	ids := make([]string, 0, len(w.ops))
+	for id := range w.ops {
+		ids = append(ids, id)
+	}
+	sort.Slice(ids, func(i, j int) bool { return w.ops[ids[i]].call > w.ops[ids[j]].call })
+	return ids[:min(n, len(ids))]
+}
+
 // waitAcked waits until at least n enqueues have been acknowledged.
 func (w *workload) waitAcked(n int64, timeout time.Duration) {
 	w.t.Helper()
