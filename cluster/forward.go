@@ -76,6 +76,9 @@ func readFrame(r io.Reader, v any) error {
 // serveForward handles one follower's connection on the leader.
 func (n *Node) serveForward(c net.Conn) {
 	defer c.Close()
+	if !n.awaitRaft() {
+		return
+	}
 	go func() {
 		<-n.shutdownCh
 		c.Close()

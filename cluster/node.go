@@ -114,7 +114,11 @@ type Node struct {
 	connsMu  sync.RWMutex
 	conns    map[string]Sink
 	lastTime atomic.Int64
-	clocks   peerClocks // the peers' clocks (clock.go)
+	// raftUp is closed once n.raft is set. The Raft port serves peers
+	// before that (Raft's own transport needs it); handlers that use
+	// n.raft wait for it (awaitRaft).
+	raftUp chan struct{}
+	clocks peerClocks // the peers' clocks (clock.go)
 
 	// Peers the leader cannot reach: id -> since when (last contact).
 	peersMu   sync.Mutex
@@ -164,6 +168,7 @@ func New(cfg Config) (*Node, error) {
 		retryWake:  make(chan struct{}, 1),
 		inflight:   make(chan struct{}, maxInflight),
 		shutdownCh: make(chan struct{}),
+		raftUp:     make(chan struct{}),
 		conns:      map[string]Sink{},
 		peersLost:  map[string]time.Time{},
 		peersDown:  map[string]bool{},
@@ -325,6 +330,7 @@ func (n *Node) start() error {
 		return fmt.Errorf("start raft: %w", err)
 	}
 	n.raft = r
+	close(n.raftUp)
 	obs := make(chan raft.Observation, 64)
 	r.RegisterObserver(raft.NewObserver(obs, false, func(o *raft.Observation) bool {
 		switch o.Data.(type) {
@@ -373,6 +379,17 @@ func (n *Node) ID() string { return n.cfg.NodeID }
 
 // FSM is the node's state machine (for reads).
 func (n *Node) FSM() *fsm.FSM { return n.fsm }
+
+// awaitRaft waits until the Raft instance exists; false when the node
+// stops first.
+func (n *Node) awaitRaft() bool {
+	select {
+	case <-n.raftUp:
+		return true
+	case <-n.shutdownCh:
+		return false
+	}
+}
 
 // Raft is the node's Raft instance (for status and tests).
 func (n *Node) Raft() *raft.Raft { return n.raft }

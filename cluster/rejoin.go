@@ -77,6 +77,9 @@ type memberResponse struct {
 // serveMember answers one membership request (leader side).
 func (n *Node) serveMember(c net.Conn) {
 	defer c.Close()
+	if !n.awaitRaft() {
+		return
+	}
 	_ = c.SetDeadline(time.Now().Add(40 * time.Second))
 	var req memberRequest
 	if err := readFrame(bufio.NewReader(c), &req); err != nil {
