@@ -100,12 +100,22 @@ func powerLoss(t *testing.T, queue string, cycles int, expectLoss bool, extra ..
 		}
 		dropped := disks.crashAll()
 		t.Logf("dropped %d unsynced bytes", dropped)
-		c.startAll()
 		if expectLoss {
 			// A broken build may have lost the messages it acknowledged
-			// and more; what matters is that the checker sees it.
+			// and more, down to the Raft state it needs to come back at
+			// all; what matters is that the checker sees the losses.
+			for _, nd := range c.nodes {
+				nd.start(t)
+			}
+			if err := c.readyWithin(30 * time.Second); err != nil {
+				t.Logf("the broken build did not come back after the power loss (%v): nothing can be delivered", err)
+				r := w.abandon()
+				r.report(t)
+				return r
+			}
 			continue
 		}
+		c.startAll()
 		w.recovered(at, batch, 60*time.Second)
 	}
 	c.lab.heal()
@@ -134,4 +144,29 @@ func Test_Fault_BrokenBuildIsCaught(t *testing.T) {
 		t.Fatalf("with fsync off, a power loss lost no acknowledged message: the suite cannot tell a broken build from a sound one")
 	}
 	t.Logf("as intended, the checker caught the broken build: %d of %d acknowledged messages lost", r.Lost, r.Acked)
+}
+
+// readyWithin waits up to timeout for every node to be ready and returns
+// the last reason one was not, instead of failing the test.
+func (c *faultCluster) readyWithin(timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		var err error
+		for _, nd := range c.nodes {
+			s, rerr := readyz(nd.health)
+			switch {
+			case rerr != nil:
+				err = fmt.Errorf("%s: %w", nd.id, rerr)
+			case !s.Ready:
+				err = fmt.Errorf("%s not ready: %s", nd.id, s.Status)
+			}
+			if err != nil {
+				break
+			}
+		}
+		if err == nil || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(100 * time.Millisecond) // polling readiness
+	}
 }

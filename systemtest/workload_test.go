@@ -336,6 +336,18 @@ func (w *workload) recovered(since time.Time, n int64, timeout time.Duration) {
 // finish stops the producers, resolves every id whose last attempt failed
 // by retrying it with the same id (the cluster must be healed by now),
 // drains the queue, and runs the checker.
+// abandon stops the workload without healing or draining and runs the
+// checker on what was delivered so far (for a broken build that never
+// comes back).
+func (w *workload) abandon() result {
+	w.t.Helper()
+	w.stopOnce.Do(func() { close(w.stop) })
+	w.cancel()
+	w.prodWG.Wait()
+	w.consWG.Wait()
+	return w.check()
+}
+
 func (w *workload) finish() result {
 	w.t.Helper()
 	w.stopOnce.Do(func() { close(w.stop) })
