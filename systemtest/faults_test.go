@@ -75,35 +75,30 @@ func finishAndCheck(t *testing.T, c *faultCluster, w *workload) {
 	t.Logf("replicas agree: applied %d, digest %s", applied, digest[:16])
 }
 
-func Test_Fault_KillLeader(t *testing.T) {
+// killRounds SIGKILLs one node, chosen by pick from the leader, waits for
+// a leader and progress, and restarts it; again and again.
+func killRounds(t *testing.T, queue string, pick func(c *faultCluster, leader *fnode) *fnode) {
 	c := newFaultCluster(t, 3, clusterOpts{})
-	w := standard(c, "fault.kill-leader")
+	w := standard(c, queue)
 	w.waitAcked(batch, 30*time.Second)
 	for range rounds(2, 6) {
-		old := c.leader(10 * time.Second)
-		at := w.fault("SIGKILL leader %s", old.id)
-		old.kill()
+		nd := pick(c, c.leader(10*time.Second))
+		at := w.fault("SIGKILL %s", nd.id)
+		nd.kill()
 		c.leader(20 * time.Second)
 		w.recovered(at, batch, 30*time.Second)
-		old.start(t)
-		waitReady(t, old.health, 30*time.Second)
+		nd.start(t)
+		waitReady(t, nd.health, 30*time.Second)
 	}
 	finishAndCheck(t, c, w)
 }
 
+func Test_Fault_KillLeader(t *testing.T) {
+	killRounds(t, "fault.kill-leader", func(_ *faultCluster, leader *fnode) *fnode { return leader })
+}
+
 func Test_Fault_KillFollower(t *testing.T) {
-	c := newFaultCluster(t, 3, clusterOpts{})
-	w := standard(c, "fault.kill-follower")
-	w.waitAcked(batch, 30*time.Second)
-	for range rounds(2, 6) {
-		f := c.others(c.leader(10 * time.Second))[0]
-		at := w.fault("SIGKILL follower %s", f.id)
-		f.kill()
-		w.recovered(at, batch, 30*time.Second)
-		f.start(t)
-		waitReady(t, f.health, 30*time.Second)
-	}
-	finishAndCheck(t, c, w)
+	killRounds(t, "fault.kill-follower", func(c *faultCluster, leader *fnode) *fnode { return c.others(leader)[0] })
 }
 
 func Test_Fault_KillAll(t *testing.T) {
