@@ -158,6 +158,10 @@ func SignChallenge(nonce, agent string, key Key) (string, error) {
 	return sign(ChallengeBytes(nonce, agent), key)
 }
 
+// Sign returns the encoded signature of msg with key (lowercase hex for
+// HMAC-SHA256, standard base64 for Ed25519).
+func Sign(msg []byte, key Key) (string, error) { return sign(msg, key) }
+
 // VerifyChallenge checks an auth signature.
 func VerifyChallenge(nonce, agent, sig string, key Key) error {
 	return verify(ChallengeBytes(nonce, agent), sig, key)
