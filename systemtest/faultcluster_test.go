@@ -2,11 +2,9 @@ package systemtest
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
-	"net/http"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -222,23 +220,12 @@ func (nd *fnode) resume() {
 
 // digestOf fetches a node's /digest.
 func digestOf(health string) (applied uint64, digest string, err error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+health+"/digest", nil)
-	if err != nil {
-		return 0, "", err
-	}
-	resp, err := (&http.Client{Timeout: 5 * time.Second}).Do(req)
-	if err != nil {
-		return 0, "", err
-	}
-	defer resp.Body.Close()
 	var d struct {
 		Applied uint64 `json:"applied"`
 		Digest  string `json:"digest"`
 		Error   string `json:"error"`
 	}
-	if err := json.NewDecoder(resp.Body).Decode(&d); err != nil {
+	if _, err := getJSON(health, "/digest", 5*time.Second, &d); err != nil {
 		return 0, "", err
 	}
 	if d.Error != "" {

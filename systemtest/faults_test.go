@@ -75,30 +75,62 @@ func finishAndCheck(t *testing.T, c *faultCluster, w *workload) {
 	t.Logf("replicas agree: applied %d, digest %s", applied, digest[:16])
 }
 
-// killRounds SIGKILLs one node, chosen by pick from the leader, waits for
-// a leader and progress, and restarts it; again and again.
-func killRounds(t *testing.T, queue string, pick func(c *faultCluster, leader *fnode) *fnode) {
+// nodeFault is a fault injected into one node: inject starts it (and
+// waits for what must follow, such as a new leader), check runs once the
+// rest of the cluster has made progress, repair ends it.
+type nodeFault struct {
+	name                  string
+	inject, check, repair func(c *faultCluster, nd *fnode)
+}
+
+var (
+	sigkill = nodeFault{
+		name: "SIGKILL",
+		inject: func(c *faultCluster, nd *fnode) {
+			nd.kill()
+			c.leader(20 * time.Second)
+		},
+		repair: func(c *faultCluster, nd *fnode) { nd.start(c.t) },
+	}
+	cutOff = nodeFault{
+		name:   "cut off from the other two",
+		inject: func(c *faultCluster, nd *fnode) { c.lab.isolate(nd.k) },
+		check:  func(c *faultCluster, nd *fnode) { minorityRefuses(c.t, c, nd) },
+		repair: func(c *faultCluster, _ *fnode) { c.lab.heal() },
+	}
+)
+
+// Which node a round hits, chosen from the current leader.
+func theLeader(_ *faultCluster, leader *fnode) *fnode { return leader }
+func aFollower(c *faultCluster, leader *fnode) *fnode { return c.others(leader)[0] }
+
+// nodeFaultRounds runs rounds of f on one node chosen by pick: the rest
+// of the cluster must make progress, then the node is repaired and must
+// become ready again.
+func nodeFaultRounds(t *testing.T, queue string, n int, f nodeFault, pick func(*faultCluster, *fnode) *fnode) {
 	c := newFaultCluster(t, 3, clusterOpts{})
 	w := standard(c, queue)
 	w.waitAcked(batch, 30*time.Second)
-	for range rounds(2, 6) {
+	for range n {
 		nd := pick(c, c.leader(10*time.Second))
-		at := w.fault("SIGKILL %s", nd.id)
-		nd.kill()
-		c.leader(20 * time.Second)
+		at := w.fault("%s: %s", nd.id, f.name)
+		f.inject(c, nd)
 		w.recovered(at, batch, 30*time.Second)
-		nd.start(t)
+		if f.check != nil {
+			f.check(c, nd)
+		}
+		f.repair(c, nd)
 		waitReady(t, nd.health, 30*time.Second)
 	}
 	finishAndCheck(t, c, w)
 }
 
 func Test_Fault_KillLeader(t *testing.T) {
-	killRounds(t, "fault.kill-leader", func(_ *faultCluster, leader *fnode) *fnode { return leader })
+	nodeFaultRounds(t, "fault.kill-leader", rounds(2, 6), sigkill, theLeader)
 }
 
 func Test_Fault_KillFollower(t *testing.T) {
-	killRounds(t, "fault.kill-follower", func(c *faultCluster, leader *fnode) *fnode { return c.others(leader)[0] })
+	nodeFaultRounds(t, "fault.kill-follower", rounds(2, 6), sigkill, aFollower)
 }
 
 func Test_Fault_KillAll(t *testing.T) {
@@ -155,30 +187,12 @@ func minorityRefuses(t *testing.T, c *faultCluster, nd *fnode) {
 	t.Logf("cut-off node %s refuses writes: %v", nd.id, err)
 }
 
-// isolateRounds cuts one node, chosen by pick from the leader, off from its
-// peers: the rest must go on, the cut-off node must refuse writes.
-func isolateRounds(t *testing.T, queue string, pick func(c *faultCluster, leader *fnode) *fnode) {
-	c := newFaultCluster(t, 3, clusterOpts{})
-	w := standard(c, queue)
-	w.waitAcked(batch, 30*time.Second)
-	for range rounds(1, 4) {
-		nd := pick(c, c.leader(10*time.Second))
-		at := w.fault("cut %s off from the other two", nd.id)
-		c.lab.isolate(nd.k)
-		w.recovered(at, batch, 30*time.Second)
-		minorityRefuses(t, c, nd)
-		c.lab.heal()
-		waitReady(t, nd.health, 30*time.Second)
-	}
-	finishAndCheck(t, c, w)
-}
-
 func Test_Fault_IsolateLeader(t *testing.T) {
-	isolateRounds(t, "fault.isolate-leader", func(_ *faultCluster, leader *fnode) *fnode { return leader })
+	nodeFaultRounds(t, "fault.isolate-leader", rounds(1, 4), cutOff, theLeader)
 }
 
 func Test_Fault_Partition21(t *testing.T) {
-	isolateRounds(t, "fault.partition-2-1", func(c *faultCluster, leader *fnode) *fnode { return c.others(leader)[0] })
+	nodeFaultRounds(t, "fault.partition-2-1", rounds(1, 4), cutOff, aFollower)
 }
 
 func Test_Fault_Partition111(t *testing.T) {

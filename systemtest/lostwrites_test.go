@@ -149,24 +149,16 @@ func Test_Fault_BrokenBuildIsCaught(t *testing.T) {
 // readyWithin waits up to timeout for every node to be ready and returns
 // the last reason one was not, instead of failing the test.
 func (c *faultCluster) readyWithin(timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
-	for {
-		var err error
+	return poll(timeout, func() error {
 		for _, nd := range c.nodes {
-			s, rerr := readyz(nd.health)
-			switch {
-			case rerr != nil:
-				err = fmt.Errorf("%s: %w", nd.id, rerr)
-			case !s.Ready:
-				err = fmt.Errorf("%s not ready: %s", nd.id, s.Status)
-			}
+			s, err := readyz(nd.health)
 			if err != nil {
-				break
+				return fmt.Errorf("%s: %w", nd.id, err)
+			}
+			if !s.Ready {
+				return fmt.Errorf("%s not ready: %s", nd.id, s.Status)
 			}
 		}
-		if err == nil || time.Now().After(deadline) {
-			return err
-		}
-		time.Sleep(100 * time.Millisecond) // polling readiness
-	}
+		return nil
+	})
 }

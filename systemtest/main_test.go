@@ -100,20 +100,25 @@ func freePorts(t *testing.T, n int) []int {
 	return ports
 }
 
-// waitFor calls fn every 25ms until it returns nil, and fails the test with
-// fn's last error once timeout has passed.
-func waitFor(t *testing.T, timeout time.Duration, what string, fn func() error) {
-	t.Helper()
+// poll calls fn every 25ms until it returns nil or timeout has passed, and
+// returns fn's last error.
+func poll(timeout time.Duration, fn func() error) error {
 	deadline := time.Now().Add(timeout)
 	for {
 		err := fn()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s: %v", timeout, what, err)
+		if err == nil || time.Now().After(deadline) {
+			return err
 		}
 		time.Sleep(25 * time.Millisecond)
+	}
+}
+
+// waitFor polls fn and fails the test with its last error once timeout has
+// passed.
+func waitFor(t *testing.T, timeout time.Duration, what string, fn func() error) {
+	t.Helper()
+	if err := poll(timeout, fn); err != nil {
+		t.Fatalf("timed out after %v waiting for %s: %v", timeout, what, err)
 	}
 }
 
@@ -252,26 +257,34 @@ type status struct {
 	Ready   bool   `json:"-"`      // 200 from /readyz
 }
 
-var httpClient = &http.Client{Timeout: 2 * time.Second}
+// getJSON fetches http://ADDR+path within timeout, decodes the JSON body
+// into v whatever the status, and returns the status code.
+func getJSON(addr, path string, timeout time.Duration, v any) (int, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+path, nil)
+	if err != nil {
+		return 0, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
+		return 0, fmt.Errorf("%s%s: %w", addr, path, err)
+	}
+	return resp.StatusCode, nil
+}
 
 // readyz fetches http://ADDR/readyz. A 503 is not an error: Ready is false.
 func readyz(addr string) (status, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/readyz", nil)
-	if err != nil {
-		return status{}, err
-	}
-	resp, err := httpClient.Do(req)
-	if err != nil {
-		return status{}, err
-	}
-	defer resp.Body.Close()
 	var s status
-	if err := json.NewDecoder(resp.Body).Decode(&s); err != nil {
-		return status{}, fmt.Errorf("readyz %s: %w", addr, err)
+	code, err := getJSON(addr, "/readyz", 2*time.Second, &s)
+	if err != nil {
+		return status{}, err
 	}
-	s.Ready = resp.StatusCode == http.StatusOK
+	s.Ready = code == http.StatusOK
 	return s, nil
 }
 

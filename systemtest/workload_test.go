@@ -365,7 +365,7 @@ func (w *workload) finish() result {
 	if len(open) > 0 && !w.expectLoss {
 		cl := w.c.dial(w.ctx, w.agent, w.c.urls(0)...)
 		for _, id := range open {
-			if !w.attempt(cl, id, 30*time.Second) && !w.expectLoss {
+			if !w.attempt(cl, id, 30*time.Second) {
 				w.mu.Lock()
 				w.t.Errorf("enqueue of %s still failing after the heal: %s", id, w.ops[id].lastErr)
 				w.mu.Unlock()
@@ -405,26 +405,15 @@ func (w *workload) finish() result {
 	}
 	if w.expectLoss {
 		// A broken build may never drain: take what arrives in a while.
-		deadline := time.Now().Add(20 * time.Second)
-		for drained() != nil && time.Now().Before(deadline) {
-			time.Sleep(100 * time.Millisecond)
+		_ = poll(20*time.Second, drained)
+	} else if err := poll(90*time.Second, drained); err != nil {
+		// Go on to the checker, which names what is missing.
+		w.t.Errorf("not drained after 90s: %v", err)
+		ctx, cancel := context.WithTimeout(w.ctx, 5*time.Second)
+		if s, qerr := info.QueueInfo(ctx, w.queue); qerr == nil {
+			w.t.Errorf("queue.info %+v; %d consumers restarted", s, w.consumerEnds.Load())
 		}
-	} else {
-		deadline := time.Now().Add(90 * time.Second)
-		err := drained()
-		for err != nil && time.Now().Before(deadline) {
-			time.Sleep(100 * time.Millisecond)
-			err = drained()
-		}
-		if err != nil {
-			// Go on to the checker, which names what is missing.
-			w.t.Errorf("not drained after 90s: %v", err)
-			ctx, cancel := context.WithTimeout(w.ctx, 5*time.Second)
-			if s, qerr := info.QueueInfo(ctx, w.queue); qerr == nil {
-				w.t.Errorf("queue.info %+v; %d consumers restarted", s, w.consumerEnds.Load())
-			}
-			cancel()
-		}
+		cancel()
 	}
 	w.cancel()
 	w.consWG.Wait()
