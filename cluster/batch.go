@@ -318,21 +318,29 @@ func (n *Node) applyLeader(cmds []fsm.Command) (func() ([]*fsm.Reply, error), er
 	}
 	f := n.raft.Apply(data, 10*time.Second)
 	return func() ([]*fsm.Reply, error) {
-		// With BatchApplyCh, raft never answers a future still queued when
-		// it shuts down, so the wait also ends with the node.
-		errc := make(chan error, 1)
-		go func() { errc <- f.Error() }()
-		select {
-		case err := <-errc:
-			if err != nil {
-				return nil, mapRaftError(err)
+		if err := n.await(f); err != nil {
+			if errors.Is(err, ErrShutdown) {
+				return nil, fmt.Errorf("%w: node shutting down", ErrUnknown)
 			}
-		case <-n.shutdownCh:
-			return nil, fmt.Errorf("%w: node shutting down", ErrUnknown)
+			return nil, mapRaftError(err)
 		}
 		replies, _ := f.Response().([]*fsm.Reply)
 		return replies, nil
 	}, nil
+}
+
+// await waits for a Raft future, or for the node to stop (ErrShutdown):
+// with BatchApplyCh, Raft never answers a future still queued in its apply
+// channel when it shuts down, and a wait on it would never end.
+func (n *Node) await(f raft.Future) error {
+	errc := make(chan error, 1)
+	go func() { errc <- f.Error() }()
+	select {
+	case err := <-errc:
+		return err
+	case <-n.shutdownCh:
+		return ErrShutdown
+	}
 }
 
 func mapRaftError(err error) error {

@@ -537,7 +537,9 @@ func (n *Node) leaderLoop() {
 func (n *Node) tickLoop(stop chan struct{}) {
 	defer n.wg.Done()
 	// Apply everything earlier leaders committed before judging deadlines.
-	if err := n.raft.Barrier(10 * time.Second).Error(); err != nil {
+	if err := n.await(n.raft.Barrier(10 * time.Second)); errors.Is(err, ErrShutdown) {
+		return
+	} else if err != nil {
 		n.log.Warn("barrier after election failed", "err", err)
 	}
 	t := time.NewTicker(20 * time.Millisecond)
