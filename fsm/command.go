@@ -33,16 +33,25 @@ const (
 	TypeConnClosed  MessageType = 12
 	TypeNodeStarted MessageType = 13
 	TypeNodeDown    MessageType = 14
+	// Trust (docs/security.md).
+	TypeAgentAdd        MessageType = 15 // an operator adds an agent identity
+	TypeAgentRevoke     MessageType = 16 // an operator revokes one
+	TypeAuthEvent       MessageType = 17 // an authentication or authorization decision a node made
+	TypeAuditCheckpoint MessageType = 18 // the leader's signature over the audit head
 )
 
 // Command is one request to change the state. Conn and Req name the client
 // request it answers (empty for commands a node issues itself); the node
 // holding that connection turns the Apply outcome into the reply.
 type Command struct {
-	Type MessageType        `msgpack:"t"`
-	Conn string             `msgpack:"c,omitempty"`
-	Req  uint64             `msgpack:"r,omitempty"`
-	Body msgpack.RawMessage `msgpack:"b"`
+	Type MessageType `msgpack:"t"`
+	Conn string      `msgpack:"c,omitempty"`
+	Req  uint64      `msgpack:"r,omitempty"`
+	// Actor is who asked for the change, for the audit log: the agent the
+	// connection authenticated as, "operator:NAME" for an admin command,
+	// empty for what a node issues itself.
+	Actor string             `msgpack:"a,omitempty"`
+	Body  msgpack.RawMessage `msgpack:"b"`
 }
 
 // NewCommand encodes a command body.
