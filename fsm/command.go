@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"hash/crc32"
 
+	"github.com/mcpd/mcpd/auth"
 	"github.com/mcpd/mcpd/internal/mpack"
 	"github.com/vmihailenco/msgpack/v5"
 )
@@ -127,4 +128,45 @@ type NodeDownArgs struct {
 type UnsubscribeArgs struct {
 	Sub  uint64 `msgpack:"s"`
 	Conn string `msgpack:"c"`
+}
+
+// AgentAddArgs adds an agent identity; the FSM stamps its creation time.
+type AgentAddArgs struct {
+	Agent auth.Agent `msgpack:"a"`
+}
+
+// AgentRevokeArgs revokes an agent identity.
+type AgentRevokeArgs struct {
+	Name   string `msgpack:"n"`
+	Reason string `msgpack:"r,omitempty"`
+}
+
+// AuthEventArgs records an authentication or authorization decision a
+// node made without changing anything else: a handshake that succeeded or
+// failed, an envelope refused (bad_signature, replay, forbidden), an
+// operation denied by the ACL, a rate limit hit. Kind is e.g. "auth.ok",
+// "auth.fail", "denied"; Code the protocol error code ("" on success).
+// Suppressed counts the events of the same kind this node did not record
+// individually since its previous one, so a flood of failures costs the
+// log one entry per interval.
+type AuthEventArgs struct {
+	Kind       string `msgpack:"k"`
+	Agent      string `msgpack:"a"`
+	Subject    string `msgpack:"s,omitempty"`
+	Code       string `msgpack:"c,omitempty"`
+	Detail     string `msgpack:"d,omitempty"`
+	Node       string `msgpack:"n"`
+	Remote     string `msgpack:"ra,omitempty"`
+	Suppressed uint64 `msgpack:"x,omitempty"`
+}
+
+// AuditCheckpointArgs carries the leader's Ed25519 signature, by the
+// cluster audit key, over the audit chain head it had applied: the FSM
+// checks that the entry at Seq has Hash and that Sig verifies under
+// Public, then stores the checkpoint (its own entry follows it).
+type AuditCheckpointArgs struct {
+	Seq    uint64 `msgpack:"q"`
+	Hash   []byte `msgpack:"h"`
+	Public []byte `msgpack:"p"`
+	Sig    []byte `msgpack:"s"`
 }

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+	"github.com/mcpd/mcpd/auth"
 	"github.com/mcpd/mcpd/queue"
 	bolt "go.etcd.io/bbolt"
 )
@@ -100,6 +101,9 @@ func (f *FSM) open() error {
 		}
 		if v := meta.Get(keyApplied); len(v) >= 8 {
 			applied = binary.BigEndian.Uint64(v)
+		}
+		if err := auth.CreateBuckets(tx); err != nil {
+			return err
 		}
 		return queue.CreateBuckets(tx)
 	})
@@ -377,6 +381,7 @@ func (f *FSM) applyEntry(tx *bolt.Tx, now int64, e *Entry, effects []queue.Effec
 		if !ok {
 			panic(fmt.Sprintf("fsm: unknown command type %d", c.Type))
 		}
+		t.SetActor(c.Actor)
 		res, err := h(t, c.Body)
 		if err != nil && !isBusiness(err) {
 			panic(fmt.Sprintf("fsm: command type %d: %v", c.Type, err))

@@ -53,6 +53,7 @@ type Tx struct {
 	local string
 	dirty map[string]struct{}
 	rc    *recCache
+	actor string
 
 	// Effects collects deliveries and events for connections of the local
 	// node, in the order they were produced.
@@ -186,3 +187,14 @@ func put(b *bolt.Bucket, key []byte, v any) error {
 	}
 	return b.Put(key, raw)
 }
+
+// Bolt is the underlying write transaction, for the state other packages
+// keep beside the queues (agent identities, the audit chain).
+func (t *Tx) Bolt() *bolt.Tx { return t.tx }
+
+// SetActor names who asked for the command being applied (fsm.Command's
+// Actor), for the records that keep it.
+func (t *Tx) SetActor(a string) { t.actor = a }
+
+// Actor is who asked for the command being applied.
+func (t *Tx) Actor() string { return t.actor }
