@@ -46,6 +46,9 @@ type Cluster struct {
 type Options struct {
 	// TransportOptions apply to every node's WebSocket server.
 	Transport transport.Options
+	// Secure turns dev authentication off: agents must authenticate with
+	// an identity (alg "none" is refused) and sign their envelopes.
+	Secure bool
 	// NodeDownAfter and TrailingLogs are passed to every node (0: the
 	// defaults).
 	NodeDownAfter time.Duration
@@ -115,7 +118,7 @@ func (c *Cluster) startNode(nd *Node, raftLn net.Listener) {
 		c.t.Fatalf("start %s: %v", nd.ID, err)
 	}
 	to := c.opt.Transport
-	to.Dev = true
+	to.Dev = !c.opt.Secure
 	to.Logger = c.opt.Logger.With("node", nd.ID)
 	ws := transport.NewServer(node, to)
 	addr := "127.0.0.1:0"
