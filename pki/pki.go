@@ -1,6 +1,7 @@
 // Package pki owns mcpd's TLS material: a cluster certificate authority,
 // the node certificates it signs, and the tls.Config values built from them
-// for client-facing ports and, later, mutual TLS between cluster nodes.
+// for client-facing ports and for mutual TLS between cluster nodes
+// (node.go).
 //
 // Key material is ECDSA P-256, stored as PEM files. Certificates go in
 // "CERTIFICATE" blocks and private keys in PKCS#8 "PRIVATE KEY" blocks.
@@ -24,6 +25,7 @@ import (
 	"math/big"
 	"net"
 	"net/netip"
+	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -51,7 +53,10 @@ const (
 	backdate = time.Hour
 )
 
-const devCACommonName = "mcpd dev CA"
+const (
+	devCACommonName     = "mcpd dev CA"
+	clusterCACommonName = "mcpd cluster CA"
+)
 
 // now is the clock used for validity decisions; tests may replace it.
 var now = time.Now
@@ -60,9 +65,10 @@ var now = time.Now
 // certificate it presents. Values are created by this package; the exported
 // fields are informational and must not be modified.
 //
-// The same type serves a single-node dev setup (EnsureDevCA) and is meant to
-// serve cluster members too, where a node holds its own certificate and the
-// cluster CA certificate but not the CA private key.
+// The same type serves a single-node dev setup (EnsureDevCA), the operator
+// issuing node certificates (EnsureNodeCert), and cluster members (LoadNode),
+// which hold their own certificate and the cluster CA certificate but not
+// the CA private key.
 type Material struct {
 	// Dir is the directory the material was loaded from.
 	Dir string
@@ -81,6 +87,9 @@ type Material struct {
 	CAPool *x509.CertPool
 	// Cert is the node certificate with its private key; Cert.Leaf is set.
 	Cert tls.Certificate
+	// NodeID is the node id the certificate was issued for, or "" for a
+	// certificate shared by every node (EnsureDevCA).
+	NodeID string
 }
 
 // ServerTLS returns a server configuration presenting the node certificate,
@@ -126,6 +135,12 @@ func (m *Material) ClientTLS() *tls.Config {
 // EnsureDevCA is not safe to run concurrently on the same directory from
 // several processes.
 func EnsureDevCA(dir string, hosts []string) (*Material, error) {
+	return ensure(dir, nodeCertName, nodeKeyName, "", devCACommonName, hosts)
+}
+
+// ensure loads or creates the CA in dir, then keeps or (re)issues the node
+// certificate certName/keyName for node id (none when "") and hosts.
+func ensure(dir, certName, keyName, id, caName string, hosts []string) (*Material, error) {
 	names, ips, err := sanList(hosts)
 	if err != nil {
 		return nil, err
@@ -137,11 +152,12 @@ func EnsureDevCA(dir string, hosts []string) (*Material, error) {
 		Dir:       dir,
 		CAFile:    filepath.Join(dir, caCertName),
 		CAKeyFile: filepath.Join(dir, caKeyName),
-		CertFile:  filepath.Join(dir, nodeCertName),
-		KeyFile:   filepath.Join(dir, nodeKeyName),
+		CertFile:  filepath.Join(dir, certName),
+		KeyFile:   filepath.Join(dir, keyName),
+		NodeID:    id,
 	}
 
-	ca, caKey, err := loadOrCreateCA(m.CAFile, m.CAKeyFile, devCACommonName)
+	ca, caKey, err := loadOrCreateCA(m.CAFile, m.CAKeyFile, caName)
 	if err != nil {
 		return nil, err
 	}
@@ -155,12 +171,12 @@ func EnsureDevCA(dir string, hosts []string) (*Material, error) {
 	m.CAPool.AddCert(ca)
 
 	cert, err := loadNodeCert(m.CertFile, m.KeyFile)
-	if err == nil && nodeCertUsable(cert.Leaf, ca, names, ips, t) {
+	if err == nil && nodeCertUsable(cert.Leaf, ca, id, names, ips, t) {
 		m.Cert = cert
 		return m, nil
 	}
 	// Missing, unreadable, mismatched, expiring or too narrow: issue anew.
-	cert, err = issueNodeCert(m.CertFile, m.KeyFile, ca, caKey, names, ips)
+	cert, err = issueNodeCert(m.CertFile, m.KeyFile, ca, caKey, id, names, ips)
 	if err != nil {
 		return nil, err
 	}
@@ -362,10 +378,14 @@ func loadNodeCert(certFile, keyFile string) (tls.Certificate, error) {
 }
 
 // nodeCertUsable reports whether leaf is signed by ca, is valid now and for
-// longer than renewBefore, allows server and client authentication, and
-// lists every wanted name and address.
-func nodeCertUsable(leaf, ca *x509.Certificate, names []string, ips []net.IP, t time.Time) bool {
+// longer than renewBefore, allows server and client authentication, names
+// node id (or no node, when id is ""), and lists every wanted name and
+// address.
+func nodeCertUsable(leaf, ca *x509.Certificate, id string, names []string, ips []net.IP, t time.Time) bool {
 	if !bytes.Equal(leaf.RawIssuer, ca.RawSubject) || leaf.CheckSignatureFrom(ca) != nil {
+		return false
+	}
+	if got, err := NodeIDOf(leaf); err != nil || got != id {
 		return false
 	}
 	if t.Before(leaf.NotBefore) || !t.Add(renewBefore).Before(leaf.NotAfter) {
@@ -389,8 +409,10 @@ func nodeCertUsable(leaf, ca *x509.Certificate, names []string, ips []net.IP, t 
 }
 
 // issueNodeCert creates a fresh node key and a certificate for it signed by
-// the CA, writes both, and returns them ready for use.
-func issueNodeCert(certFile, keyFile string, ca *x509.Certificate, caKey crypto.Signer, names []string, ips []net.IP) (tls.Certificate, error) {
+// the CA, writes both, and returns them ready for use. A non-empty id is
+// recorded as the node the certificate belongs to (NodeURI) and becomes its
+// common name.
+func issueNodeCert(certFile, keyFile string, ca *x509.Certificate, caKey crypto.Signer, id string, names []string, ips []net.IP) (tls.Certificate, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return tls.Certificate{}, fmt.Errorf("pki: generate node key: %w", err)
@@ -404,10 +426,16 @@ func issueNodeCert(certFile, keyFile string, ca *x509.Certificate, caKey crypto.
 	if notAfter.After(ca.NotAfter) {
 		notAfter = ca.NotAfter
 	}
-	// The first non-loopback name, if any, makes the subject readable.
+	// The node id, else the first non-loopback name, makes the subject
+	// readable; only the URI SAN is authoritative (NodeIDOf).
 	cn := "mcpd node"
 	if i := slices.IndexFunc(names, func(n string) bool { return n != "localhost" }); i >= 0 {
 		cn = names[i]
+	}
+	var uris []*url.URL
+	if id != "" {
+		cn = id
+		uris = []*url.URL{NodeURI(id)}
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber: serial,
@@ -418,6 +446,7 @@ func issueNodeCert(certFile, keyFile string, ca *x509.Certificate, caKey crypto.
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
 		DNSNames:     names,
 		IPAddresses:  ips,
+		URIs:         uris,
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, key.Public(), caKey)
 	if err != nil {
