@@ -20,7 +20,7 @@ import (
 
 // ---------------------------------------------------------------- helpers
 
-func mustOpen(t *testing.T, path, local string) *fsm.FSM {
+func mustOpen(t testing.TB, path, local string) *fsm.FSM {
 	t.Helper()
 	f, err := fsm.Open(path, local)
 	if err != nil {
@@ -30,7 +30,7 @@ func mustOpen(t *testing.T, path, local string) *fsm.FSM {
 	return f
 }
 
-func mustFresh(t *testing.T, local string) *fsm.FSM {
+func mustFresh(t testing.TB, local string) *fsm.FSM {
 	t.Helper()
 	return mustOpen(t, filepath.Join(t.TempDir(), "state.db"), local)
 }
