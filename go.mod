@@ -13,6 +13,8 @@ require (
 	go.etcd.io/bbolt v1.4.3
 )
 
+require golang.org/x/time v0.16.0 // indirect
+
 require (
 	github.com/anishathalye/porcupine v1.3.1
 	github.com/armon/go-metrics v0.4.1 // indirect

@@ -47,6 +47,8 @@ func newResult(t MessageType) any {
 		return &PublishResult{}
 	case TypeSubscribe:
 		return &SubscribeResult{}
+	case TypeAgentAdd, TypeAgentRevoke:
+		return &AgentResult{}
 	}
 	return nil
 }
@@ -107,10 +109,15 @@ func DecodeReplies(b []byte) ([]*Reply, error) {
 // RepliedOnApply reports whether a command's reply must wait until the
 // node holding the connection has applied it: its ok must precede the
 // pushes that the same node produces afterwards (consume, subscribe), or
-// the pushes it ends must not follow it (cancel, unsubscribe).
+// the pushes it ends must not follow it (cancel, unsubscribe), or what it
+// changed must be visible on that node when the reply arrives.
 func RepliedOnApply(t MessageType) bool {
 	switch t {
 	case TypeConsume, TypeSubscribe, TypeCancel, TypeUnsubscribe:
+		return true
+	case TypeAgentAdd, TypeAgentRevoke:
+		// An operator who added an agent may connect it to this node at
+		// once; one who revoked it expects its connections here closed.
 		return true
 	}
 	return false

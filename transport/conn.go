@@ -24,6 +24,7 @@ type conn struct {
 
 	id     string // cluster connection id, set on auth
 	agent  string
+	ident  *identity // set on auth, read by the reader goroutine only
 	authed atomic.Bool
 
 	// The send queue. Everything not yet written counts against the
@@ -208,6 +209,7 @@ func (c *conn) run() {
 	defer func() {
 		c.shutdown(websocket.CloseNormalClosure, "")
 		if c.authed.Load() {
+			c.s.untrack(c)
 			c.s.node.DropConn(c.id)
 		}
 	}()

@@ -68,6 +68,10 @@ func (c *conn) handle(data []byte) {
 		c.sendErr(r.rid, "unauthenticated", "authenticate first: send auth", false)
 		return
 	}
+	if r.op != "auth" && c.limited(len(data)) {
+		c.sendErr(r.rid, "rate_limited", "this agent's rate limit is exhausted; slow down and retry", false)
+		return
+	}
 	if err := h(c, r); err != nil {
 		code, msg := errorCode(err)
 		c.sendErr(r.rid, code, msg, false)
@@ -99,6 +103,8 @@ func errorCode(err error) (string, string) {
 		return "forbidden", err.Error()
 	case errors.Is(err, auth.ErrSkew):
 		return "replay", err.Error()
+	case errors.Is(err, auth.ErrBadSignature):
+		return "bad_signature", err.Error()
 	case errors.Is(err, auth.ErrBadEnvelope), errors.Is(err, queue.ErrBadRequest):
 		return "bad_request", err.Error()
 	case errors.Is(err, queue.ErrNotFound):
@@ -123,6 +129,7 @@ func (c *conn) submit(r *request, t fsm.MessageType, body any) error {
 		c.takePending(req)
 		return err
 	}
+	cmd.Actor = c.agent
 	// Queued from the reader goroutine, so one connection's commands reach
 	// the log in the order it sent them.
 	c.s.node.SubmitAsync(cmd, func(err error) {
@@ -156,14 +163,19 @@ func (c *conn) opAuth(r *request) error {
 	switch alg {
 	case "none":
 		if !c.s.opt.Dev {
+			c.s.audit.record(c, fsm.AuthEventArgs{Kind: "auth.fail", Agent: agent, Code: "unauthenticated", Detail: "alg none outside dev mode"})
 			return perr("unauthenticated", "alg \"none\" is accepted in dev mode only")
 		}
+		c.agent = agent
+		c.ident = &identity{}
 	case "ed25519", "hmac-sha256":
-		return perr("unauthenticated", "agent %q is unknown: no agent identities are configured on this node", agent)
+		if err := c.authWithKey(r, agent, alg); err != nil {
+			return err
+		}
+		c.s.audit.record(c, fsm.AuthEventArgs{Kind: "auth.ok", Agent: agent, Detail: alg})
 	default:
 		return badField("alg must be ed25519, hmac-sha256 or none")
 	}
-	c.agent = agent
 	c.id = c.s.node.NewConn(c)
 	c.authed.Store(true)
 	c.sendOK(r.rid, "agent", agent)
@@ -189,7 +201,7 @@ func (c *conn) envelope(r *request) (*auth.Envelope, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := env.CheckDev(c.agent, c.s.node.Now(), c.s.opt.SkewMs); err != nil {
+	if err := c.checkEnvelope(env); err != nil {
 		return nil, err
 	}
 	return env, nil
@@ -218,6 +230,9 @@ func (c *conn) opEnqueue(r *request) error {
 	if auth.IsInbox(name) {
 		return perr("forbidden", "enqueue to an inbox is not allowed; use send")
 	}
+	if err := c.allow(auth.OpEnqueue, name); err != nil {
+		return err
+	}
 	return c.enqueue(r, name)
 }
 
@@ -228,6 +243,9 @@ func (c *conn) opSend(r *request) error {
 	}
 	if !auth.ValidAgentName(to) {
 		return badField("to must be an agent name")
+	}
+	if err := c.allow(auth.OpSend, to); err != nil {
+		return err
 	}
 	return c.enqueue(r, "@"+to)
 }
@@ -262,6 +280,11 @@ func (c *conn) opConsume(r *request) error {
 	lease, err := r.int("lease_ms", false, minLeaseMs, maxLeaseMs, defLeaseMs)
 	if err != nil {
 		return err
+	}
+	if !auth.IsInbox(name) {
+		if err := c.allow(auth.OpConsume, name); err != nil {
+			return err
+		}
 	}
 	return c.submit(r, fsm.TypeConsume, &queue.ConsumeArgs{Queue: name, Conn: c.id, Prefetch: int(prefetch), LeaseMs: lease})
 }
@@ -335,6 +358,9 @@ func (c *conn) opDeclare(r *request) error {
 	if err != nil {
 		return err
 	}
+	if err := c.allowQueue(name); err != nil {
+		return err
+	}
 	a := &queue.DeclareArgs{Queue: name}
 	if r.has("max_attempts") {
 		n, err := r.int("max_attempts", true, 1, 1000, 0)
@@ -365,6 +391,9 @@ func (c *conn) opDeclare(r *request) error {
 		if err != nil {
 			return err
 		}
+		if err := c.allowQueue(d); err != nil {
+			return err
+		}
 		a.DLQ = &d
 	}
 	if _, ok := r.fields["max_len"]; ok {
@@ -386,6 +415,9 @@ func (c *conn) opInfo(r *request) error {
 	if err != nil {
 		return err
 	}
+	if err := c.allowQueue(name); err != nil {
+		return err
+	}
 	var info queue.Info
 	if err := c.s.node.Read(func(tx *bolt.Tx) error {
 		info, err = queue.ReadInfo(tx, name)
@@ -405,6 +437,9 @@ func (c *conn) opPublish(r *request) error {
 	if !queue.ValidTopic(topic, false) {
 		return badField("topic must be dot-separated tokens of [A-Za-z0-9_-] without wildcards")
 	}
+	if err := c.allow(auth.OpPublish, topic); err != nil {
+		return err
+	}
 	env, err := c.envelope(r)
 	if err != nil {
 		return err
@@ -419,6 +454,9 @@ func (c *conn) opSubscribe(r *request) error {
 	}
 	if !queue.ValidTopic(topic, true) {
 		return badField("topic must be dot-separated tokens of [A-Za-z0-9_-], '*' or a final '>'")
+	}
+	if err := c.allow(auth.OpSubscribe, topic); err != nil {
+		return err
 	}
 	return c.submit(r, fsm.TypeSubscribe, &queue.SubscribeArgs{Pattern: topic, Conn: c.id})
 }

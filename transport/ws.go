@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+	"github.com/mcpd/mcpd/auth"
 	"github.com/mcpd/mcpd/cluster"
 )
 
@@ -53,7 +54,10 @@ type Options struct {
 	// (default DefaultMaxConns); a handshake beyond it is refused with
 	// HTTP 503 before the upgrade.
 	MaxConns int
-	Logger   *slog.Logger
+	// ClusterKey opens the sealed secrets of hmac-sha256 agents; without
+	// it only ed25519 agents (and dev connections) can authenticate.
+	ClusterKey *auth.ClusterKey
+	Logger     *slog.Logger
 }
 
 // DefaultMaxConns is the connection limit when Options.MaxConns is 0.
@@ -109,6 +113,9 @@ type Server struct {
 	slowClosed atomic.Int64 // connections closed as slow consumers
 	lastWarn   atomic.Int64 // unix ms of the last "at the limit" warning
 
+	trust trust
+	audit auditor
+
 	peakMu sync.Mutex // the largest send queue of a closed connection
 	peak   int
 	peakB  int64
@@ -124,7 +131,7 @@ func (s *Server) notePeak(n int, b int64) {
 // NewServer returns a WebSocket server for node.
 func NewServer(node *cluster.Node, opt Options) *Server {
 	opt.defaults()
-	return &Server{
+	s := &Server{
 		node:  node,
 		opt:   opt,
 		log:   opt.Logger.With("component", "ws"),
@@ -141,6 +148,9 @@ func NewServer(node *cluster.Node, opt Options) *Server {
 			CheckOrigin:     func(*http.Request) bool { return true },
 		},
 	}
+	s.audit = auditor{s: s, window: time.Second, perWindow: 20}
+	node.SetNodeSink(nodeSink{s})
+	return s
 }
 
 // Handler serves /v1.

@@ -36,6 +36,7 @@ type serveFlags struct {
 	logLevel, logFormat              string
 	pprof                            bool
 	noSync                           bool // --test-unsafe-no-fsync
+	trust                            trustFlags
 }
 
 func runServe(args []string) error {
@@ -64,6 +65,7 @@ func runServe(args []string) error {
 	fs.DurationVar(&f.clockOffset, "test-clock-offset", 0, "shift this node's clock (fault-injection tests only)")
 	fs.Uint64Var(&f.snapEvery, "test-snapshot-threshold", 0, "snapshot every this many entries, checked every second, keeping as many (tests only)")
 	fs.BoolVar(&f.noSync, "test-unsafe-no-fsync", false, "never fsync the Raft log or state.db: loses acknowledged messages on power loss (the fault suite's self-test only)")
+	f.trust.register(fs)
 	fs.BoolVar(&f.pprof, "pprof", false, "serve Go profiles under /debug/pprof/ on the health port")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&f.logFormat, "log-format", "text", "text or json")
@@ -101,6 +103,10 @@ func runServe(args []string) error {
 	if err != nil {
 		return err
 	}
+	clusterKey, err := loadClusterKey(&f, log)
+	if err != nil {
+		return err
+	}
 
 	node, err := cluster.New(cluster.Config{
 		NodeID:           f.nodeID,
@@ -119,7 +125,7 @@ func runServe(args []string) error {
 		return err
 	}
 	f.maxConns = checkFileLimit(f.maxConns, log)
-	ws := transport.NewServer(node, transport.Options{Dev: f.dev || f.authNone, MaxFrame: f.maxFrame, MaxConns: f.maxConns, Logger: log})
+	ws := transport.NewServer(node, transport.Options{Dev: f.dev || f.authNone, ClusterKey: clusterKey, MaxFrame: f.maxFrame, MaxConns: f.maxConns, Logger: log})
 	wsLn, err := net.Listen("tcp", net.JoinHostPort(f.bind, strconv.Itoa(f.port)))
 	if err != nil {
 		node.Shutdown()
@@ -138,7 +144,15 @@ func runServe(args []string) error {
 		healthMux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	}
 	health := &http.Server{Handler: healthMux, ReadHeaderTimeout: 5 * time.Second}
-	errc := make(chan error, 2)
+	errc := make(chan error, 4)
+	admin, _, err := startAdmin(&f, node, clusterKey, tlsConf, log, errc)
+	if err != nil {
+		wsLn.Close()
+		healthLn.Close()
+		node.Shutdown()
+		return err
+	}
+	defer admin.close()
 	go func() { errc <- ws.Serve(tls.NewListener(wsLn, tlsConf)) }()
 	go func() {
 		if err := health.Serve(healthLn); !errors.Is(err, http.ErrServerClosed) {

@@ -1,0 +1,258 @@
+package transport
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/mcpd/mcpd/auth"
+	"github.com/mcpd/mcpd/cluster"
+	"github.com/mcpd/mcpd/fsm"
+	bolt "go.etcd.io/bbolt"
+)
+
+// Admin serves the operator's JSON API: on the node's local unix socket
+// (mode 0600 in the data directory: root on the box is the operator) and,
+// when the operator gives a token, on the admin port over HTTPS.
+type Admin struct {
+	node *cluster.Node
+	key  *auth.ClusterKey
+	log  *slog.Logger
+	mux  *http.ServeMux
+}
+
+// AdminAgentRequest is the body of POST /v1/agents. An ed25519 agent
+// brings its public key (the CLI makes the key pair and keeps the private
+// half); an hmac-sha256 agent its secret, which the node seals under the
+// cluster key before proposing it, so it never enters the log in clear.
+type AdminAgentRequest struct {
+	Name      string      `json:"name"`
+	Alg       string      `json:"alg"`
+	PublicKey []byte      `json:"public_key,omitempty"`
+	Secret    []byte      `json:"secret,omitempty"`
+	Caps      []string    `json:"capabilities,omitempty"`
+	ACL       auth.ACL    `json:"acl"`
+	Limits    auth.Limits `json:"limits"`
+}
+
+// AdminError is the body of every error answer.
+type AdminError struct {
+	Code  string `json:"code"`
+	Error string `json:"error"`
+}
+
+// maxAdminBody bounds a request body.
+const maxAdminBody = 1 << 20
+
+// NewAdmin returns the admin API of node. key seals HMAC secrets; without
+// it hmac-sha256 agents cannot be added.
+func NewAdmin(node *cluster.Node, key *auth.ClusterKey, log *slog.Logger) *Admin {
+	if log == nil {
+		log = slog.Default()
+	}
+	a := &Admin{node: node, key: key, log: log.With("component", "admin"), mux: http.NewServeMux()}
+	a.mux.HandleFunc("GET /v1/agents", a.listAgents)
+	a.mux.HandleFunc("GET /v1/agents/{name}", a.showAgent)
+	a.mux.HandleFunc("POST /v1/agents", a.addAgent)
+	a.mux.HandleFunc("POST /v1/agents/{name}/revoke", a.revokeAgent)
+	return a
+}
+
+// Handle adds a route to the admin API, for the packages that own what it
+// serves.
+func (a *Admin) Handle(pattern string, h http.HandlerFunc) { a.mux.HandleFunc(pattern, h) }
+
+// operatorKey carries the operator's name in a request context.
+type operatorKey struct{}
+
+// Operator is who the admin request came from, for the audit log.
+func Operator(r *http.Request) string {
+	if s, ok := r.Context().Value(operatorKey{}).(string); ok {
+		return s
+	}
+	return "operator"
+}
+
+// LocalHandler serves the unix socket: whoever can open it is the
+// operator.
+func (a *Admin) LocalHandler() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		a.mux.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), operatorKey{}, "operator:local")))
+	})
+}
+
+// TokenHandler serves the admin port: every request must carry
+// "Authorization: Bearer TOKEN".
+func (a *Admin) TokenHandler(token string) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if !ok || token == "" || subtle.ConstantTimeCompare([]byte(got), []byte(token)) != 1 {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="mcpd"`)
+			adminErr(w, http.StatusUnauthorized, "unauthenticated", "an operator token is required")
+			return
+		}
+		a.mux.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), operatorKey{}, "operator:token")))
+	})
+}
+
+func adminJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
+}
+
+func adminErr(w http.ResponseWriter, status int, code, format string, args ...any) {
+	adminJSON(w, status, AdminError{Code: code, Error: fmt.Sprintf(format, args...)})
+}
+
+// adminFail answers an error from the node or the FSM.
+func adminFail(w http.ResponseWriter, err error) {
+	code, msg := errorCode(err)
+	status := http.StatusInternalServerError
+	switch code {
+	case "bad_request":
+		status = http.StatusBadRequest
+	case "not_found":
+		status = http.StatusNotFound
+	case "conflict":
+		status = http.StatusConflict
+	case "forbidden":
+		status = http.StatusForbidden
+	case "unavailable":
+		status = http.StatusServiceUnavailable
+	}
+	adminJSON(w, status, AdminError{Code: code, Error: msg})
+}
+
+func (a *Admin) listAgents(w http.ResponseWriter, r *http.Request) {
+	agents := []auth.Agent{}
+	err := a.node.Read(func(tx *bolt.Tx) error {
+		return auth.ListAgents(tx, func(ag *auth.Agent) error {
+			agents = append(agents, *ag)
+			return nil
+		})
+	})
+	if err != nil {
+		adminFail(w, err)
+		return
+	}
+	adminJSON(w, http.StatusOK, map[string]any{"agents": agents})
+}
+
+func (a *Admin) showAgent(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	var rec auth.Agent
+	var ok bool
+	err := a.node.Read(func(tx *bolt.Tx) (err error) {
+		rec, ok, err = auth.GetAgent(tx, name)
+		return err
+	})
+	switch {
+	case err != nil:
+		adminFail(w, err)
+	case !ok:
+		adminErr(w, http.StatusNotFound, "not_found", "no agent %q", name)
+	default:
+		adminJSON(w, http.StatusOK, rec)
+	}
+}
+
+func decodeBody(r *http.Request, v any) error {
+	dec := json.NewDecoder(io.LimitReader(r.Body, maxAdminBody))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return fmt.Errorf("request body: %v", err)
+	}
+	return nil
+}
+
+func (a *Admin) addAgent(w http.ResponseWriter, r *http.Request) {
+	var req AdminAgentRequest
+	if err := decodeBody(r, &req); err != nil {
+		adminErr(w, http.StatusBadRequest, "bad_request", "%v", err)
+		return
+	}
+	rec := auth.Agent{Name: req.Name, Alg: req.Alg, Caps: req.Caps, ACL: req.ACL, Limits: req.Limits, CreatedBy: Operator(r)}
+	switch req.Alg {
+	case auth.AlgEd25519:
+		if len(req.PublicKey) != ed25519.PublicKeySize || len(req.Secret) != 0 {
+			adminErr(w, http.StatusBadRequest, "bad_request", "an ed25519 agent needs its %d-byte public_key and no secret", ed25519.PublicKeySize)
+			return
+		}
+		rec.Public = req.PublicKey
+	case auth.AlgHMACSHA256:
+		if len(req.Secret) < 16 || len(req.PublicKey) != 0 {
+			adminErr(w, http.StatusBadRequest, "bad_request", "an hmac-sha256 agent needs a secret of at least 16 bytes and no public_key")
+			return
+		}
+		if a.key == nil {
+			adminErr(w, http.StatusConflict, "conflict", "this node has no cluster key (--cluster-key-file): hmac-sha256 secrets cannot be stored encrypted")
+			return
+		}
+		sealed, err := a.key.Seal(req.Name, req.Secret)
+		if err != nil {
+			adminFail(w, err)
+			return
+		}
+		rec.Sealed, rec.SealKey = sealed, a.key.ID()
+	default:
+		adminErr(w, http.StatusBadRequest, "bad_request", "alg must be ed25519 or hmac-sha256")
+		return
+	}
+	if err := rec.Check(); err != nil {
+		adminErr(w, http.StatusBadRequest, "bad_request", "%v", err)
+		return
+	}
+	a.call(w, r, fsm.TypeAgentAdd, &fsm.AgentAddArgs{Agent: rec}, http.StatusCreated)
+}
+
+func (a *Admin) revokeAgent(w http.ResponseWriter, r *http.Request) {
+	var req struct {
+		Reason string `json:"reason"`
+	}
+	if r.ContentLength != 0 {
+		if err := decodeBody(r, &req); err != nil {
+			adminErr(w, http.StatusBadRequest, "bad_request", "%v", err)
+			return
+		}
+	}
+	name := r.PathValue("name")
+	if !auth.ValidAgentName(name) {
+		adminErr(w, http.StatusBadRequest, "bad_request", "%q is not an agent name", name)
+		return
+	}
+	a.call(w, r, fsm.TypeAgentRevoke, &fsm.AgentRevokeArgs{Name: name, Reason: req.Reason}, http.StatusOK)
+}
+
+// call proposes an identity command and answers with the stored record.
+func (a *Admin) call(w http.ResponseWriter, r *http.Request, t fsm.MessageType, body any, status int) {
+	ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)
+	defer cancel()
+	rep, err := a.node.Call(ctx, t, Operator(r), body)
+	if err != nil {
+		adminFail(w, err)
+		return
+	}
+	if rep.Err != nil {
+		adminFail(w, rep.Err)
+		return
+	}
+	res, ok := rep.Result.(*fsm.AgentResult)
+	if !ok {
+		adminFail(w, errors.New("the command produced no agent record"))
+		return
+	}
+	a.log.Info("agent identity changed", "op", map[fsm.MessageType]string{fsm.TypeAgentAdd: "add", fsm.TypeAgentRevoke: "revoke"}[t],
+		"agent", res.Agent.Name, "operator", Operator(r))
+	adminJSON(w, status, res.Agent)
+}
