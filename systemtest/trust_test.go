@@ -1,0 +1,166 @@
+package systemtest
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/mcpd/mcpd/auth"
+	"github.com/mcpd/mcpd/client"
+)
+
+// mcpdOut runs the binary and returns its stdout, stderr and error.
+func mcpdOut(t *testing.T, args ...string) (string, string, error) {
+	t.Helper()
+	cmd := exec.Command(mcpdBinary(t), args...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	return out.String(), errb.String(), err
+}
+
+// The operator's agent commands against a dev node, through its admin
+// socket: add prints the credential once and writes it 0600, the
+// credential works with the Go client, the ACL holds, revoke ends it.
+func Test_Trust_AgentCLI(t *testing.T) {
+	p, dataDir, health, url := devNode(t)
+	p.start(t)
+	waitReady(t, health, 20*time.Second)
+	ca := filepath.Join(dataDir, "tls", "ca.pem")
+	dir := t.TempDir()
+	cred := filepath.Join(dir, "cipher.cred")
+
+	if fi, err := os.Stat(filepath.Join(dataDir, "admin.sock")); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("admin socket: %v, mode %v", err, fi.Mode())
+	}
+	out, stderr, err := mcpdOut(t, "agent", "add", "cipher", "--data-dir", dataDir, "--out", cred,
+		"--cap", "ghidra.decompile", "--allow-enqueue", "jobs.*", "--allow-consume", "jobs.*")
+	if err != nil {
+		t.Fatalf("agent add: %v\n%s", err, stderr)
+	}
+	written, err := os.ReadFile(cred)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi, _ := os.Stat(cred); fi.Mode().Perm() != 0o600 {
+		t.Fatalf("credential file mode %v, want 0600", fi.Mode().Perm())
+	}
+	if strings.TrimSpace(out) != strings.TrimSpace(string(written)) {
+		t.Fatalf("printed credential %q differs from the file %q", out, written)
+	}
+	agent, key, err := auth.ParseCredential(written)
+	if err != nil || agent != "cipher" || key.Alg != auth.AlgEd25519 {
+		t.Fatalf("credential: %s %+v %v", agent, key.Alg, err)
+	}
+
+	// A taken --out path fails before the agent exists.
+	if _, _, err := mcpdOut(t, "agent", "add", "other", "--data-dir", dataDir, "--out", cred); err == nil {
+		t.Fatal("agent add over an existing credential file succeeded")
+	}
+	if _, _, err := mcpdOut(t, "agent", "show", "other", "--data-dir", dataDir); err == nil {
+		t.Fatal("agent other exists after its add failed")
+	}
+
+	// show: the public key, never a private one.
+	out, stderr, err = mcpdOut(t, "agent", "show", "cipher", "--data-dir", dataDir)
+	if err != nil {
+		t.Fatalf("agent show: %v\n%s", err, stderr)
+	}
+	var shown map[string]any
+	if err := json.Unmarshal([]byte(out), &shown); err != nil || shown["name"] != "cipher" || shown["public_key"] == nil {
+		t.Fatalf("agent show: %s (%v)", out, err)
+	}
+	if strings.Contains(out, "private") || strings.Contains(out, string(key.Signer.Seed())) {
+		t.Fatalf("agent show reveals private material: %s", out)
+	}
+
+	// An hmac-sha256 agent: the dev node sealed its secret under the
+	// cluster key it created; the secret is nowhere in state.db.
+	hcred := filepath.Join(dir, "legacy.cred")
+	if _, stderr, err := mcpdOut(t, "agent", "add", "legacy", "--alg", "hmac-sha256", "--data-dir", dataDir, "--out", hcred); err != nil {
+		t.Fatalf("agent add hmac: %v\n%s", err, stderr)
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	signer, err := client.LoadCredentials(cred)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl, err := client.Dial(ctx, client.Options{URLs: []string{url}, Agent: "cipher", CAFile: ca, Signer: signer})
+	if err != nil {
+		t.Fatalf("dial with the credential: %v", err)
+	}
+	defer cl.Close()
+	if _, err := cl.Enqueue(ctx, "jobs.firmware", map[string]string{"target": "device_x"}); err != nil {
+		t.Fatalf("enqueue allowed by the ACL: %v", err)
+	}
+	if _, err := cl.Enqueue(ctx, "payroll", 1); !client.IsCode(err, "forbidden") {
+		t.Fatalf("enqueue outside the ACL: %v, want forbidden", err)
+	}
+	hsigner, err := client.LoadCredentials(hcred)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Neither the Raft log nor state.db holds the secret in clear; both
+	// hold the record (so the files looked at are the right ones).
+	for _, f := range []string{filepath.Join("raft", "raft.db"), "state.db"} {
+		path := filepath.Join(dataDir, f)
+		waitFor(t, 10*time.Second, "the hmac agent in "+f, func() error {
+			b, err := os.ReadFile(path)
+			if err != nil {
+				return err
+			}
+			if bytes.Contains(b, hsigner.Key.Secret) {
+				t.Fatalf("%s holds the hmac secret in clear", f)
+			}
+			if !bytes.Contains(b, []byte("legacy")) {
+				return errorString("no record of legacy yet")
+			}
+			return nil
+		})
+	}
+	hcl, err := client.Dial(ctx, client.Options{URLs: []string{url}, Agent: "legacy", CAFile: ca, Signer: hsigner})
+	if err != nil {
+		t.Fatalf("dial with the hmac credential: %v", err)
+	}
+	if _, err := hcl.Ping(ctx); err != nil {
+		t.Fatal(err)
+	}
+	hcl.Close()
+
+	out, _, err = mcpdOut(t, "agent", "list", "--data-dir", dataDir)
+	if err != nil || !strings.Contains(out, "cipher") || !strings.Contains(out, "legacy") || !strings.Contains(out, "active") {
+		t.Fatalf("agent list: %v\n%s", err, out)
+	}
+
+	if out, stderr, err := mcpdOut(t, "agent", "revoke", "cipher", "--reason", "rotated", "--data-dir", dataDir); err != nil {
+		t.Fatalf("agent revoke: %v\n%s%s", err, out, stderr)
+	}
+	// The live client is cut off and cannot come back.
+	waitFor(t, 20*time.Second, "the revoked client to fail", func() error {
+		pctx, pcancel := context.WithTimeout(ctx, time.Second)
+		defer pcancel()
+		if _, err := cl.Ping(pctx); err == nil {
+			return errorString("ping still works")
+		}
+		return nil
+	})
+	if _, err := client.Dial(ctx, client.Options{URLs: []string{url}, Agent: "cipher", CAFile: ca, Signer: signer}); !client.IsCode(err, "unauthenticated") {
+		t.Fatalf("dial after revoke: %v, want unauthenticated", err)
+	}
+	out, _, _ = mcpdOut(t, "agent", "list", "--data-dir", dataDir)
+	if !strings.Contains(out, "revoked") {
+		t.Fatalf("agent list after revoke: %s", out)
+	}
+}
+
+type errorString string
+
+func (e errorString) Error() string { return string(e) }
