@@ -135,6 +135,13 @@ func Test_Trust_AgentCLI(t *testing.T) {
 	}
 	hcl.Close()
 
+	// The CLI tools sign with a credential too.
+	if out, stderr, err := mcpdOut(t, "send", "--server", url, "--ca", ca, "--cred", cred, "--queue", "jobs.cli", "--body", `{"n":1}`); err != nil || strings.TrimSpace(out) != "1" {
+		t.Fatalf("send --cred: %v %q\n%s", err, out, stderr)
+	}
+	if _, _, err := mcpdOut(t, "send", "--server", url, "--ca", ca, "--cred", cred, "--queue", "payroll", "--body", `1`); err == nil {
+		t.Fatal("send --cred outside the ACL succeeded")
+	}
 	out, _, err = mcpdOut(t, "agent", "list", "--data-dir", dataDir)
 	if err != nil || !strings.Contains(out, "cipher") || !strings.Contains(out, "legacy") || !strings.Contains(out, "active") {
 		t.Fatalf("agent list: %v\n%s", err, out)

@@ -108,6 +108,7 @@ type connFlags struct {
 	servers string
 	ca      string
 	agent   string
+	cred    string
 	timeout time.Duration
 }
 
@@ -116,7 +117,8 @@ const defaultCA = "mcpd-data/tls/ca.pem"
 func (f *connFlags) register(fs *flag.FlagSet, agent string, timeout time.Duration, timeoutHelp string) {
 	fs.StringVar(&f.servers, "server", "wss://127.0.0.1:4433/v1", "node URLs, comma-separated; HOST:PORT means wss://HOST:PORT/v1")
 	fs.StringVar(&f.ca, "ca", "", "CA certificate (PEM) of the cluster (default "+defaultCA+" when it exists)")
-	fs.StringVar(&f.agent, "agent", agent, "agent name to authenticate as (dev auth, alg none)")
+	fs.StringVar(&f.agent, "agent", agent, "agent name to authenticate as with dev auth (alg none), when --cred is not given")
+	fs.StringVar(&f.cred, "cred", "", "the agent's credential file ('mcpd agent add --out'): authenticate and sign as that agent")
 	fs.DurationVar(&f.timeout, "timeout", timeout, timeoutHelp+"; 0 waits forever")
 }
 
@@ -160,12 +162,20 @@ func (f *connFlags) options() (client.Options, error) {
 			ca = defaultCA
 		}
 	}
-	return client.Options{
+	opts := client.Options{
 		URLs:   urls,
 		Agent:  f.agent,
 		CAFile: ca,
 		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
-	}, nil
+	}
+	if f.cred != "" {
+		signer, err := client.LoadCredentials(f.cred)
+		if err != nil {
+			return client.Options{}, fmt.Errorf("--cred: %w", err)
+		}
+		opts.Agent, opts.Signer = signer.Agent, signer
+	}
+	return opts, nil
 }
 
 // dial connects with the flags, explaining the usual failures.
