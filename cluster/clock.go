@@ -174,7 +174,7 @@ func (n *Node) probePeer(id raft.ServerID, addr string, stop chan struct{}) {
 	defer t.Stop()
 	for {
 		if c == nil {
-			c, _ = dial(addr, protoClock, clockMaxRTT)
+			c, _ = n.mux.dial(addr, protoClock, clockMaxRTT)
 		}
 		if c != nil {
 			off, err := probeClock(c, n.wallNow)

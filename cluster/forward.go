@@ -152,7 +152,7 @@ func (f *forwarder) send(addr string, cmds []fsm.Command) chan error {
 		f.failLocked(fmt.Errorf("%w: leader changed", ErrUnknown))
 	}
 	if f.conn == nil {
-		c, err := dial(addr, protoForward, 2*time.Second)
+		c, err := f.n.mux.dial(addr, protoForward, 2*time.Second)
 		if err != nil {
 			ch <- fmt.Errorf("%w: cannot reach leader %s: %v", ErrUnavailable, addr, err)
 			return ch

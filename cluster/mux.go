@@ -1,8 +1,10 @@
 package cluster
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"sync"
@@ -12,16 +14,22 @@ import (
 	"github.com/hashicorp/raft"
 )
 
-// The Raft port carries two protocols; the first byte a dialer writes says
-// which one the connection speaks.
+// The Raft port carries four protocols; the first byte a dialer writes
+// says which one the connection speaks: these two, protoClock (clock.go)
+// and protoMember (rejoin.go).
 const (
 	protoRaft    byte = 'R'
 	protoForward byte = 'F'
 )
 
+// handshakeTimeout bounds the TLS handshake and the protocol byte of an
+// accepted connection.
+const handshakeTimeout = 10 * time.Second
+
 // mux accepts connections on the Raft port and routes each by its first
 // byte: Raft RPCs to the stream layer, forwarded commands to the forward
-// server.
+// server, clock probes and membership requests to theirs. With auth set
+// (peertls.go), every connection in either direction is mutual TLS.
 type mux struct {
 	ln      net.Listener
 	advert  net.Addr
@@ -34,12 +42,22 @@ type mux struct {
 	// raft data waits to be demoted (rejoin.go).
 	raftClosed atomic.Bool
 
+	auth             *peerAuth // nil: plaintext
+	handshakeTimeout time.Duration
+	refusals         refusals
+
 	closeOnce sync.Once
 	closed    chan struct{}
 }
 
 func newMux(ln net.Listener, advert net.Addr, log *slog.Logger) *mux {
-	return &mux{ln: ln, advert: advert, log: log, raftCh: make(chan net.Conn, 16), closed: make(chan struct{})}
+	return &mux{
+		ln: ln, advert: advert, log: log,
+		raftCh:           make(chan net.Conn, 16),
+		closed:           make(chan struct{}),
+		handshakeTimeout: handshakeTimeout,
+		refusals:         refusals{every: refusalLogEvery},
+	}
 }
 
 func (m *mux) serve() {
@@ -65,14 +83,26 @@ func (m *mux) serve() {
 	}
 }
 
+// route runs in a goroutine of its own per connection, so that a dialer
+// that stays silent or sends garbage holds nothing but that goroutine, and
+// only until the deadline.
 func (m *mux) route(c net.Conn) {
-	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	_ = c.SetDeadline(time.Now().Add(m.handshakeTimeout))
+	if m.auth != nil {
+		tc := tls.Server(c, m.auth.server)
+		if err := tc.Handshake(); err != nil {
+			c.Close()
+			m.refused(c.RemoteAddr(), err)
+			return
+		}
+		c = tc
+	}
 	var b [1]byte
-	if _, err := c.Read(b[:]); err != nil {
+	if _, err := io.ReadFull(c, b[:]); err != nil {
 		c.Close()
 		return
 	}
-	_ = c.SetReadDeadline(time.Time{})
+	_ = c.SetDeadline(time.Time{})
 	switch b[0] {
 	case protoRaft:
 		if m.raftClosed.Load() {
@@ -115,16 +145,54 @@ func (m *mux) close() {
 	})
 }
 
-// dial opens a connection to a peer's Raft port speaking proto.
-func dial(addr string, proto byte, timeout time.Duration) (net.Conn, error) {
+// refused logs a refused handshake on the Raft port, at most once per
+// remote host per interval. A dialer that closed without sending anything
+// is not worth a line.
+func (m *mux) refused(remote net.Addr, err error) {
+	if errors.Is(err, io.EOF) {
+		return
+	}
+	host := remote.String()
+	if h, _, e := net.SplitHostPort(host); e == nil {
+		host = h
+	}
+	if ok, skipped := m.refusals.note("from "+host, time.Now()); ok {
+		m.log.Warn("raft port: refused a connection without a valid peer certificate",
+			"remote", remote.String(), "reason", err.Error(), "refused_unlogged", skipped)
+	}
+}
+
+// dial opens a connection to a peer's Raft port speaking proto: the TCP
+// connection, the TLS handshake (when the mux has auth) and the protocol
+// byte, all within timeout.
+func (m *mux) dial(addr string, proto byte, timeout time.Duration) (net.Conn, error) {
+	deadline := time.Now().Add(timeout)
 	c, err := net.DialTimeout("tcp", addr, timeout)
 	if err != nil {
 		return nil, err
+	}
+	_ = c.SetDeadline(deadline)
+	if m.auth != nil {
+		cfg, err := m.auth.clientFor(addr)
+		if err != nil {
+			c.Close()
+			return nil, err
+		}
+		tc := tls.Client(c, cfg)
+		if err := tc.Handshake(); err != nil {
+			c.Close()
+			if ok, skipped := m.refusals.note("to "+addr, time.Now()); ok {
+				m.log.Warn("raft port: TLS handshake with a peer failed", "peer", addr, "reason", err.Error(), "failed_unlogged", skipped)
+			}
+			return nil, fmt.Errorf("TLS handshake with peer %s: %w", addr, err)
+		}
+		c = tc
 	}
 	if _, err := c.Write([]byte{proto}); err != nil {
 		c.Close()
 		return nil, fmt.Errorf("dial %s: %w", addr, err)
 	}
+	_ = c.SetDeadline(time.Time{})
 	return c, nil
 }
 
@@ -147,5 +215,5 @@ func (s streamLayer) Close() error { s.m.close(); return nil }
 func (s streamLayer) Addr() net.Addr { return s.m.advert }
 
 func (s streamLayer) Dial(addr raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
-	return dial(string(addr), protoRaft, timeout)
+	return s.m.dial(string(addr), protoRaft, timeout)
 }

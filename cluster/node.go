@@ -66,6 +66,13 @@ type Config struct {
 	// SnapshotEvery, for tests, sets SnapshotThreshold and TrailingLogs
 	// to it and checks the threshold every second instead of every 60 s.
 	SnapshotEvery uint64
+	// PeerTLS puts the Raft port under mutual TLS (peertls.go): every
+	// connection accepted there must present a certificate from the
+	// cluster CA, and every connection to a peer presents this node's and
+	// checks the peer's. Nothing plaintext is accepted then. mcpd serve
+	// always sets it; nil (plaintext) is for tests that build nodes
+	// directly.
+	PeerTLS *PeerTLS
 	// ClockOffset shifts this node's clock (fault-injection tests only).
 	ClockOffset time.Duration
 	// UnsafeNoSync skips the fsync of the Raft log: a deliberately broken
@@ -147,6 +154,13 @@ const (
 func New(cfg Config) (*Node, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
+	}
+	if cfg.PeerTLS != nil {
+		if err := cfg.PeerTLS.check(); err != nil {
+			return nil, err
+		}
+	} else if len(cfg.Peers) > 1 {
+		cfg.Logger.Warn("raft port without TLS: any process that reaches it can vote, append to and read the log", "component", "cluster", "node", cfg.NodeID)
 	}
 	if cfg.SubmitTimeout == 0 {
 		cfg.SubmitTimeout = 10 * time.Second
@@ -251,6 +265,9 @@ func (n *Node) start() error {
 		advert = tcp
 	}
 	n.mux = newMux(ln, advert, n.log)
+	if n.cfg.PeerTLS != nil {
+		n.mux.auth = newPeerAuth(n.cfg.PeerTLS, n.cfg.NodeID, n.cfg.Peers)
+	}
 	n.mux.forward = n.serveForward
 	n.mux.clock = n.serveClock
 	n.mux.member = n.serveMember

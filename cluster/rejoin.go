@@ -85,17 +85,26 @@ func (n *Node) serveMember(c net.Conn) {
 	if err := readFrame(bufio.NewReader(c), &req); err != nil {
 		return
 	}
-	resp := n.handleMember(req)
+	resp := n.handleMember(req, certNodeID(c))
 	bw := bufio.NewWriter(c)
 	if err := writeFrame(bw, resp); err == nil {
 		_ = bw.Flush()
 	}
 }
 
-func (n *Node) handleMember(req memberRequest) memberResponse {
+// handleMember carries out req for the peer whose certificate names node
+// certID ("" for a certificate shared by every node, or without TLS).
+func (n *Node) handleMember(req memberRequest, certID string) memberResponse {
 	notLeader := func(msg string) memberResponse {
 		addr, id := n.raft.LeaderWithID()
 		return memberResponse{NotLeader: true, Leader: string(addr), LeaderID: string(id), Msg: msg}
+	}
+	// A node's own certificate lets it change its own membership only.
+	if certID != "" && certID != req.ID {
+		if ok, _ := n.mux.refusals.note("member "+certID, time.Now()); ok {
+			n.log.Warn("refused a membership request about another node", "from_node", certID, "about", req.ID, "op", req.Op)
+		}
+		return memberResponse{Msg: fmt.Sprintf("the certificate of node %q may not change the membership of %q", certID, req.ID)}
 	}
 	if n.raft.State() != raft.Leader {
 		return notLeader("not the leader")
@@ -209,7 +218,7 @@ func (n *Node) memberCall(req memberRequest) (memberResponse, error) {
 }
 
 func (n *Node) memberCallTo(addr string, req memberRequest) (memberResponse, error) {
-	c, err := dial(addr, protoMember, 2*time.Second)
+	c, err := n.mux.dial(addr, protoMember, 2*time.Second)
 	if err != nil {
 		return memberResponse{}, err
 	}

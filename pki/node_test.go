@@ -294,7 +294,13 @@ func Test_PeerTLS_MutualAuthentication(t *testing.T) {
 	// A client the server must refuse, even though the client itself
 	// checks nothing.
 	rogue := func(certs ...tls.Certificate) *tls.Config {
-		return &tls.Config{InsecureSkipVerify: true, Certificates: certs, MinVersion: tls.VersionTLS13}
+		return &tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS13,
+			GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+				if len(certs) == 0 {
+					return &tls.Certificate{}, nil
+				}
+				return &certs[0], nil // whatever CAs the server names
+			}}
 	}
 	for _, tc := range []struct {
 		name   string

@@ -1,6 +1,7 @@
 // Package testcluster runs in-process mcpd clusters for tests: N nodes on
-// loopback with ports from :0, fast Raft timeouts, dev authentication, and
-// a WebSocket server per node that the client package can dial.
+// loopback with ports from :0, fast Raft timeouts, dev authentication,
+// mutual TLS between the nodes with a CA of the test's own, and a
+// WebSocket server per node that the client package can dial.
 package testcluster
 
 import (
@@ -27,6 +28,9 @@ type Node struct {
 	Node    *cluster.Node
 	WS      *transport.Server
 	URL     string
+	// TLS is the node's own certificate (ID.pem in the cluster's TLSDir),
+	// which it presents to its peers.
+	TLS *pki.Material
 
 	raftAddr string
 	wsLn     net.Listener
@@ -37,9 +41,12 @@ type Node struct {
 type Cluster struct {
 	t     testing.TB
 	Nodes []*Node
-	TLS   *pki.Material
-	peers map[string]string
-	opt   Options
+	// TLS is the client-port material; its CA is the cluster CA, whose
+	// key stays in TLSDir (tests issue more certificates from it).
+	TLS    *pki.Material
+	TLSDir string
+	peers  map[string]string
+	opt    Options
 }
 
 // Options tune a test cluster.
@@ -69,11 +76,12 @@ func Start(t testing.TB, n int, opt Options) *Cluster {
 		opt.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	}
 	root := t.TempDir()
-	m, err := pki.EnsureDevCA(filepath.Join(root, "tls"), []string{"127.0.0.1"})
+	tlsDir := filepath.Join(root, "tls")
+	m, err := pki.EnsureDevCA(tlsDir, []string{"127.0.0.1"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &Cluster{t: t, TLS: m, peers: map[string]string{}, opt: opt}
+	c := &Cluster{t: t, TLS: m, TLSDir: tlsDir, peers: map[string]string{}, opt: opt}
 	lns := make([]net.Listener, n)
 	for i := range n {
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -83,7 +91,11 @@ func Start(t testing.TB, n int, opt Options) *Cluster {
 		lns[i] = ln
 		id := fmt.Sprintf("n%d", i+1)
 		c.peers[id] = ln.Addr().String()
-		c.Nodes = append(c.Nodes, &Node{ID: id, DataDir: filepath.Join(root, id), raftAddr: ln.Addr().String()})
+		nm, err := pki.EnsureNodeCert(tlsDir, id, []string{"127.0.0.1"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Nodes = append(c.Nodes, &Node{ID: id, DataDir: filepath.Join(root, id), TLS: nm, raftAddr: ln.Addr().String()})
 	}
 	for i, nd := range c.Nodes {
 		c.startNode(nd, lns[i])
@@ -112,6 +124,7 @@ func (c *Cluster) startNode(nd *Node, raftLn net.Listener) {
 		SubmitTimeout:    5 * time.Second,
 		NodeDownAfter:    c.opt.NodeDownAfter,
 		TrailingLogs:     c.opt.TrailingLogs,
+		PeerTLS:          &cluster.PeerTLS{Server: nd.TLS.PeerServerTLS(), Client: nd.TLS.PeerClientTLS()},
 		Logger:           c.opt.Logger.With("node", nd.ID),
 	})
 	if err != nil {
