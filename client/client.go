@@ -1,8 +1,9 @@
 // Package client is the Go client of the MCP WebSocket protocol spoken by
 // mcpd. It owns the connection to a cluster (dial, hello, auth, reconnect
 // with backoff across nodes), request/reply correlation by rid, envelope
-// construction with safe retries, and consumers and subscriptions that
-// survive reconnects. The mcpd CLI and the tests use it.
+// construction with safe retries, checks of the senders of received
+// envelopes, and consumers and subscriptions that survive reconnects. The
+// mcpd CLI and the tests use it.
 //
 // All methods are safe for concurrent use, and any number of requests may be
 // outstanding on one connection at once.
@@ -47,6 +48,16 @@ type Options struct {
 	// EventBuffer bounds the events buffered per subscription; events
 	// beyond it are dropped (pub/sub is at-most-once). Default 4096.
 	EventBuffer int
+	// VerifySenders makes consumers and subscriptions check the sender of
+	// every envelope (Client.VerifyEnvelope) before handing it over, on C
+	// and Next alike. A delivery whose sender does not verify is rejected
+	// to the dead-letter queue with reason "bad signature: ..."; one whose
+	// sender's key cannot be fetched is nacked to the queue's backoff. An
+	// event that fails either way is dropped and counted
+	// (Subscription.Unverified). hmac-sha256 senders pass as checked by
+	// the server (Verified.ByServer). Unsigned envelopes never pass, so a
+	// --dev server is usable only with VerifySenders off, the default.
+	VerifySenders bool
 	// OnPush receives pushes other than deliver and event (task,
 	// task.update), as the whole frame. It runs on the reader goroutine
 	// and must not block.
@@ -80,6 +91,7 @@ type Client struct {
 	signer Signer
 	log    *slog.Logger
 	rid    atomic.Int64
+	keys   *keyCache // senders' keys, for VerifyEnvelope
 
 	ctx    context.Context // ends on Close
 	cancel context.CancelFunc
@@ -120,6 +132,7 @@ func Dial(ctx context.Context, opts Options) (*Client, error) {
 	if c.signer == nil {
 		c.signer = NoneSigner{}
 	}
+	c.keys = newKeyCache(c.fetchKey)
 	if c.log == nil {
 		c.log = slog.New(slog.DiscardHandler)
 	}

@@ -58,6 +58,9 @@ func (c *Client) Consume(ctx context.Context, queue string, opts ConsumeOptions)
 	}
 	k := &Consumer{Queue: queue, Opts: opts, box: newMailbox[*Delivery](0)}
 	k.st = stream{c: c, kind: kindConsumer, open: f, closeOp: "cancel", idField: "consumer", sink: k}
+	if c.opts.VerifySenders {
+		k.box.admit = k.admit
+	}
 	if err := startPump(c, k.box); err != nil {
 		return nil, err
 	}
@@ -86,10 +89,11 @@ func startPump[T any](c *Client, m *mailbox[T]) error {
 // C returns the channel of deliveries. It closes when the consumer is
 // cancelled (after the deliveries already received), ends on an error
 // (see Err), or the client closes. Deliveries buffered from a connection
-// that dropped are discarded: the server delivers them again.
+// that dropped are discarded: the server delivers them again. With
+// Options.VerifySenders only deliveries whose sender verified arrive.
 func (k *Consumer) C() <-chan *Delivery { return k.box.ch }
 
-// Next waits for the next delivery.
+// Next waits for the next delivery (verified as C's are).
 func (k *Consumer) Next(ctx context.Context) (*Delivery, error) { return k.box.next(ctx) }
 
 // Err returns why the consumer ended, or nil.

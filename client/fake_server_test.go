@@ -20,8 +20,10 @@ import (
 
 // fakeServer speaks enough of MCP for the client's tests: hello/auth,
 // enqueue/send with deduplication, consume/ack/nack/cancel with leases
-// released on close, subscribe/publish/unsubscribe, ping, and a test op
-// "echo" whose replies come back in reverse order. Hooks inject failures.
+// released on close, subscribe/publish/unsubscribe, ping, agent.key, and a
+// test op "echo" whose replies come back in reverse order. Hooks inject
+// failures. It verifies no signature, so it delivers forgeries as a lying
+// server would.
 type fakeServer struct {
 	t   *testing.T
 	ts  *httptest.Server
@@ -33,8 +35,9 @@ type fakeServer struct {
 	nextID   int
 	frames   []fakeFrame // every request received, in order
 	queues   map[string]*fakeQueue
-	dedup    map[string]*fakeMsg // from + "/" + id
-	acks     []string            // "queue/seq/attempt"
+	dedup    map[string]*fakeMsg       // from + "/" + id
+	acks     []string                  // "queue/seq/attempt"
+	keys     map[string]map[string]any // agent -> agent.key result
 	maxFrame int
 
 	// hooks
@@ -43,6 +46,7 @@ type fakeServer struct {
 	echoBatch     int // hold echo replies until this many are waiting, then answer in reverse
 	echoHeld      []fakeHeld
 	holdConsume   chan struct{} // consume replies wait until this closes
+	failKeys      int           // answer this many agent.key requests with internal
 }
 
 type fakeFrame struct {
@@ -86,6 +90,7 @@ func newFakeServer(t *testing.T) *fakeServer {
 		conns:    map[*fakeConn]struct{}{},
 		queues:   map[string]*fakeQueue{},
 		dedup:    map[string]*fakeMsg{},
+		keys:     map[string]map[string]any{},
 		maxFrame: 1 << 20,
 	}
 	up := websocket.Upgrader{Subprotocols: []string{Subprotocol}}
@@ -263,6 +268,23 @@ func (s *fakeServer) handle(fc *fakeConn, op string, req map[string]json.RawMess
 		ok(map[string]any{"agent": str(req["agent"])})
 	case "ping":
 		ok(map[string]any{"node": "fake1", "leader": nil, "time": time.Now().UnixMilli()})
+	case "agent.key":
+		s.mu.Lock()
+		k, found := s.keys[str(req["agent"])]
+		failed := s.failKeys > 0
+		if failed {
+			s.failKeys--
+		}
+		s.mu.Unlock()
+		if failed {
+			fail("internal", "storage read failed", false)
+			return true
+		}
+		if !found {
+			fail("not_found", "unknown agent", false)
+			return true
+		}
+		ok(k)
 	case "echo":
 		s.mu.Lock()
 		s.echoHeld = append(s.echoHeld, fakeHeld{fc: fc, rid: rid, n: req["n"]})

@@ -13,6 +13,9 @@ type mailbox[T any] struct {
 	notify chan struct{}
 	halted chan struct{}
 	limit  int // 0: unbounded
+	// admit, if set before the pump starts, is called by the pump for each
+	// item; items it refuses are not handed over.
+	admit func(T) bool
 
 	mu       sync.Mutex
 	buf      []T
@@ -111,6 +114,9 @@ func (m *mailbox[T]) pump() {
 		m.buf[0] = zero
 		m.buf = m.buf[1:]
 		m.mu.Unlock()
+		if m.admit != nil && !m.admit(v) {
+			continue
+		}
 		select {
 		case m.ch <- v:
 		case <-m.halted:

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sync/atomic"
 )
 
 // Publish broadcasts body to the subscriptions on topic and returns how
@@ -40,6 +41,8 @@ func (c *Client) PublishRaw(ctx context.Context, topic string, env []byte) (int,
 type Event struct {
 	Topic string          // the topic it was published on
 	Msg   json.RawMessage // the envelope exactly as the publisher sent it
+
+	c *Client
 }
 
 // Subscription receives events for a topic pattern. It survives
@@ -48,8 +51,9 @@ type Event struct {
 type Subscription struct {
 	Topic string
 
-	st  stream
-	box *mailbox[*Event]
+	st         stream
+	box        *mailbox[*Event]
+	unverified atomic.Uint64
 }
 
 // Subscribe subscribes to topic (wildcards * and > allowed), retrying on a
@@ -58,6 +62,9 @@ func (c *Client) Subscribe(ctx context.Context, topic string) (*Subscription, er
 	s := &Subscription{Topic: topic, box: newMailbox[*Event](c.opts.EventBuffer)}
 	s.st = stream{c: c, kind: kindSub, open: newFrame("subscribe").str("topic", topic),
 		closeOp: "unsubscribe", idField: "sub", sink: s}
+	if c.opts.VerifySenders {
+		s.box.admit = s.admit
+	}
 	if err := startPump(c, s.box); err != nil {
 		return nil, err
 	}
@@ -69,10 +76,11 @@ func (c *Client) Subscribe(ctx context.Context, topic string) (*Subscription, er
 }
 
 // C returns the channel of events; it closes on Unsubscribe, on an error
-// (see Err) or when the client closes.
+// (see Err) or when the client closes. With Options.VerifySenders only
+// events whose sender verified arrive.
 func (s *Subscription) C() <-chan *Event { return s.box.ch }
 
-// Next waits for the next event.
+// Next waits for the next event (verified as C's are).
 func (s *Subscription) Next(ctx context.Context) (*Event, error) { return s.box.next(ctx) }
 
 // Err returns why the subscription ended, or nil.
@@ -80,6 +88,10 @@ func (s *Subscription) Err() error { return s.box.reason() }
 
 // Dropped counts events discarded because the buffer was full.
 func (s *Subscription) Dropped() uint64 { return s.box.droppedCount() }
+
+// Unverified counts events discarded because their sender did not verify
+// or could not be checked (Options.VerifySenders).
+func (s *Subscription) Unverified() uint64 { return s.unverified.Load() }
 
 // ID returns the server's id of the subscription on the current
 // connection, or "" while it is being re-opened.
@@ -95,7 +107,7 @@ func (s *Subscription) Unsubscribe(ctx context.Context) error {
 }
 
 func (s *Subscription) push(_ *conn, f *inFrame) {
-	if !s.box.put(&Event{Topic: f.Topic, Msg: json.RawMessage(f.Msg)}) {
+	if !s.box.put(&Event{Topic: f.Topic, Msg: json.RawMessage(f.Msg), c: s.st.c}) {
 		s.st.c.log.Debug("subscription buffer full; dropping event", "topic", s.Topic)
 	}
 }

@@ -45,6 +45,7 @@ func init() {
 		"publish":       (*conn).opPublish,
 		"subscribe":     (*conn).opSubscribe,
 		"unsubscribe":   (*conn).opUnsubscribe,
+		"agent.key":     (*conn).opAgentKey,
 	}
 }
 
