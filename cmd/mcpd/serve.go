@@ -12,14 +12,12 @@ import (
 	"net/http/pprof"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/mcpd/mcpd/cluster"
-	"github.com/mcpd/mcpd/pki"
 	"github.com/mcpd/mcpd/transport"
 )
 
@@ -53,7 +51,7 @@ func runServe(args []string) error {
 	fs.IntVar(&f.adminPort, "admin-port", 4436, "admin API and UI (reserved)")
 	fs.IntVar(&f.respPort, "redis-port", 4437, "Redis protocol (reserved)")
 	fs.IntVar(&f.raftPort, "raft-port", 4438, "Raft and leader forwarding between nodes")
-	fs.StringVar(&f.tlsDir, "tls-dir", "", "directory with ca.pem and node.pem/node-key.pem (default DATA-DIR/tls, generated when missing)")
+	fs.StringVar(&f.tlsDir, "tls-dir", "", "directory with ca.pem and this node's certificate, ID.pem/ID-key.pem or node.pem/node-key.pem (from 'mcpd tls init'), for the client ports and mutual TLS between nodes (default DATA-DIR/tls; generated only with --dev)")
 	fs.StringVar(&f.tlsCert, "tls-cert", "", "certificate for the client ports (PEM), instead of --tls-dir")
 	fs.StringVar(&f.tlsKey, "tls-key", "", "key of --tls-cert (PEM)")
 	fs.BoolVar(&f.authNone, "insecure-auth-none", false, "accept alg \"none\" authentication outside --dev (until agent identities are configured)")
@@ -99,7 +97,7 @@ func runServe(args []string) error {
 	if err := os.MkdirAll(f.dataDir, 0o700); err != nil {
 		return err
 	}
-	tlsConf, caFile, err := serverTLS(&f)
+	tlsConf, caFile, peerTLS, err := nodeTLS(&f, peers, log)
 	if err != nil {
 		return err
 	}
@@ -119,6 +117,7 @@ func runServe(args []string) error {
 		SnapshotEvery:    f.snapEvery,
 		UnsafeNoSync:     f.noSync,
 		NodeDownAfter:    f.nodeDownAfter,
+		PeerTLS:          peerTLS,
 		Logger:           log,
 	})
 	if err != nil {
@@ -181,30 +180,6 @@ func runServe(args []string) error {
 	health.Close()
 	log.Info("stopped", "node", f.nodeID)
 	return serveErr
-}
-
-// serverTLS loads or creates the client-port TLS configuration.
-func serverTLS(f *serveFlags) (*tls.Config, string, error) {
-	if f.tlsCert != "" || f.tlsKey != "" {
-		cert, err := tls.LoadX509KeyPair(f.tlsCert, f.tlsKey)
-		if err != nil {
-			return nil, "", fmt.Errorf("load --tls-cert/--tls-key: %w", err)
-		}
-		return &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}}, "", nil
-	}
-	dir := f.tlsDir
-	if dir == "" {
-		dir = filepath.Join(f.dataDir, "tls")
-	}
-	hosts := []string{f.bind}
-	if h, err := os.Hostname(); err == nil {
-		hosts = append(hosts, h)
-	}
-	m, err := pki.EnsureDevCA(dir, hosts)
-	if err != nil {
-		return nil, "", fmt.Errorf("TLS material in %s: %w", dir, err)
-	}
-	return m.ServerTLS(), m.CAFile, nil
 }
 
 func newLogger(level, format string) (*slog.Logger, error) {
