@@ -59,10 +59,12 @@ vet:
 	$(GO) vet ./...
 
 # A local three-node cluster on 127.0.0.1, .2 and .3 (Linux routes all of
-# 127.0.0.0/8 to loopback). Data and logs go under ./mcpd-cluster/.
+# 127.0.0.0/8 to loopback). Data and logs go under ./mcpd-cluster/. One CA
+# and a certificate per node (nK.pem): Raft between the nodes is mutual TLS.
 cluster: build
 	@mkdir -p $(CLUSTER)
-	./$(BIN) tls init --dir $(CLUSTER)/tls $(addprefix --host ,$(HOSTS)) >/dev/null
+	@i=1; for h in $(HOSTS); do \
+	  ./$(BIN) tls init --dir $(CLUSTER)/tls --node n$$i --host $$h >/dev/null || exit 1; i=$$((i+1)); done
 	@i=1; for h in $(HOSTS); do \
 	  ./$(BIN) serve --node-id n$$i --data-dir $(CLUSTER)/n$$i --bind $$h --peers $(PEERS) \
 	    --tls-dir $(CLUSTER)/tls --insecure-auth-none >$(CLUSTER)/n$$i.log 2>&1 & \

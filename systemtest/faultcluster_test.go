@@ -45,6 +45,7 @@ type faultCluster struct {
 	ca    string
 	lab   *netLab
 	nodes []*fnode
+	peers string // the --peers of every node
 }
 
 // clusterOpts tunes a fault cluster.
@@ -56,6 +57,9 @@ type clusterOpts struct {
 	dataDir func(k int) string
 	// noStart leaves the nodes stopped; the test starts them.
 	noStart bool
+	// spare adds namespaces after the nodes' (k = n+1...) for processes
+	// that are not members, such as a rogue node.
+	spare int
 }
 
 // newFaultCluster starts n nodes in their own namespaces and waits until all
@@ -63,17 +67,19 @@ type clusterOpts struct {
 func newFaultCluster(t *testing.T, n int, o clusterOpts) *faultCluster {
 	t.Helper()
 	bin := mcpdBinary(t)
-	lab := newNetLab(t, n)
+	lab := newNetLab(t, n+o.spare)
 	dir := t.TempDir()
 	c := &faultCluster{t: t, dir: dir, lab: lab}
-	hosts := []string{"tls", "init", "--dir", filepath.Join(dir, "tls")}
+	// One CA and a certificate per node, as an operator makes them: the
+	// nodes' Raft traffic is mutual TLS with that CA.
+	tlsDir := filepath.Join(dir, "tls")
 	var peers []string
 	for k := 1; k <= n; k++ {
-		hosts = append(hosts, "--host", lab.addr(k))
+		runMcpd(t, "tls", "init", "--dir", tlsDir, "--node", fmt.Sprintf("n%d", k), "--host", lab.addr(k))
 		peers = append(peers, fmt.Sprintf("n%d=%s:4438", k, lab.addr(k)))
 	}
-	runMcpd(t, hosts...)
-	c.ca = filepath.Join(dir, "tls", "ca.pem")
+	c.peers = strings.Join(peers, ",")
+	c.ca = filepath.Join(tlsDir, "ca.pem")
 	var procs []*proc
 	for k := 1; k <= n; k++ {
 		id := fmt.Sprintf("n%d", k)
@@ -89,8 +95,8 @@ func newFaultCluster(t *testing.T, n int, o clusterOpts) *faultCluster {
 			"--node-id", id,
 			"--data-dir", data,
 			"--bind", lab.addr(k),
-			"--peers", strings.Join(peers, ","),
-			"--tls-dir", filepath.Join(dir, "tls"),
+			"--peers", c.peers,
+			"--tls-dir", tlsDir,
 			"--insecure-auth-none",
 			"--raft-heartbeat-timeout", timeout.String(),
 			"--raft-election-timeout", timeout.String(),
