@@ -169,6 +169,7 @@ func (c *conn) opAuth(r *request) error {
 		}
 		c.agent = agent
 		c.ident = &identity{}
+		c.s.audit.record(c, fsm.AuthEventArgs{Kind: "auth.ok", Agent: agent, Detail: "none"})
 	case "ed25519", "hmac-sha256":
 		if err := c.authWithKey(r, agent, alg); err != nil {
 			return err
