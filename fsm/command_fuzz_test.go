@@ -49,6 +49,8 @@ func fzArgs(t fsm.MessageType) any {
 		return &fsm.NodeStartedArgs{}
 	case fsm.TypeNodeDown:
 		return &fsm.NodeDownArgs{}
+	case fsm.TypeAuditCheckpoint:
+		return &fsm.AuditCheckpointArgs{}
 	}
 	return nil
 }
@@ -84,6 +86,7 @@ func fzEntries(tb testing.TB) []*fsm.Entry {
 			cmd(fsm.TypeUnsubscribe, conn, 11, &fsm.UnsubscribeArgs{Sub: 1, Conn: conn}),
 			cmd(fsm.TypeConnClosed, "", 0, &fsm.ConnClosedArgs{Conn: conn}),
 			cmd(fsm.TypeNodeDown, "", 0, &fsm.NodeDownArgs{Node: "n2"}),
+			cmd(fsm.TypeAuditCheckpoint, "", 0, &fsm.AuditCheckpointArgs{Seq: 1, Hash: make([]byte, 32), Public: make([]byte, 32), Sig: make([]byte, 64)}),
 		}},
 		{Time: -1, Cmds: nil},
 		{Time: 0, Cmds: []fsm.Command{{Type: 200, Body: msgpack.RawMessage{0xc0}}}},

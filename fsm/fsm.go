@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+	"github.com/mcpd/mcpd/audit"
 	"github.com/mcpd/mcpd/auth"
 	"github.com/mcpd/mcpd/queue"
 	bolt "go.etcd.io/bbolt"
@@ -103,6 +104,9 @@ func (f *FSM) open() error {
 			applied = binary.BigEndian.Uint64(v)
 		}
 		if err := auth.CreateBuckets(tx); err != nil {
+			return err
+		}
+		if err := audit.CreateBuckets(tx); err != nil {
 			return err
 		}
 		return queue.CreateBuckets(tx)
@@ -363,8 +367,9 @@ func (f *FSM) applyLocked(logs []*raft.Log, out []interface{}) ([]queue.Effect, 
 	return effects, nil
 }
 
-// applyEntry applies one entry's commands in order. Expiries due at the
-// entry's time run first, so every replica sees them at the same point.
+// applyEntry applies one entry's commands in order, each followed by its
+// audit entry (audit.go). Expiries due at the entry's time run first, so
+// every replica sees them at the same point.
 func (f *FSM) applyEntry(tx *bolt.Tx, now int64, e *Entry, effects []queue.Effect) ([]queue.Effect, []*Reply) {
 	t := queue.NewTx(tx, now, f.local)
 	t.Effects = effects
@@ -382,9 +387,14 @@ func (f *FSM) applyEntry(tx *bolt.Tx, now int64, e *Entry, effects []queue.Effec
 			panic(fmt.Sprintf("fsm: unknown command type %d", c.Type))
 		}
 		t.SetActor(c.Actor)
-		res, err := h(t, c.Body)
+		res, args, err := h(t, c.Body)
 		if err != nil && !isBusiness(err) {
 			panic(fmt.Sprintf("fsm: command type %d: %v", c.Type, err))
+		}
+		// Its audit entry, also for a command refused with a business
+		// error (which changed nothing else).
+		if _, aerr := audit.Append(tx, auditEvent(now, c, args, err)); aerr != nil {
+			panic(fmt.Sprintf("fsm: audit entry of command type %d: %v", c.Type, aerr))
 		}
 		if c.Conn != "" {
 			if err != nil {

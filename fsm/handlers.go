@@ -40,9 +40,9 @@ type (
 )
 
 // handler applies one decoded command. It returns the result for the
-// reply and a business error; anything else it cannot handle is a bug and
-// panics in the caller.
-type handler func(t *queue.Tx, body []byte) (any, error)
+// reply, the decoded arguments (for the audit entry) and a business error;
+// anything else it cannot handle is a bug and panics in the caller.
+type handler func(t *queue.Tx, body []byte) (res, args any, err error)
 
 var handlers = map[MessageType]handler{}
 
@@ -50,15 +50,16 @@ var handlers = map[MessageType]handler{}
 // decoded arguments before fn sees them: a command that fails it is
 // answered with its ErrBadRequest and changes nothing.
 func register[A any](mt MessageType, check func(a *A) error, fn func(t *queue.Tx, a *A) (any, error)) {
-	handlers[mt] = func(t *queue.Tx, body []byte) (any, error) {
+	handlers[mt] = func(t *queue.Tx, body []byte) (any, any, error) {
 		a := new(A)
 		if err := mpack.Unmarshal(body, a); err != nil {
 			panic(fmt.Sprintf("fsm: cannot decode command type %d: %v", mt, err))
 		}
 		if err := check(a); err != nil {
-			return nil, err
+			return nil, a, err
 		}
-		return fn(t, a)
+		res, err := fn(t, a)
+		return res, a, err
 	}
 }
 

@@ -1,6 +1,7 @@
 package fsm_test
 
 import (
+	"crypto/sha256"
 	"errors"
 	"math"
 	"strings"
@@ -235,7 +236,7 @@ func (x *argFixture) apply(t *testing.T, c argCase) *fsm.Reply {
 }
 
 // A command that decodes but carries an invalid value is answered with
-// ErrBadRequest and changes nothing; before the checks, several of them
+// ErrBadRequest and changes nothing but the audit log; before the checks, several of them
 // (an empty queue name, an empty dead-letter queue) failed inside bbolt
 // and stopped the replica.
 func Test_Handlers_InvalidArguments_BadRequestNoChange(t *testing.T) {
@@ -252,8 +253,12 @@ func Test_Handlers_InvalidArguments_BadRequestNoChange(t *testing.T) {
 			if strings.Contains(r.Err.Error(), "\x00") || len(r.Err.Error()) > 200 {
 				t.Fatalf("error message echoes the value: %q", r.Err)
 			}
-			if mustDigest(t, x.got) != mustDigest(t, x.ref) {
+			// Its audit entry, recording the refusal, is the only change.
+			if stateDigest(t, x.got) != stateDigest(t, x.ref) {
 				t.Fatal("a rejected command changed the state")
+			}
+			if e := lastAuditEntry(t, x.got); e.Outcome != "bad_request" || e.Digest != sha256.Sum256(mustCmd(t, c.typ, tConn, 0, c.body).Body) {
+				t.Fatalf("audit entry %+v, want the refusal of the command", e)
 			}
 		})
 	}
