@@ -24,6 +24,7 @@ var commands = []command{
 	{"keygen", runKeygen, "create a cluster key file (--cluster-key-file)"},
 	{"tls", runTLS, "create TLS material (tls init)"},
 	{"check", runCheck, "verify a stopped node's data directory (checksums of log, snapshots, state.db)"},
+	{"audit", runAudit, "verify or export the audit log of a stopped node or a snapshot (audit verify|export|key)"},
 }
 
 func usage() {
