@@ -42,6 +42,9 @@ type Report struct {
 	// Without one, each was checked against the key it names, which
 	// proves only that whoever made it held that key.
 	KeyGiven bool `json:"key_given"`
+	// First is the first seq checked when it is not 1: a range (an
+	// export after some seq, a tail) takes that entry's prev on trust.
+	First uint64 `json:"first,omitempty"`
 	// Set when OK is false: the first broken seq and why.
 	BrokenSeq uint64 `json:"broken_seq,omitempty"`
 	Reason    Reason `json:"reason,omitempty"`
@@ -54,6 +57,9 @@ func (r Report) String() string {
 		return fmt.Sprintf("broken at seq %d: %s: %s", r.BrokenSeq, r.Reason, r.Detail)
 	}
 	s := fmt.Sprintf("ok: %d entries, head %x, %d checkpoints", r.Entries, r.Head.Hash, r.Checkpoints)
+	if r.First > 1 {
+		s = fmt.Sprintf("ok: %d entries from seq %d (its prev taken on trust), head %x, %d checkpoints", r.Entries, r.First, r.Head.Hash, r.Checkpoints)
+	}
 	if !r.KeyGiven && r.Checkpoints > 0 {
 		s += " (signatures checked against the keys the checkpoints name; pass the cluster's audit key to check who signed)"
 	}

@@ -35,7 +35,7 @@ func runAudit(args []string) error {
 		return auditKey(args[1:], os.Stdout)
 	case "-h", "-help", "--help", "help":
 		fmt.Fprint(os.Stderr, `usage:
-  mcpd audit verify [--data-dir DIR | --snapshot PATH] [--key KEY] [--json]
+  mcpd audit verify [--data-dir DIR | --snapshot PATH | --export FILE] [--key KEY] [--json]
       check the hash chain and the signed checkpoints; exit status 1 names the first broken entry
   mcpd audit export [--data-dir DIR | --snapshot PATH] [--since SEQ]
       write the entries after SEQ as JSON lines
@@ -66,12 +66,17 @@ func (s *auditSource) check(fs *flag.FlagSet) error {
 	if fs.NArg() > 0 {
 		return &usageError{fmt.Sprintf("unexpected argument %q", fs.Arg(0))}
 	}
-	both := false
-	fs.Visit(func(f *flag.Flag) { both = both || f.Name == "data-dir" })
-	if both && s.snapshot != "" {
+	if flagSet(fs, "data-dir") && s.snapshot != "" {
 		return &usageError{"give --data-dir or --snapshot, not both"}
 	}
 	return nil
+}
+
+// flagSet reports whether the command line set the flag name.
+func flagSet(fs *flag.FlagSet, name string) bool {
+	set := false
+	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
 }
 
 // lockWait is how long opening state.db waits for a running node's lock.
@@ -160,12 +165,16 @@ func auditVerify(args []string, stdout io.Writer) error {
 	var src auditSource
 	src.register(fs)
 	keyArg := fs.String("key", "", "the cluster's audit public key (base64, hex or PEM, or a file holding it: 'mcpd audit key' prints it); without it checkpoints are checked against the keys they name")
+	exportFile := fs.String("export", "", "verify an export instead ('mcpd audit export' output; - for stdin): every hash, link and checkpoint signature in it")
 	asJSON := fs.Bool("json", false, "print the report as JSON")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if err := src.check(fs); err != nil {
 		return err
+	}
+	if *exportFile != "" && (src.snapshot != "" || flagSet(fs, "data-dir")) {
+		return &usageError{"give one of --data-dir, --snapshot and --export"}
 	}
 	var pub ed25519.PublicKey
 	if *keyArg != "" {
@@ -176,12 +185,18 @@ func auditVerify(args []string, stdout io.Writer) error {
 	}
 	var r audit.Report
 	var path string
-	err := src.read(func(tx *bolt.Tx, p string) error {
-		var err error
-		r, err = audit.Verify(tx, pub)
-		path = p
-		return err
-	})
+	var err error
+	if *exportFile != "" {
+		path = *exportFile
+		r, err = verifyExportFile(path, pub)
+	} else {
+		err = src.read(func(tx *bolt.Tx, p string) error {
+			var err error
+			r, err = audit.Verify(tx, pub)
+			path = p
+			return err
+		})
+	}
 	if err != nil {
 		return err
 	}
@@ -202,6 +217,23 @@ func auditVerify(args []string, stdout io.Writer) error {
 		return errAuditBroken
 	}
 	return nil
+}
+
+func verifyExportFile(path string, pub ed25519.PublicKey) (audit.Report, error) {
+	in := os.Stdin
+	if path != "-" {
+		f, err := os.Open(path)
+		if err != nil {
+			return audit.Report{}, err
+		}
+		defer f.Close()
+		in = f
+	}
+	r, err := audit.VerifyExport(in, pub)
+	if err != nil {
+		return r, fmt.Errorf("%s is not an audit export: %w", path, err)
+	}
+	return r, nil
 }
 
 // loadAuditKey reads --key: a file holding the key, or the key itself.

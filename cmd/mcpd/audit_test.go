@@ -289,6 +289,26 @@ func Test_Audit_Export_Since(t *testing.T) {
 	if first.Seq != 3 || last.Seq != fx.head.Seq || last.Hash != fx.head.Hash || last.Kind != audit.KindCheckpoint || last.Checkpoint == nil {
 		t.Fatalf("first %+v, last %+v", first, last)
 	}
+	// The export verifies on its own, from seq 3.
+	file := filepath.Join(t.TempDir(), "audit.jsonl")
+	if err := os.WriteFile(file, out.Bytes(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var rep bytes.Buffer
+	pub := audit.FormatPublicKey(fx.key.Public().(ed25519.PublicKey))
+	want := fmt.Sprintf("ok: %d entries from seq 3 (its prev taken on trust), head %x, 1 checkpoints\n", fx.head.Seq-2, fx.head.Hash)
+	if err := auditVerify([]string{"--export", file, "--key", pub}, &rep); err != nil || rep.String() != want {
+		t.Fatalf("verify the export: %q (%v), want %q", rep.String(), err, want)
+	}
+	// One changed field in it is found.
+	changed := bytes.Replace(out.Bytes(), []byte(`"actor":""`), []byte(`"actor":"x"`), 1)
+	if err := os.WriteFile(file, changed, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	rep.Reset()
+	if err := auditVerify([]string{"--export", file}, &rep); !errors.Is(err, errAuditBroken) || !strings.Contains(rep.String(), ": changed: ") {
+		t.Fatalf("verify a changed export: %q (%v)", rep.String(), err)
+	}
 }
 
 func Test_Audit_UsageErrors(t *testing.T) {
@@ -296,6 +316,7 @@ func Test_Audit_UsageErrors(t *testing.T) {
 		{},
 		{"frobnicate"},
 		{"verify", "--data-dir", "a", "--snapshot", "b"},
+		{"verify", "--data-dir", "a", "--export", "b"},
 		{"verify", "--key", "not a key"},
 		{"verify", "extra"},
 		{"export", "--since", "-1"},
