@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -48,13 +49,19 @@ type mux struct {
 
 	closeOnce sync.Once
 	closed    chan struct{}
+	// stop ends the handshakes under way when the mux closes.
+	stop       context.Context
+	cancelStop context.CancelFunc
 }
 
 func newMux(ln net.Listener, advert net.Addr, log *slog.Logger) *mux {
+	stop, cancel := context.WithCancel(context.Background())
 	return &mux{
 		ln: ln, advert: advert, log: log,
 		raftCh:           make(chan net.Conn, 16),
 		closed:           make(chan struct{}),
+		stop:             stop,
+		cancelStop:       cancel,
 		handshakeTimeout: handshakeTimeout,
 		refusals:         refusals{every: refusalLogEvery},
 	}
@@ -90,9 +97,11 @@ func (m *mux) route(c net.Conn) {
 	_ = c.SetDeadline(time.Now().Add(m.handshakeTimeout))
 	if m.auth != nil {
 		tc := tls.Server(c, m.auth.server)
-		if err := tc.Handshake(); err != nil {
+		if err := tc.HandshakeContext(m.stop); err != nil {
 			c.Close()
-			m.refused(c.RemoteAddr(), err)
+			if m.stop.Err() == nil {
+				m.refused(c.RemoteAddr(), err)
+			}
 			return
 		}
 		c = tc
@@ -140,6 +149,7 @@ func (m *mux) route(c net.Conn) {
 
 func (m *mux) close() {
 	m.closeOnce.Do(func() {
+		m.cancelStop()
 		close(m.closed)
 		m.ln.Close()
 	})

@@ -67,7 +67,7 @@ func Test_Mux_SilentOrGarbageDialerHoldsNothing(t *testing.T) {
 	peers := map[string]string{"n1": ln1.Addr().String(), "n2": ln2.Addr().String()}
 	logs := &syncBuffer{}
 	n1 := tlsMux(t, dir, "n1", peers, ln1, slog.New(slog.NewTextHandler(logs, nil)))
-	n1.handshakeTimeout = 300 * time.Millisecond
+	n1.handshakeTimeout = time.Second
 	go n1.serve()
 	n2 := tlsMux(t, dir, "n2", peers, ln2, quiet)
 
@@ -125,6 +125,29 @@ func Test_Mux_SilentOrGarbageDialerHoldsNothing(t *testing.T) {
 	}
 	if !strings.Contains(logs.String(), "does not look like a TLS handshake") {
 		t.Errorf("the logged reason is not the garbage's:\n%s", logs)
+	}
+}
+
+// Closing the mux ends the handshakes under way, long before their
+// deadline.
+func Test_Mux_CloseEndsHandshakes(t *testing.T) {
+	ln := listen(t)
+	m := tlsMux(t, t.TempDir(), "n1", map[string]string{"n1": ln.Addr().String()}, ln, quiet)
+	m.handshakeTimeout = time.Minute
+	go m.serve()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	// A byte of a ClientHello: the handshake has started.
+	if _, err := c.Write([]byte{0x16}); err != nil {
+		t.Fatal(err)
+	}
+	m.close()
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); err == nil || isTimeout(err) {
+		t.Fatalf("read after close: %v, want the connection closed", err)
 	}
 }
 
