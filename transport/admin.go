@@ -63,6 +63,10 @@ func NewAdmin(node *cluster.Node, key *auth.ClusterKey, log *slog.Logger) *Admin
 	a.mux.HandleFunc("GET /v1/agents/{name}", a.showAgent)
 	a.mux.HandleFunc("POST /v1/agents", a.addAgent)
 	a.mux.HandleFunc("POST /v1/agents/{name}/revoke", a.revokeAgent)
+	a.mux.HandleFunc("GET /v1/audit/key", a.auditKey)
+	a.mux.HandleFunc("GET /v1/audit/head", a.auditHead)
+	a.mux.HandleFunc("GET /v1/audit/entries", a.auditEntries)
+	a.mux.HandleFunc("GET /v1/audit/verify", a.auditVerify)
 	return a
 }
 

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/mcpd/mcpd/audit"
 	"github.com/mcpd/mcpd/cluster"
 )
 
@@ -59,6 +60,16 @@ func healthHandler(node *cluster.Node, ws *Server) http.Handler {
 		_ = json.NewEncoder(w).Encode(body)
 	}
 	mux := http.NewServeMux()
+	// The audit checkpoint key is public: every node publishes it, so a
+	// verifier can compare what several nodes say.
+	mux.HandleFunc("/audit/key", func(w http.ResponseWriter, r *http.Request) {
+		if ws == nil || ws.opt.ClusterKey == nil {
+			write(w, http.StatusNotFound, map[string]any{"node": node.ID(), "error": "this node has no cluster key, so no audit key"})
+			return
+		}
+		head, _ := node.FSM().AuditHead()
+		write(w, http.StatusOK, map[string]any{"node": node.ID(), "public_key": audit.FormatPublicKey(ws.opt.ClusterKey.AuditPublicKey()), "head": head})
+	})
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
 		body := status()
 		body["status"] = "up"

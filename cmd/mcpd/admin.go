@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -33,6 +34,12 @@ type adminFlags struct {
 
 func (a *adminFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&a.dataDir, "data-dir", "mcpd-data", "the node's data directory, where its admin socket is")
+	a.registerRemote(fs)
+}
+
+// registerRemote registers the flags other than --data-dir, for commands
+// that have their own.
+func (a *adminFlags) registerRemote(fs *flag.FlagSet) {
 	fs.StringVar(&a.socket, "admin-socket", "", "the node's admin socket (default DATA-DIR/"+adminSocketName+")")
 	fs.StringVar(&a.url, "admin-url", "", "a remote admin endpoint, e.g. https://10.0.0.1:4436, instead of the socket")
 	fs.StringVar(&a.tokenFile, "admin-token-file", "", "file holding the operator token for --admin-url")
@@ -93,17 +100,26 @@ func (a *adminFlags) client() (*adminClient, error) {
 // do sends a JSON request and decodes a JSON answer into out; an error
 // answer becomes an error with the node's code and message.
 func (c *adminClient) do(method, path string, body, out any) error {
+	raw, err := c.doRaw(method, path, body)
+	if err != nil || out == nil {
+		return err
+	}
+	return json.Unmarshal(raw, out)
+}
+
+// doRaw is do returning the answer's bytes.
+func (c *adminClient) doRaw(method, path string, body any) ([]byte, error) {
 	var rd io.Reader
 	if body != nil {
 		b, err := json.Marshal(body)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		rd = bytes.NewReader(b)
 	}
 	req, err := http.NewRequest(method, c.base+path, rd)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
@@ -113,27 +129,30 @@ func (c *adminClient) do(method, path string, body, out any) error {
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer resp.Body.Close()
 	raw, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if resp.StatusCode >= 300 {
 		var e transport.AdminError
 		if json.Unmarshal(raw, &e) == nil && e.Code != "" {
-			return &adminError{code: e.Code, msg: e.Error}
+			return nil, &adminError{code: e.Code, msg: e.Error}
 		}
-		return fmt.Errorf("%s %s: %s", method, path, resp.Status)
+		return nil, fmt.Errorf("%s %s: %s", method, path, resp.Status)
 	}
-	if out == nil {
-		return nil
-	}
-	return json.Unmarshal(raw, out)
+	return raw, nil
 }
 
 // adminError is an error the node answered.
 type adminError struct{ code, msg string }
 
 func (e *adminError) Error() string { return e.code + ": " + e.msg }
+
+// isAdminCode reports whether err is the node's answer with code.
+func isAdminCode(err error, code string) bool {
+	var ae *adminError
+	return errors.As(err, &ae) && ae.code == code
+}

@@ -33,18 +33,23 @@ func runAudit(args []string) error {
 		return auditExport(args[1:], os.Stdout)
 	case "key":
 		return auditKey(args[1:], os.Stdout)
+	case "tail":
+		return auditTail(args[1:], os.Stdout)
 	case "-h", "-help", "--help", "help":
 		fmt.Fprint(os.Stderr, `usage:
-  mcpd audit verify [--data-dir DIR | --snapshot PATH | --export FILE] [--key KEY] [--json]
+  mcpd audit verify [--data-dir DIR | --snapshot PATH | --export FILE] [--node] [--key KEY] [--json]
       check the hash chain and the signed checkpoints; exit status 1 names the first broken entry
-  mcpd audit export [--data-dir DIR | --snapshot PATH] [--since SEQ]
+      (--node: a running node's log, fetched through its admin socket or --admin-url)
+  mcpd audit export [--data-dir DIR | --snapshot PATH] [--node] [--since SEQ]
       write the entries after SEQ as JSON lines
+  mcpd audit tail [--data-dir DIR | --admin-url URL ...] [--since SEQ]
+      follow a running node's log, checking each entry against the one before
   mcpd audit key --cluster-key-file FILE [--pem]
       print the cluster's audit public key, for --key
 `)
 		return flag.ErrHelp
 	}
-	return &usageError{fmt.Sprintf("unknown audit command %q: verify, export or key", args[0])}
+	return &usageError{fmt.Sprintf("unknown audit command %q: verify, export, tail or key", args[0])}
 }
 
 // errAuditBroken: verify found the chain broken (the report says where).
@@ -167,6 +172,9 @@ func auditVerify(args []string, stdout io.Writer) error {
 	keyArg := fs.String("key", "", "the cluster's audit public key (base64, hex or PEM, or a file holding it: 'mcpd audit key' prints it); without it checkpoints are checked against the keys they name")
 	exportFile := fs.String("export", "", "verify an export instead ('mcpd audit export' output; - for stdin): every hash, link and checkpoint signature in it")
 	asJSON := fs.Bool("json", false, "print the report as JSON")
+	online := fs.Bool("node", false, "verify a running node's log through its admin socket in --data-dir (or --admin-url)")
+	var af adminFlags
+	af.registerRemote(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -186,10 +194,14 @@ func auditVerify(args []string, stdout io.Writer) error {
 	var r audit.Report
 	var path string
 	var err error
-	if *exportFile != "" {
+	switch {
+	case *online:
+		af.dataDir, path = src.dataDir, "node"
+		r, err = verifyOnline(&af, *keyArg)
+	case *exportFile != "":
 		path = *exportFile
 		r, err = verifyExportFile(path, pub)
-	} else {
+	default:
 		err = src.read(func(tx *bolt.Tx, p string) error {
 			var err error
 			r, err = audit.Verify(tx, pub)
@@ -256,6 +268,9 @@ func auditExport(args []string, stdout io.Writer) error {
 	var src auditSource
 	src.register(fs)
 	since := fs.String("since", "0", "export the entries after this seq (the last one you already have)")
+	online := fs.Bool("node", false, "export a running node's log through its admin socket in --data-dir (or --admin-url)")
+	var af adminFlags
+	af.registerRemote(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -265,6 +280,10 @@ func auditExport(args []string, stdout io.Writer) error {
 	after, err := strconv.ParseUint(*since, 10, 64)
 	if err != nil {
 		return &usageError{fmt.Sprintf("--since %q is not a sequence number", *since)}
+	}
+	if *online {
+		af.dataDir = src.dataDir
+		return exportOnline(&af, after, stdout)
 	}
 	return src.read(func(tx *bolt.Tx, _ string) error {
 		_, err := audit.Export(tx, after, stdout)

@@ -152,6 +152,8 @@ func runServe(args []string) error {
 		return err
 	}
 	defer admin.close()
+	stopCheckpoints := startCheckpoints(&f, node, clusterKey)
+	defer stopCheckpoints()
 	go func() { errc <- ws.Serve(tls.NewListener(wsLn, tlsConf)) }()
 	go func() {
 		if err := health.Serve(healthLn); !errors.Is(err, http.ErrServerClosed) {

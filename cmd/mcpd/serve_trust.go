@@ -23,10 +23,12 @@ import (
 type trustFlags struct {
 	clusterKeyFile string
 	adminTokenFile string
+	auditEvery     time.Duration
 }
 
 func (t *trustFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&t.clusterKeyFile, "cluster-key-file", "", "the cluster's secret key, the same file on every node: seals hmac-sha256 agent secrets and signs audit checkpoints (create with 'mcpd keygen FILE'; --dev creates DATA-DIR/cluster.key)")
+	fs.DurationVar(&t.auditEvery, "audit-checkpoint-every", cluster.DefaultAuditCheckpointEvery, "how often the leader signs the audit log's head (needs --cluster-key-file)")
 	fs.StringVar(&t.adminTokenFile, "admin-token-file", "", "serve the admin API on --admin-port over HTTPS to holders of the token in this file")
 }
 
@@ -138,4 +140,22 @@ func runKeygen(args []string) error {
 	}
 	fmt.Printf("cluster key %s written to %s; give every node a copy (mode 0600) with --cluster-key-file\n", k.ID(), path)
 	return nil
+}
+
+// startCheckpoints runs the audit checkpoints when the node has the
+// cluster key; the function it returns stops them.
+func startCheckpoints(f *serveFlags, node *cluster.Node, key *auth.ClusterKey) func() {
+	if key == nil {
+		return func() {}
+	}
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		node.RunAuditCheckpoints(key.AuditKey(), f.trust.auditEvery, stop)
+	}()
+	return func() {
+		close(stop)
+		<-done
+	}
 }
