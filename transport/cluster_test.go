@@ -12,7 +12,18 @@ import (
 func startThree(t *testing.T) (*testcluster.Cluster, *testcluster.Node, []*testcluster.Node) {
 	t.Helper()
 	c := startCluster(t, 3, transport.Options{})
-	leader := c.WaitLeader()
+	// A follower learns the leader from its first heartbeat: wait until
+	// every node names the same one.
+	var leader *testcluster.Node
+	testcluster.WaitFor(t, 20*time.Second, func() bool {
+		leader = c.WaitLeader()
+		for _, nd := range c.Nodes {
+			if nd.Node.Leader() != leader.ID {
+				return false
+			}
+		}
+		return true
+	})
 	followers := c.Followers()
 	if len(followers) != 2 {
 		t.Fatalf("%d followers", len(followers))
