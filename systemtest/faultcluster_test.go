@@ -46,6 +46,8 @@ type faultCluster struct {
 	lab   *netLab
 	nodes []*fnode
 	peers string // the --peers of every node
+	// keyFile is the cluster key file of a secure cluster.
+	keyFile string
 }
 
 // clusterOpts tunes a fault cluster.
@@ -60,6 +62,10 @@ type clusterOpts struct {
 	// spare adds namespaces after the nodes' (k = n+1...) for processes
 	// that are not members, such as a rogue node.
 	spare int
+	// secure runs the nodes without --insecure-auth-none, with a shared
+	// cluster key file (c.keyFile) and audit checkpoints every second:
+	// agents need identities.
+	secure bool
 }
 
 // newFaultCluster starts n nodes in their own namespaces and waits until all
@@ -80,6 +86,10 @@ func newFaultCluster(t *testing.T, n int, o clusterOpts) *faultCluster {
 	}
 	c.peers = strings.Join(peers, ",")
 	c.ca = filepath.Join(tlsDir, "ca.pem")
+	if o.secure {
+		c.keyFile = filepath.Join(dir, "cluster.key")
+		runMcpd(t, "keygen", c.keyFile)
+	}
 	var procs []*proc
 	for k := 1; k <= n; k++ {
 		id := fmt.Sprintf("n%d", k)
@@ -97,11 +107,15 @@ func newFaultCluster(t *testing.T, n int, o clusterOpts) *faultCluster {
 			"--bind", lab.addr(k),
 			"--peers", c.peers,
 			"--tls-dir", tlsDir,
-			"--insecure-auth-none",
 			"--raft-heartbeat-timeout", timeout.String(),
 			"--raft-election-timeout", timeout.String(),
 			"--node-down-after", faultNodeDownAfter.String(),
 			"--log-level", "info",
+		}
+		if o.secure {
+			args = append(args, "--cluster-key-file", c.keyFile, "--audit-checkpoint-every", "1s")
+		} else {
+			args = append(args, "--insecure-auth-none")
 		}
 		if o.extra != nil {
 			args = append(args, o.extra(k)...)
