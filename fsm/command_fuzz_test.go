@@ -13,6 +13,7 @@ import (
 	"testing"
 
 	"github.com/hashicorp/raft"
+	"github.com/mcpd/mcpd/auth"
 	"github.com/mcpd/mcpd/fsm"
 	"github.com/mcpd/mcpd/internal/mpack"
 	"github.com/mcpd/mcpd/queue"
@@ -51,6 +52,12 @@ func fzArgs(t fsm.MessageType) any {
 		return &fsm.NodeDownArgs{}
 	case fsm.TypeAuditCheckpoint:
 		return &fsm.AuditCheckpointArgs{}
+	case fsm.TypeAgentAdd:
+		return &fsm.AgentAddArgs{}
+	case fsm.TypeAgentRevoke:
+		return &fsm.AgentRevokeArgs{}
+	case fsm.TypeAuthEvent:
+		return &fsm.AuthEventArgs{}
 	}
 	return nil
 }
@@ -87,6 +94,13 @@ func fzEntries(tb testing.TB) []*fsm.Entry {
 			cmd(fsm.TypeConnClosed, "", 0, &fsm.ConnClosedArgs{Conn: conn}),
 			cmd(fsm.TypeNodeDown, "", 0, &fsm.NodeDownArgs{Node: "n2"}),
 			cmd(fsm.TypeAuditCheckpoint, "", 0, &fsm.AuditCheckpointArgs{Seq: 1, Hash: make([]byte, 32), Public: make([]byte, 32), Sig: make([]byte, 64)}),
+		}},
+		{Time: 1_700_000_000_300, Cmds: []fsm.Command{
+			cmd(fsm.TypeAgentAdd, "n1/1/call1", 1, &fsm.AgentAddArgs{Agent: auth.Agent{Name: "cipher", Alg: auth.AlgEd25519, Public: make([]byte, 32),
+				Caps: []string{"ghidra.decompile"}, ACL: auth.ACL{Enqueue: []string{"jobs.*"}}, Limits: auth.Limits{MsgsPerSec: 5}}}),
+			cmd(fsm.TypeAgentAdd, "", 0, &fsm.AgentAddArgs{Agent: auth.Agent{Name: "legacy", Alg: auth.AlgHMACSHA256, Sealed: make([]byte, 60), SealKey: "00"}}),
+			cmd(fsm.TypeAuthEvent, "", 0, &fsm.AuthEventArgs{Kind: "auth.fail", Agent: "cipher", Code: "bad_signature", Node: "n1", Suppressed: 3}),
+			cmd(fsm.TypeAgentRevoke, "n1/1/call2", 1, &fsm.AgentRevokeArgs{Name: "cipher", Reason: "lost"}),
 		}},
 		{Time: -1, Cmds: nil},
 		{Time: 0, Cmds: []fsm.Command{{Type: 200, Body: msgpack.RawMessage{0xc0}}}},
