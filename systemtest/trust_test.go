@@ -1,6 +1,7 @@
 package systemtest
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -147,8 +148,47 @@ func Test_Trust_AgentCLI(t *testing.T) {
 		t.Fatalf("agent list: %v\n%s", err, out)
 	}
 
+	// audit tail follows the log: an identity change shows up in it.
+	tail := exec.Command(mcpdBinary(t), "audit", "tail", "--data-dir", dataDir, "--poll", "100ms")
+	tailOut, err := tail.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tail.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer tail.Process.Kill()
+	lines := make(chan string, 1024)
+	go func() {
+		sc := bufio.NewScanner(tailOut)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+		close(lines)
+	}()
 	if out, stderr, err := mcpdOut(t, "agent", "revoke", "cipher", "--reason", "rotated", "--data-dir", dataDir); err != nil {
 		t.Fatalf("agent revoke: %v\n%s%s", err, out, stderr)
+	}
+	for seen := false; !seen; {
+		select {
+		case l, ok := <-lines:
+			if !ok {
+				t.Fatal("audit tail ended")
+			}
+			var rec map[string]any
+			if err := json.Unmarshal([]byte(l), &rec); err != nil {
+				t.Fatalf("audit tail printed %q: %v", l, err)
+			}
+			seen = rec["kind"] == "agent.revoke" && rec["subject"] == "cipher" && rec["actor"] == "operator:local"
+		case <-time.After(20 * time.Second):
+			t.Fatal("the revocation did not show in audit tail")
+		}
+	}
+	if err := tail.Process.Signal(os.Interrupt); err != nil {
+		t.Fatal(err)
+	}
+	if err := tail.Wait(); err != nil {
+		t.Fatalf("audit tail after SIGINT: %v", err)
 	}
 	// The live client is cut off and cannot come back.
 	waitFor(t, 20*time.Second, "the revoked client to fail", func() error {
@@ -161,6 +201,15 @@ func Test_Trust_AgentCLI(t *testing.T) {
 	})
 	if _, err := client.Dial(ctx, client.Options{URLs: []string{url}, Agent: "cipher", CAFile: ca, Signer: signer}); !client.IsCode(err, "unauthenticated") {
 		t.Fatalf("dial after revoke: %v, want unauthenticated", err)
+	}
+	// The running node's log verifies from the operator's side, with the
+	// key the dev node's cluster key gives.
+	key, _, err := mcpdOut(t, "audit", "key", "--cluster-key-file", filepath.Join(dataDir, "cluster.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, stderr, err := mcpdOut(t, "audit", "verify", "--node", "--data-dir", dataDir, "--key", strings.TrimSpace(key)); err != nil || !strings.HasPrefix(out, "ok: ") {
+		t.Fatalf("audit verify --node: %v %s %s", err, out, stderr)
 	}
 	out, _, _ = mcpdOut(t, "agent", "list", "--data-dir", dataDir)
 	if !strings.Contains(out, "revoked") {
