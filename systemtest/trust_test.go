@@ -204,11 +204,11 @@ func Test_Trust_AgentCLI(t *testing.T) {
 	}
 	// The running node's log verifies from the operator's side, with the
 	// key the dev node's cluster key gives.
-	key, _, err := mcpdOut(t, "audit", "key", "--cluster-key-file", filepath.Join(dataDir, "cluster.key"))
+	auditKey, _, err := mcpdOut(t, "audit", "key", "--cluster-key-file", filepath.Join(dataDir, "cluster.key"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if out, stderr, err := mcpdOut(t, "audit", "verify", "--node", "--data-dir", dataDir, "--key", strings.TrimSpace(key)); err != nil || !strings.HasPrefix(out, "ok: ") {
+	if out, stderr, err := mcpdOut(t, "audit", "verify", "--node", "--data-dir", dataDir, "--key", strings.TrimSpace(auditKey)); err != nil || !strings.HasPrefix(out, "ok: ") {
 		t.Fatalf("audit verify --node: %v %s %s", err, out, stderr)
 	}
 	out, _, _ = mcpdOut(t, "agent", "list", "--data-dir", dataDir)
