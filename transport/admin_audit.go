@@ -63,8 +63,8 @@ func (a *Admin) readAuditPage(after uint64, limit int) ([]audit.Record, error) {
 }
 
 // auditEntries answers GET /v1/audit/entries?after=SEQ&limit=N with the
-// entries as JSON lines, the form of 'mcpd audit export'. Entries applied
-// in the last flush interval may not be included yet.
+// entries as JSON lines, the form of 'mcpd audit export', up to the last
+// command this node applied.
 func (a *Admin) auditEntries(w http.ResponseWriter, r *http.Request) {
 	after, err := queryUint(r, "after", 0)
 	if err != nil {
@@ -76,6 +76,9 @@ func (a *Admin) auditEntries(w http.ResponseWriter, r *http.Request) {
 		adminErr(w, http.StatusBadRequest, "bad_request", "limit must be 1 to %d", maxAuditPage)
 		return
 	}
+	// What was applied since the last commit of state.db is committed
+	// first (it would be within the flush interval anyway).
+	a.node.FSM().Flush()
 	recs, err := a.readAuditPage(after, int(limit))
 	if err != nil {
 		adminFail(w, err)
