@@ -5,9 +5,11 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -220,3 +222,50 @@ func Test_Trust_AgentCLI(t *testing.T) {
 type errorString string
 
 func (e errorString) Error() string { return string(e) }
+
+// The admin API over HTTPS on the admin port, for an operator with the
+// token: the same agent commands, and nothing without the token.
+func Test_Trust_RemoteAdmin(t *testing.T) {
+	bin := mcpdBinary(t)
+	dir := t.TempDir()
+	ports := freePorts(t, 4)
+	dataDir := filepath.Join(dir, "data")
+	token := filepath.Join(dir, "token")
+	if err := os.WriteFile(token, []byte("s3cret-operator-token-0123456789\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	wrong := filepath.Join(dir, "wrong")
+	if err := os.WriteFile(wrong, []byte("not-the-operator-token-000000000\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p := &proc{name: "dev", bin: bin, logPath: filepath.Join(dir, "dev.log"), args: []string{"serve", "--dev",
+		"--data-dir", dataDir,
+		"--port", strconv.Itoa(ports[0]), "--health-port", strconv.Itoa(ports[1]),
+		"--raft-port", strconv.Itoa(ports[2]), "--admin-port", strconv.Itoa(ports[3]),
+		"--admin-token-file", token,
+	}}
+	manage(t, p)
+	p.start(t)
+	waitReady(t, net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[1])), 20*time.Second)
+	remote := func(tok string, args ...string) (string, string, error) {
+		return mcpdOut(t, append(args, "--admin-url", "https://127.0.0.1:"+strconv.Itoa(ports[3]),
+			"--admin-token-file", tok, "--ca", filepath.Join(dataDir, "tls", "ca.pem"))...)
+	}
+	if _, stderr, err := remote(token, "agent", "add", "far", "--allow-publish", "news.*"); err != nil {
+		t.Fatalf("remote agent add: %v\n%s", err, stderr)
+	}
+	out, stderr, err := remote(token, "agent", "show", "far")
+	if err != nil || !strings.Contains(out, `"created_by": "operator:token"`) {
+		t.Fatalf("remote agent show: %v\n%s%s", err, out, stderr)
+	}
+	if _, stderr, err := remote(wrong, "agent", "list"); err == nil || !strings.Contains(stderr, "unauthenticated") {
+		t.Fatalf("agent list with a wrong token: %v\n%s", err, stderr)
+	}
+	if _, _, err := remote(wrong, "agent", "revoke", "far"); err == nil {
+		t.Fatal("revoke with a wrong token succeeded")
+	}
+	out, _, err = remote(token, "agent", "list")
+	if err != nil || !strings.Contains(out, "active") {
+		t.Fatalf("far was revoked by a wrong token: %v\n%s", err, out)
+	}
+}
