@@ -66,14 +66,7 @@ func NewClusterKey(raw []byte) (*ClusterKey, error) {
 // LoadClusterKey reads a cluster key file: the standard base64 of 32
 // random bytes. A file others can read is refused.
 func LoadClusterKey(path string) (*ClusterKey, error) {
-	fi, err := os.Stat(path)
-	if err != nil {
-		return nil, err
-	}
-	if fi.Mode().Perm()&0o077 != 0 {
-		return nil, fmt.Errorf("%s: cluster key file is readable by others (mode %v); chmod 600 it", path, fi.Mode().Perm())
-	}
-	b, err := os.ReadFile(path)
+	b, err := ReadPrivateFile(path, "cluster key")
 	if err != nil {
 		return nil, err
 	}
@@ -148,4 +141,18 @@ func (k *ClusterKey) AuditKey() ed25519.PrivateKey { return k.audit }
 // AuditPublicKey is the public half of AuditKey, which every node publishes.
 func (k *ClusterKey) AuditPublicKey() ed25519.PublicKey {
 	return k.audit.Public().(ed25519.PublicKey)
+}
+
+// ReadPrivateFile reads a file that holds a secret (what names it in
+// errors). A file that others can read or write is refused, as ssh
+// refuses such a key: its secret may be known already.
+func ReadPrivateFile(path, what string) ([]byte, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, err
+	}
+	if fi.Mode().Perm()&0o077 != 0 {
+		return nil, fmt.Errorf("%s: %s file is readable by others (mode %v); chmod 600 it", path, what, fi.Mode().Perm())
+	}
+	return os.ReadFile(path)
 }

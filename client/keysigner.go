@@ -2,7 +2,6 @@ package client
 
 import (
 	"fmt"
-	"os"
 
 	"github.com/mcpd/mcpd/auth"
 )
@@ -20,14 +19,7 @@ var _ Signer = (*KeySigner)(nil)
 // LoadCredentials reads a credential file (`mcpd agent add --out FILE`).
 // A file that others can read is refused, as ssh refuses such a key.
 func LoadCredentials(path string) (*KeySigner, error) {
-	fi, err := os.Stat(path)
-	if err != nil {
-		return nil, err
-	}
-	if fi.Mode().Perm()&0o077 != 0 {
-		return nil, fmt.Errorf("%s: credential file is readable by others (mode %v); chmod 600 it", path, fi.Mode().Perm())
-	}
-	b, err := os.ReadFile(path)
+	b, err := auth.ReadPrivateFile(path, "credential")
 	if err != nil {
 		return nil, err
 	}

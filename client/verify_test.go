@@ -1,14 +1,7 @@
 package client_test
 
 import (
-	"bytes"
 	"context"
-	"crypto/ed25519"
-	"crypto/rand"
-	"encoding/json"
-	"log/slog"
-	"net/http"
-	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -16,7 +9,6 @@ import (
 	"github.com/mcpd/mcpd/auth"
 	"github.com/mcpd/mcpd/client"
 	"github.com/mcpd/mcpd/internal/testcluster"
-	"github.com/mcpd/mcpd/transport"
 )
 
 // Against a real cluster, which refuses envelopes that do not verify:
@@ -26,55 +18,22 @@ import (
 // secureCluster is a one-node cluster without dev authentication and the
 // admin API that adds its agents.
 type secureCluster struct {
-	t     *testing.T
-	c     *testcluster.Cluster
-	admin *httptest.Server
+	t *testing.T
+	c *testcluster.Cluster
 }
 
 func startSecure(t *testing.T) *secureCluster {
 	t.Helper()
-	raw := make([]byte, 32)
-	if _, err := rand.Read(raw); err != nil {
-		t.Fatal(err)
-	}
-	key, err := auth.NewClusterKey(raw)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := testcluster.Start(t, 1, testcluster.Options{Secure: true, Transport: transport.Options{ClusterKey: key}})
-	admin := httptest.NewServer(transport.NewAdmin(c.Nodes[0].Node, key, slog.New(slog.DiscardHandler)).LocalHandler())
-	t.Cleanup(admin.Close)
-	return &secureCluster{t: t, c: c, admin: admin}
+	return &secureCluster{t: t, c: testcluster.Start(t, 1, testcluster.Options{Secure: true})}
 }
 
 // addAgent adds an agent that may use every queue and topic and returns
 // its signer.
 func (s *secureCluster) addAgent(name, alg string) *client.KeySigner {
 	s.t.Helper()
-	req := transport.AdminAgentRequest{Name: name, Alg: alg, ACL: auth.ACL{
+	key := s.c.AddAgent(name, alg, auth.ACL{
 		Enqueue: []string{"*"}, Consume: []string{"*"}, Publish: []string{"*"}, Subscribe: []string{"*"},
-	}}
-	key := auth.Key{Alg: alg}
-	if alg == auth.AlgEd25519 {
-		pub, priv, err := ed25519.GenerateKey(rand.Reader)
-		if err != nil {
-			s.t.Fatal(err)
-		}
-		req.PublicKey, key.Public, key.Signer = pub, pub, priv
-	} else {
-		key.Secret = make([]byte, 32)
-		rand.Read(key.Secret)
-		req.Secret = key.Secret
-	}
-	body, _ := json.Marshal(req)
-	resp, err := http.Post(s.admin.URL+"/v1/agents", "application/json", bytes.NewReader(body))
-	if err != nil {
-		s.t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusCreated {
-		s.t.Fatalf("add agent %s: HTTP %d", name, resp.StatusCode)
-	}
+	}, auth.Limits{})
 	return &client.KeySigner{Agent: name, Key: key}
 }
 

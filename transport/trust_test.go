@@ -19,33 +19,18 @@ import (
 	"github.com/mcpd/mcpd/transport"
 )
 
-// secure is a cluster without dev authentication, with an admin API on
-// its first node.
+// secure is a cluster without dev authentication, with the admin API of
+// every node.
 type secure struct {
-	t     *testing.T
-	c     *testcluster.Cluster
-	key   *auth.ClusterKey
-	admin []*httptest.Server
+	t   *testing.T
+	c   *testcluster.Cluster
+	key *auth.ClusterKey
 }
 
 func startSecure(t *testing.T, n int) *secure {
 	t.Helper()
-	raw := make([]byte, 32)
-	if _, err := rand.Read(raw); err != nil {
-		t.Fatal(err)
-	}
-	key, err := auth.NewClusterKey(raw)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := testcluster.Start(t, n, testcluster.Options{Secure: true, Transport: transport.Options{ClusterKey: key}})
-	s := &secure{t: t, c: c, key: key}
-	for _, nd := range c.Nodes {
-		srv := httptest.NewServer(transport.NewAdmin(nd.Node, key, slog.New(slog.DiscardHandler)).LocalHandler())
-		t.Cleanup(srv.Close)
-		s.admin = append(s.admin, srv)
-	}
-	return s
+	c := testcluster.Start(t, n, testcluster.Options{Secure: true})
+	return &secure{t: t, c: c, key: c.Key}
 }
 
 // adminCall sends a JSON request to node i's admin API and returns the
@@ -59,7 +44,7 @@ func (s *secure) adminCall(i int, method, path string, body any) (int, map[strin
 	} else {
 		rd = bytes.NewReader(nil)
 	}
-	req, _ := http.NewRequest(method, s.admin[i].URL+path, rd)
+	req, _ := http.NewRequest(method, s.c.Nodes[i].AdminURL()+path, rd)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		s.t.Fatal(err)
@@ -73,19 +58,7 @@ func (s *secure) adminCall(i int, method, path string, body any) (int, map[strin
 // addAgent adds an agent through node 0's admin API and returns its key.
 func (s *secure) addAgent(name, alg string, acl auth.ACL, limits auth.Limits) auth.Key {
 	s.t.Helper()
-	req := transport.AdminAgentRequest{Name: name, Alg: alg, ACL: acl, Limits: limits}
-	var key auth.Key
-	if alg == auth.AlgEd25519 {
-		pub, priv, _ := ed25519.GenerateKey(rand.Reader)
-		req.PublicKey, key = pub, auth.Key{Alg: alg, Public: pub, Signer: priv}
-	} else {
-		secret := bytes.Repeat([]byte{byte(len(name))}, 32)
-		req.Secret, key = secret, auth.Key{Alg: alg, Secret: secret}
-	}
-	if st, out := s.adminCall(0, "POST", "/v1/agents", req); st != http.StatusCreated {
-		s.t.Fatalf("add agent %s: %d %v", name, st, out)
-	}
-	return key
+	return s.c.AddAgent(name, alg, acl, limits)
 }
 
 // signedConn is an authenticated connection that signs its envelopes.
@@ -418,7 +391,7 @@ func waitFor(t *testing.T, cond func() bool) {
 func (s *secure) auditRecords(i int) []audit.Record {
 	s.t.Helper()
 	s.c.Nodes[i].Node.FSM().Flush()
-	resp, err := http.Get(s.admin[i].URL + "/v1/audit/entries?after=0&limit=10000")
+	resp, err := http.Get(s.c.Nodes[i].AdminURL() + "/v1/audit/entries?after=0&limit=10000")
 	if err != nil {
 		s.t.Fatal(err)
 	}

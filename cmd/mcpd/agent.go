@@ -192,15 +192,22 @@ func msTime(ms int64) string {
 	return time.UnixMilli(ms).UTC().Format(time.RFC3339)
 }
 
+// namedAdmin parses the flags of a command on one agent NAME and returns
+// the name and a client of the node's admin API.
+func namedAdmin(fs *flag.FlagSet, af *adminFlags, args []string) (string, *adminClient, error) {
+	name, err := parseNamed(fs, args)
+	if err != nil {
+		return "", nil, err
+	}
+	c, err := af.client()
+	return name, c, err
+}
+
 func agentShow(args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("agent show", flag.ContinueOnError)
 	var af adminFlags
 	af.register(fs)
-	name, err := parseNamed(fs, args)
-	if err != nil {
-		return err
-	}
-	c, err := af.client()
+	name, c, err := namedAdmin(fs, &af, args)
 	if err != nil {
 		return err
 	}
@@ -217,11 +224,7 @@ func agentRevoke(args []string, stdout io.Writer) error {
 	var af adminFlags
 	af.register(fs)
 	reason := fs.String("reason", "", "why, for the audit log")
-	name, err := parseNamed(fs, args)
-	if err != nil {
-		return err
-	}
-	c, err := af.client()
+	name, c, err := namedAdmin(fs, &af, args)
 	if err != nil {
 		return err
 	}

@@ -66,6 +66,30 @@ func (s *auditSource) register(fs *flag.FlagSet) {
 	fs.StringVar(&s.snapshot, "snapshot", "", "a snapshot instead: a directory DATA-DIR/raft/snapshots/ID, or its state.bin")
 }
 
+// auditFlags are the source flags of verify and export: a stopped node's
+// data directory, a snapshot, or (--node) a running node's admin API.
+type auditFlags struct {
+	src    auditSource
+	online bool
+	admin  adminFlags
+}
+
+func (a *auditFlags) register(fs *flag.FlagSet, verb string) {
+	a.src.register(fs)
+	fs.BoolVar(&a.online, "node", false, verb+" a running node's log through its admin socket in --data-dir (or --admin-url)")
+	a.admin.registerRemote(fs)
+}
+
+// parse parses and checks the flags; the admin flags then name the data
+// directory's socket.
+func (a *auditFlags) parse(fs *flag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	a.admin.dataDir = a.src.dataDir
+	return a.src.check(fs)
+}
+
 // check validates the flags once parsed.
 func (s *auditSource) check(fs *flag.FlagSet) error {
 	if fs.NArg() > 0 {
@@ -167,18 +191,13 @@ func (s *auditSource) read(fn func(tx *bolt.Tx, path string) error) (err error) 
 
 func auditVerify(args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("audit verify", flag.ContinueOnError)
-	var src auditSource
-	src.register(fs)
+	var af auditFlags
+	af.register(fs, "verify")
+	src := &af.src
 	keyArg := fs.String("key", "", "the cluster's audit public key (base64, hex or PEM, or a file holding it: 'mcpd audit key' prints it); without it checkpoints are checked against the keys they name")
 	exportFile := fs.String("export", "", "verify an export instead ('mcpd audit export' output; - for stdin): every hash, link and checkpoint signature in it")
 	asJSON := fs.Bool("json", false, "print the report as JSON")
-	online := fs.Bool("node", false, "verify a running node's log through its admin socket in --data-dir (or --admin-url)")
-	var af adminFlags
-	af.registerRemote(fs)
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	if err := src.check(fs); err != nil {
+	if err := af.parse(fs, args); err != nil {
 		return err
 	}
 	if *exportFile != "" && (src.snapshot != "" || flagSet(fs, "data-dir")) {
@@ -195,9 +214,9 @@ func auditVerify(args []string, stdout io.Writer) error {
 	var path string
 	var err error
 	switch {
-	case *online:
-		af.dataDir, path = src.dataDir, "node"
-		r, err = verifyOnline(&af, *keyArg)
+	case af.online:
+		path = "node"
+		r, err = verifyOnline(&af.admin, *keyArg)
 	case *exportFile != "":
 		path = *exportFile
 		r, err = verifyExportFile(path, pub)
@@ -265,27 +284,20 @@ func loadAuditKey(arg string) (ed25519.PublicKey, error) {
 
 func auditExport(args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("audit export", flag.ContinueOnError)
-	var src auditSource
-	src.register(fs)
+	var af auditFlags
+	af.register(fs, "export")
 	since := fs.String("since", "0", "export the entries after this seq (the last one you already have)")
-	online := fs.Bool("node", false, "export a running node's log through its admin socket in --data-dir (or --admin-url)")
-	var af adminFlags
-	af.registerRemote(fs)
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	if err := src.check(fs); err != nil {
+	if err := af.parse(fs, args); err != nil {
 		return err
 	}
 	after, err := strconv.ParseUint(*since, 10, 64)
 	if err != nil {
 		return &usageError{fmt.Sprintf("--since %q is not a sequence number", *since)}
 	}
-	if *online {
-		af.dataDir = src.dataDir
-		return exportOnline(&af, after, stdout)
+	if af.online {
+		return exportOnline(&af.admin, after, stdout)
 	}
-	return src.read(func(tx *bolt.Tx, _ string) error {
+	return af.src.read(func(tx *bolt.Tx, _ string) error {
 		_, err := audit.Export(tx, after, stdout)
 		return err
 	})

@@ -10,11 +10,14 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/mcpd/mcpd/auth"
 	"github.com/mcpd/mcpd/client"
 	"github.com/mcpd/mcpd/cluster"
 	"github.com/mcpd/mcpd/pki"
@@ -35,6 +38,8 @@ type Node struct {
 	raftAddr string
 	wsLn     net.Listener
 	stopped  bool
+	admin    atomic.Pointer[transport.Admin] // Secure clusters
+	adminSrv *httptest.Server
 }
 
 // Cluster is a running test cluster.
@@ -45,8 +50,10 @@ type Cluster struct {
 	// key stays in TLSDir (tests issue more certificates from it).
 	TLS    *pki.Material
 	TLSDir string
-	peers  map[string]string
-	opt    Options
+	// Key is the cluster key of a Secure cluster.
+	Key   *auth.ClusterKey
+	peers map[string]string
+	opt   Options
 }
 
 // Options tune a test cluster.
@@ -54,7 +61,9 @@ type Options struct {
 	// TransportOptions apply to every node's WebSocket server.
 	Transport transport.Options
 	// Secure turns dev authentication off: agents must authenticate with
-	// an identity (alg "none" is refused) and sign their envelopes.
+	// an identity (alg "none" is refused) and sign their envelopes. The
+	// nodes share a cluster key (Cluster.Key; Transport.ClusterKey if set)
+	// and serve their admin API (Node.AdminURL, Cluster.AddAgent).
 	Secure bool
 	// NodeDownAfter and TrailingLogs are passed to every node (0: the
 	// defaults).
@@ -81,7 +90,10 @@ func Start(t testing.TB, n int, opt Options) *Cluster {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &Cluster{t: t, TLS: m, TLSDir: tlsDir, peers: map[string]string{}, opt: opt}
+	if opt.Secure && opt.Transport.ClusterKey == nil {
+		opt.Transport.ClusterKey = newClusterKey(t)
+	}
+	c := &Cluster{t: t, TLS: m, TLSDir: tlsDir, Key: opt.Transport.ClusterKey, peers: map[string]string{}, opt: opt}
 	lns := make([]net.Listener, n)
 	for i := range n {
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -144,6 +156,9 @@ func (c *Cluster) startNode(nd *Node, raftLn net.Listener) {
 	}
 	go ws.Serve(tls.NewListener(ln, c.TLS.ServerTLS()))
 	nd.Node, nd.WS, nd.wsLn, nd.stopped = node, ws, ln, false
+	if c.opt.Secure {
+		c.startAdmin(nd)
+	}
 	nd.URL = fmt.Sprintf("wss://%s/v1", ln.Addr())
 }
 
