@@ -48,16 +48,19 @@ type Options struct {
 	// EventBuffer bounds the events buffered per subscription; events
 	// beyond it are dropped (pub/sub is at-most-once). Default 4096.
 	EventBuffer int
-	// VerifySenders makes consumers and subscriptions check the sender of
-	// every envelope (Client.VerifyEnvelope) before handing it over, on C
-	// and Next alike. A delivery whose sender does not verify is rejected
-	// to the dead-letter queue with reason "bad signature: ..."; one whose
-	// sender's key cannot be fetched is nacked to the queue's backoff. An
-	// event that fails either way is dropped and counted
-	// (Subscription.Unverified). hmac-sha256 senders pass as checked by
-	// the server (Verified.ByServer). Unsigned envelopes never pass, so a
-	// --dev server is usable only with VerifySenders off, the default.
-	VerifySenders bool
+	// VerifySenders says whether consumers and subscriptions check the
+	// sender of every envelope (Client.VerifyEnvelope) before handing it
+	// over, on C and Next alike. A delivery whose sender does not verify
+	// is rejected to the dead-letter queue with reason "bad signature:
+	// ..."; one whose sender's key cannot be fetched is nacked to the
+	// queue's backoff. An event that fails either way is dropped and
+	// counted (Subscription.Unverified). hmac-sha256 senders pass as
+	// checked by the server (Verified.ByServer). The default, VerifyAuto,
+	// checks when the client itself authenticates with an identity (a
+	// Signer other than NoneSigner): then the server has identities and
+	// every envelope it accepts is signed. Unsigned envelopes never pass,
+	// so VerifyAlways does not suit a --dev server.
+	VerifySenders Verification
 	// OnPush receives pushes other than deliver and event (task,
 	// task.update), as the whole frame. It runs on the reader goroutine
 	// and must not block.

@@ -58,7 +58,7 @@ func (c *Client) Consume(ctx context.Context, queue string, opts ConsumeOptions)
 	}
 	k := &Consumer{Queue: queue, Opts: opts, box: newMailbox[*Delivery](0)}
 	k.st = stream{c: c, kind: kindConsumer, open: f, closeOp: "cancel", idField: "consumer", sink: k}
-	if c.opts.VerifySenders {
+	if c.verifying() {
 		k.box.admit = k.admit
 	}
 	if err := startPump(c, k.box); err != nil {

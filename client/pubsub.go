@@ -62,7 +62,7 @@ func (c *Client) Subscribe(ctx context.Context, topic string) (*Subscription, er
 	s := &Subscription{Topic: topic, box: newMailbox[*Event](c.opts.EventBuffer)}
 	s.st = stream{c: c, kind: kindSub, open: newFrame("subscribe").str("topic", topic),
 		closeOp: "unsubscribe", idField: "sub", sink: s}
-	if c.opts.VerifySenders {
+	if c.verifying() {
 		s.box.admit = s.admit
 	}
 	if err := startPump(c, s.box); err != nil {

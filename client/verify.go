@@ -226,3 +226,27 @@ func (s *Subscription) admit(ev *Event) bool {
 	c.log.Warn("dropping an event whose sender is not verified", "topic", ev.Topic, "err", err)
 	return false
 }
+
+// Verification is Options.VerifySenders.
+type Verification int
+
+// Verification modes.
+const (
+	// VerifyAuto verifies when the client authenticates with an identity.
+	VerifyAuto Verification = iota
+	// VerifyAlways verifies every envelope received.
+	VerifyAlways
+	// VerifyNever hands envelopes over unchecked.
+	VerifyNever
+)
+
+// verifying reports whether received envelopes are checked.
+func (c *Client) verifying() bool {
+	switch c.opts.VerifySenders {
+	case VerifyAlways:
+		return true
+	case VerifyNever:
+		return false
+	}
+	return c.opts.Signer != nil && c.opts.Signer.Alg() != "none"
+}

@@ -60,13 +60,14 @@ func signedEnv(t *testing.T, agent string, n int, key auth.Key) []byte {
 	return b
 }
 
-// verifyingClient dials the fake server as agent "tester" signing with key.
+// verifyingClient dials the fake server as agent "tester" signing with
+// key. VerifySenders is left at VerifyAuto: a client with an identity
+// verifies what it receives.
 func verifyingClient(t *testing.T, s *fakeServer, key auth.Key) *Client {
 	t.Helper()
 	s.setKey("tester", key)
 	opts := testOptions(s)
 	opts.Signer = &KeySigner{Agent: "tester", Key: key}
-	opts.VerifySenders = true
 	return mustDial(t, opts)
 }
 

@@ -37,7 +37,7 @@ func (s *secureCluster) addAgent(name, alg string) *client.KeySigner {
 	return &client.KeySigner{Agent: name, Key: key}
 }
 
-func dial(t *testing.T, c *testcluster.Cluster, agent string, signer client.Signer, verify bool) *client.Client {
+func dial(t *testing.T, c *testcluster.Cluster, agent string, signer client.Signer, verify client.Verification) *client.Client {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -59,9 +59,9 @@ func testCtx(t *testing.T) context.Context {
 
 func TestVerifySendersAgainstACluster(t *testing.T) {
 	s := startSecure(t)
-	producer := dial(t, s.c, "cipher", s.addAgent("cipher", auth.AlgEd25519), false)
-	legacy := dial(t, s.c, "legacy", s.addAgent("legacy", auth.AlgHMACSHA256), false)
-	consumer := dial(t, s.c, "editor", s.addAgent("editor", auth.AlgEd25519), true)
+	producer := dial(t, s.c, "cipher", s.addAgent("cipher", auth.AlgEd25519), client.VerifyNever)
+	legacy := dial(t, s.c, "legacy", s.addAgent("legacy", auth.AlgHMACSHA256), client.VerifyNever)
+	consumer := dial(t, s.c, "editor", s.addAgent("editor", auth.AlgEd25519), client.VerifyAuto)
 	ctx := testCtx(t)
 
 	sub, err := consumer.Subscribe(ctx, "news")
@@ -115,8 +115,10 @@ func TestVerifySendersAgainstACluster(t *testing.T) {
 func TestVerifySendersRejectsUnsignedDevEnvelopes(t *testing.T) {
 	c := testcluster.Start(t, 1, testcluster.Options{})
 	producer := c.Dial("cipher")
-	strict := dial(t, c, "editor", nil, true)
-	lax := dial(t, c, "auditor", nil, false)
+	strict := dial(t, c, "editor", nil, client.VerifyAlways)
+	// VerifyAuto without an identity does not verify: the dev server's
+	// unsigned envelopes reach it.
+	lax := dial(t, c, "auditor", nil, client.VerifyAuto)
 	ctx := testCtx(t)
 
 	k, err := strict.Consume(ctx, "jobs", client.ConsumeOptions{})
@@ -126,7 +128,7 @@ func TestVerifySendersRejectsUnsignedDevEnvelopes(t *testing.T) {
 	if _, err := producer.Enqueue(ctx, "jobs", "unsigned"); err != nil {
 		t.Fatal(err)
 	}
-	// Without VerifySenders a dev server stays usable: the dead letter
+	// Without verification a dev server stays usable: the dead letter
 	// arrives, with the reason the verifying consumer gave.
 	dlq, err := lax.Consume(ctx, "jobs.dlq", client.ConsumeOptions{})
 	if err != nil {
