@@ -2,6 +2,7 @@ package transport_test
 
 import (
 	"bytes"
+	"context"
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/json"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/mcpd/mcpd/audit"
 	"github.com/mcpd/mcpd/auth"
+	"github.com/mcpd/mcpd/fsm"
 	"github.com/mcpd/mcpd/internal/testcluster"
 	"github.com/mcpd/mcpd/transport"
 )
@@ -483,5 +485,35 @@ func TestAuditOfTrustDecisions(t *testing.T) {
 		if st, _ := s.adminCall(0, "GET", "/v1/audit/entries?"+q, nil); st != http.StatusBadRequest {
 			t.Errorf("entries?%s: %d, want 400", q, st)
 		}
+	}
+}
+
+// An hmac-sha256 secret sealed under another cluster's key (a node given
+// the wrong --cluster-key-file) does not open: the agent is refused with
+// unauthenticated, and the secret is never compared.
+func TestHMACUnderAnotherClusterKey(t *testing.T) {
+	s := startSecure(t, 1)
+	other, err := auth.NewClusterKey(bytes.Repeat([]byte{9}, 32))
+	if err != nil {
+		t.Fatal(err)
+	}
+	secret := bytes.Repeat([]byte{7}, 32)
+	sealed, err := other.Seal("legacy", secret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := auth.Agent{Name: "legacy", Alg: auth.AlgHMACSHA256, Sealed: sealed, SealKey: other.ID()}
+	ctx, cancel := context.WithTimeout(context.Background(), waitTime)
+	defer cancel()
+	rep, err := s.c.Nodes[0].Node.Call(ctx, fsm.TypeAgentAdd, "operator:test", &fsm.AgentAddArgs{Agent: rec})
+	if err != nil || rep.Err != nil {
+		t.Fatalf("add: %v %v", err, rep)
+	}
+	rc := dialRaw(t, s.c, s.c.Nodes[0].URL)
+	rc.sendText(authFrame(t, rc, "legacy", auth.Key{Alg: auth.AlgHMACSHA256, Secret: secret}))
+	f := rc.next(isReply(json.RawMessage("1")))
+	wantErr(t, f, "unauthenticated")
+	if !strings.Contains(f.str("msg"), "cannot check") {
+		t.Fatalf("message %q does not say the node cannot check the agent", f.str("msg"))
 	}
 }
