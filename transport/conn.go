@@ -25,6 +25,8 @@ type conn struct {
 	id     string // cluster connection id, set on auth
 	agent  string
 	ident  *identity // set on auth, read by the reader goroutine only
+	// authFails counts refused auth attempts (reader goroutine only).
+	authFails int
 	authed atomic.Bool
 
 	// The send queue. Everything not yet written counts against the

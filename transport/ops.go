@@ -76,6 +76,11 @@ func (c *conn) handle(data []byte) {
 	if err := h(c, r); err != nil {
 		code, msg := errorCode(err)
 		c.sendErr(r.rid, code, msg, false)
+		if r.op == "auth" && (code == "unauthenticated" || code == "bad_signature") {
+			if c.authFails++; c.authFails >= maxAuthFails {
+				c.closeWith(CloseAuthTimeout, "too many failed authentication attempts")
+			}
+		}
 	}
 }
 

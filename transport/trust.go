@@ -16,6 +16,11 @@ import (
 // CloseRevoked closes the connections of an agent an operator revoked.
 const CloseRevoked = 4003
 
+// maxAuthFails is how many refused auth attempts a connection may make
+// before it is closed (CloseAuthTimeout): each costs a signature check
+// and an audit event, and a client that holds the right key needs one.
+const maxAuthFails = 3
+
 // identity is what a connection proved in its handshake. rec is nil for a
 // dev connection (alg "none"), which the ACL does not restrict.
 type identity struct {

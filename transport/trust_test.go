@@ -517,3 +517,25 @@ func TestHMACUnderAnotherClusterKey(t *testing.T) {
 		t.Fatalf("message %q does not say the node cannot check the agent", f.str("msg"))
 	}
 }
+
+// A connection that keeps failing the handshake is closed: guessing costs
+// a new connection (and a new challenge) every few attempts.
+func TestRepeatedAuthFailuresClose(t *testing.T) {
+	s := startSecure(t, 1)
+	s.addAgent("cipher", auth.AlgEd25519, auth.ACL{}, auth.Limits{})
+	_, priv, _ := ed25519.GenerateKey(rand.Reader)
+	wrong := auth.Key{Alg: auth.AlgEd25519, Public: priv.Public().(ed25519.PublicKey), Signer: priv}
+	rc := dialRaw(t, s.c, s.c.Nodes[0].URL)
+	for i := 1; i <= 3; i++ {
+		rc.sendText(strings.Replace(authFrame(t, rc, "cipher", wrong), `"rid":1`, fmt.Sprintf(`"rid":%d`, i), 1))
+		wantErr(t, rc.next(isReply(json.RawMessage(fmt.Sprint(i)))), "bad_signature")
+	}
+	for {
+		if _, err := rc.readWithin(waitTime); err != nil {
+			break
+		}
+	}
+	if rc.closed == nil || rc.closed.Code != transport.CloseAuthTimeout {
+		t.Fatalf("after 3 failed attempts: closed %v, want %d", rc.closed, transport.CloseAuthTimeout)
+	}
+}
