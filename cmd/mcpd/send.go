@@ -205,9 +205,9 @@ func errHint(err error) string {
 	msg := err.Error()
 	switch {
 	case client.IsCode(err, "unauthenticated") || client.IsCode(err, "bad_signature"):
-		return "\nhint: this server does not accept dev authentication; start it with --dev (or --insecure-auth-none)"
+		return "\nhint: this server wants an agent identity: pass --cred FILE ('mcpd agent add NAME --out FILE' on a node makes one)"
 	case client.IsCode(err, "forbidden"):
-		return "\nhint: the agent may not use this queue; @NAME inboxes belong to agent NAME (see --agent)"
+		return "\nhint: the agent may not use this queue: its ACL does not grant it ('mcpd agent show NAME'), or it is another agent's @inbox"
 	case strings.Contains(msg, "connection limit"):
 		return "\nhint: the node is at its --max-conns; close idle connections, use another node, or raise the limit"
 	case client.IsCode(err, "unavailable") || errors.Is(err, context.DeadlineExceeded):

@@ -54,7 +54,7 @@ func runServe(args []string) error {
 	fs.StringVar(&f.tlsDir, "tls-dir", "", "directory with ca.pem and this node's certificate, ID.pem/ID-key.pem or node.pem/node-key.pem (from 'mcpd tls init'), for the client ports and mutual TLS between nodes (default DATA-DIR/tls; generated only with --dev)")
 	fs.StringVar(&f.tlsCert, "tls-cert", "", "certificate for the client ports (PEM), instead of --tls-dir")
 	fs.StringVar(&f.tlsKey, "tls-key", "", "key of --tls-cert (PEM)")
-	fs.BoolVar(&f.authNone, "insecure-auth-none", false, "accept alg \"none\" authentication outside --dev (until agent identities are configured)")
+	fs.BoolVar(&f.authNone, "insecure-auth-none", false, "accept alg \"none\" (agents without identities, unrestricted by ACLs) outside --dev: for test clusters only")
 	fs.IntVar(&f.maxFrame, "max-frame", 1<<20, "largest accepted WebSocket frame in bytes")
 	fs.IntVar(&f.maxConns, "max-conns", 0, "most WebSocket connections open at once, more are refused with HTTP 503 (default 20000, fewer if the open-file limit is lower)")
 	fs.DurationVar(&f.heartbeat, "raft-heartbeat-timeout", time.Second, "Raft heartbeat timeout")
