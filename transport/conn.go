@@ -22,12 +22,12 @@ type conn struct {
 	ws    *websocket.Conn
 	nonce string
 
-	id     string // cluster connection id, set on auth
-	agent  string
-	ident  *identity // set on auth, read by the reader goroutine only
+	id    string // cluster connection id, set on auth
+	agent string
+	ident *identity // set on auth, read by the reader goroutine only
 	// authFails counts refused auth attempts (reader goroutine only).
 	authFails int
-	authed atomic.Bool
+	authed    atomic.Bool
 
 	// The send queue. Everything not yet written counts against the
 	// limits: the items waiting here and the burst in the writer's hands.
