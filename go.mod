@@ -13,7 +13,12 @@ require (
 	go.etcd.io/bbolt v1.4.3
 )
 
-require golang.org/x/time v0.16.0 // indirect
+require (
+	github.com/tidwall/btree v1.1.0 // indirect
+	github.com/tidwall/match v1.1.1 // indirect
+	github.com/tidwall/redcon v1.6.4 // indirect
+	golang.org/x/time v0.16.0 // indirect
+)
 
 require (
 	github.com/anishathalye/porcupine v1.3.1

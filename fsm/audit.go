@@ -23,8 +23,8 @@ import (
 // commands) therefore add nothing to the chain.
 
 // auditEvent describes an applied command for its audit entry. args are
-// its decoded arguments, err its business error or nil.
-func auditEvent(now int64, c *Command, args any, err error) audit.Event {
+// its decoded arguments, res its result, err its business error or nil.
+func auditEvent(now int64, c *Command, args, res any, err error) audit.Event {
 	ev := audit.Event{Time: now, Actor: c.Actor, Outcome: "ok", Details: c.Body}
 	if err != nil {
 		ev.Outcome = errorCode(err)
@@ -75,6 +75,14 @@ func auditEvent(now int64, c *Command, args any, err error) audit.Event {
 		ev.Kind, ev.Actor, ev.Subject = a.Kind, a.Agent, a.Subject
 		if err == nil && a.Code != "" {
 			ev.Outcome = a.Code
+		}
+	case *RedisArgs:
+		ev.Kind = "redis." + strings.ToLower(string(a.Args[0]))
+		if len(a.Args) > 1 {
+			ev.Subject = string(a.Args[1])
+		}
+		if r, ok := res.(*RedisResult); ok && r.Value.IsErr() {
+			ev.Outcome = "redis_error"
 		}
 	case *AuditCheckpointArgs:
 		ev.Kind, ev.Subject = audit.KindCheckpoint, audit.CheckpointSubject(a.Seq)

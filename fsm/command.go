@@ -39,6 +39,8 @@ const (
 	TypeAgentRevoke     MessageType = 16 // an operator revokes one
 	TypeAuthEvent       MessageType = 17 // an authentication or authorization decision a node made
 	TypeAuditCheckpoint MessageType = 18 // the leader's signature over the audit head
+	// The Redis keyspace (docs/redis.md).
+	TypeRedis MessageType = 19 // one Redis write command
 )
 
 // Command is one request to change the state. Conn and Req name the client

@@ -58,6 +58,8 @@ func fzArgs(t fsm.MessageType) any {
 		return &fsm.AgentRevokeArgs{}
 	case fsm.TypeAuthEvent:
 		return &fsm.AuthEventArgs{}
+	case fsm.TypeRedis:
+		return &fsm.RedisArgs{}
 	}
 	return nil
 }
@@ -101,6 +103,16 @@ func fzEntries(tb testing.TB) []*fsm.Entry {
 			cmd(fsm.TypeAgentAdd, "", 0, &fsm.AgentAddArgs{Agent: auth.Agent{Name: "legacy", Alg: auth.AlgHMACSHA256, Sealed: make([]byte, 60), SealKey: "00"}}),
 			cmd(fsm.TypeAuthEvent, "", 0, &fsm.AuthEventArgs{Kind: "auth.fail", Agent: "cipher", Code: "bad_signature", Node: "n1", Suppressed: 3}),
 			cmd(fsm.TypeAgentRevoke, "n1/1/call2", 1, &fsm.AgentRevokeArgs{Name: "cipher", Reason: "lost"}),
+		}},
+		{Time: 1_700_000_000_400, Cmds: []fsm.Command{
+			cmd(fsm.TypeRedis, conn, 12, &fsm.RedisArgs{Args: [][]byte{[]byte("SET"), []byte("k"), []byte("v"), []byte("PX"), []byte("50")}}),
+			cmd(fsm.TypeRedis, conn, 13, &fsm.RedisArgs{Args: [][]byte{[]byte("incrby"), []byte("n"), []byte("-9223372036854775808")}}),
+			cmd(fsm.TypeRedis, conn, 14, &fsm.RedisArgs{Args: [][]byte{[]byte("MSET"), []byte("a"), []byte("1"), []byte("b")}}),
+			cmd(fsm.TypeRedis, conn, 15, &fsm.RedisArgs{Args: [][]byte{[]byte("EXPIRE"), []byte("a"), []byte("-1")}}),
+			cmd(fsm.TypeRedis, conn, 16, &fsm.RedisArgs{Args: [][]byte{[]byte("GET"), []byte("k")}}),
+		}},
+		{Time: 1_700_000_000_500, Cmds: []fsm.Command{
+			cmd(fsm.TypeRedis, conn, 17, &fsm.RedisArgs{Args: [][]byte{[]byte("DEL"), []byte("k"), []byte("a"), []byte("n")}}),
 		}},
 		{Time: -1, Cmds: nil},
 		{Time: 0, Cmds: []fsm.Command{{Type: 200, Body: msgpack.RawMessage{0xc0}}}},

@@ -16,6 +16,7 @@ import (
 	"github.com/hashicorp/raft"
 	"github.com/mcpd/mcpd/audit"
 	"github.com/mcpd/mcpd/auth"
+	"github.com/mcpd/mcpd/kv"
 	"github.com/mcpd/mcpd/queue"
 	bolt "go.etcd.io/bbolt"
 )
@@ -104,6 +105,9 @@ func (f *FSM) open() error {
 			applied = binary.BigEndian.Uint64(v)
 		}
 		if err := auth.CreateBuckets(tx); err != nil {
+			return err
+		}
+		if err := kv.CreateBuckets(tx); err != nil {
 			return err
 		}
 		if err := audit.CreateBuckets(tx); err != nil {
@@ -376,6 +380,11 @@ func (f *FSM) applyEntry(tx *bolt.Tx, now int64, e *Entry, effects []queue.Effec
 	if err := t.Expire(); err != nil {
 		panic(fmt.Sprintf("fsm: expire at %d: %v", now, err))
 	}
+	// Redis keys whose time has come, a bounded number per entry (reads
+	// treat an expired key as absent whether or not it is removed yet).
+	if err := kv.Expire(tx, now, 256); err != nil {
+		panic(fmt.Sprintf("fsm: expire keys at %d: %v", now, err))
+	}
 	if err := t.Finish(); err != nil {
 		panic(fmt.Sprintf("fsm: dispatch at %d: %v", now, err))
 	}
@@ -393,7 +402,7 @@ func (f *FSM) applyEntry(tx *bolt.Tx, now int64, e *Entry, effects []queue.Effec
 		}
 		// Its audit entry, also for a command refused with a business
 		// error (which changed nothing else).
-		if _, aerr := audit.Append(tx, auditEvent(now, c, args, err)); aerr != nil {
+		if _, aerr := audit.Append(tx, auditEvent(now, c, args, res, err)); aerr != nil {
 			panic(fmt.Sprintf("fsm: audit entry of command type %d: %v", c.Type, aerr))
 		}
 		if c.Conn != "" {

@@ -49,6 +49,8 @@ func newResult(t MessageType) any {
 		return &SubscribeResult{}
 	case TypeAgentAdd, TypeAgentRevoke:
 		return &AgentResult{}
+	case TypeRedis:
+		return &RedisResult{}
 	}
 	return nil
 }
@@ -118,6 +120,9 @@ func RepliedOnApply(t MessageType) bool {
 	case TypeAgentAdd, TypeAgentRevoke:
 		// An operator who added an agent may connect it to this node at
 		// once; one who revoked it expects its connections here closed.
+		return true
+	case TypeRedis:
+		// A Redis client reads its own writes from this node.
 		return true
 	}
 	return false

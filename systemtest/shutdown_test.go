@@ -106,6 +106,7 @@ func devNode(t *testing.T) (p *proc, dataDir, health, url string) {
 		bin:  bin,
 		args: []string{"serve", "--dev",
 			"--data-dir", dataDir,
+			"--redis-port", "0",
 			"--port", strconv.Itoa(ports[0]),
 			"--health-port", strconv.Itoa(ports[1]),
 			"--raft-port", strconv.Itoa(ports[2]),

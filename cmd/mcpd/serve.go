@@ -49,7 +49,7 @@ func runServe(args []string) error {
 	fs.IntVar(&f.healthPort, "health-port", 4434, "HTTP /healthz and /readyz")
 	fs.IntVar(&f.metricsPort, "metrics-port", 4435, "Prometheus /metrics (reserved)")
 	fs.IntVar(&f.adminPort, "admin-port", 4436, "admin API and UI (reserved)")
-	fs.IntVar(&f.respPort, "redis-port", 4437, "Redis protocol (reserved)")
+	fs.IntVar(&f.respPort, "redis-port", 4437, "Redis protocol (RESP2/RESP3; plaintext in --dev, TLS otherwise; 0: off)")
 	fs.IntVar(&f.raftPort, "raft-port", 4438, "Raft and leader forwarding between nodes")
 	fs.StringVar(&f.tlsDir, "tls-dir", "", "directory with ca.pem and this node's certificate, ID.pem/ID-key.pem or node.pem/node-key.pem (from 'mcpd tls init'), for the client ports and mutual TLS between nodes (default DATA-DIR/tls; generated only with --dev)")
 	fs.StringVar(&f.tlsCert, "tls-cert", "", "certificate for the client ports (PEM), instead of --tls-dir")
@@ -154,6 +154,16 @@ func runServe(args []string) error {
 	defer admin.close()
 	stopCheckpoints := startCheckpoints(&f, node, clusterKey)
 	defer stopCheckpoints()
+	resp, err := startRESP(&f, node, tlsConf, log, errc)
+	if err != nil {
+		wsLn.Close()
+		healthLn.Close()
+		node.Shutdown()
+		return err
+	}
+	if resp != nil {
+		defer resp.Close()
+	}
 	go func() { errc <- ws.Serve(tls.NewListener(wsLn, tlsConf)) }()
 	go func() {
 		if err := health.Serve(healthLn); !errors.Is(err, http.ErrServerClosed) {

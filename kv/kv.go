@@ -1,0 +1,184 @@
+package kv
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"math"
+	"strings"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// Buckets of state.db this package owns.
+var (
+	bucketMeta = []byte("kvmeta") // key -> type(1) expire_at_ms(8, 0: none)
+	bucketStr  = []byte("kvstr")  // key -> string value
+	bucketExp  = []byte("kvexp")  // expire_at_ms(8) key -> nil
+)
+
+// Buckets lists them for CreateBuckets and dumps.
+var Buckets = [][]byte{bucketMeta, bucketStr, bucketExp}
+
+// CreateBuckets makes sure every bucket exists.
+func CreateBuckets(tx *bolt.Tx) error {
+	for _, b := range Buckets {
+		if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+			return fmt.Errorf("create bucket %s: %w", b, err)
+		}
+	}
+	return nil
+}
+
+// Type is the type of a key's value.
+type Type byte
+
+// Key types; the byte values are stored.
+const (
+	TypeNone   Type = 0
+	TypeString Type = 's'
+)
+
+func (t Type) String() string {
+	switch t {
+	case TypeString:
+		return "string"
+	}
+	return "none"
+}
+
+type meta struct {
+	typ    Type
+	expire int64 // unix ms; 0: none
+}
+
+func encodeMeta(m meta) []byte {
+	b := make([]byte, 9)
+	b[0] = byte(m.typ)
+	binary.BigEndian.PutUint64(b[1:], uint64(m.expire))
+	return b
+}
+
+// ctx is one command's view: the transaction, the command's time, and
+// whether it may write (reads run on a read-only transaction).
+type ctx struct {
+	tx    *bolt.Tx
+	now   int64
+	write bool
+}
+
+// lookup returns a live key's metadata; an expired key is absent (and
+// removed when the command may write).
+func (c *ctx) lookup(key []byte) (meta, bool) {
+	v := c.tx.Bucket(bucketMeta).Get(key)
+	if len(v) != 9 {
+		return meta{}, false
+	}
+	m := meta{typ: Type(v[0]), expire: int64(binary.BigEndian.Uint64(v[1:]))}
+	if m.expire != 0 && m.expire <= c.now {
+		if c.write {
+			c.del(key, m)
+		}
+		return meta{}, false
+	}
+	return m, true
+}
+
+// setMeta stores a key's metadata and its expiry index entry.
+func (c *ctx) setMeta(key []byte, old, m meta, existed bool) {
+	if existed && old.expire != 0 && old.expire != m.expire {
+		must(c.tx.Bucket(bucketExp).Delete(expKey(old.expire, key)))
+	}
+	if m.expire != 0 && (!existed || old.expire != m.expire) {
+		must(c.tx.Bucket(bucketExp).Put(expKey(m.expire, key), nil))
+	}
+	must(c.tx.Bucket(bucketMeta).Put(key, encodeMeta(m)))
+}
+
+// del removes a key and everything of its value.
+func (c *ctx) del(key []byte, m meta) {
+	switch m.typ {
+	case TypeString:
+		must(c.tx.Bucket(bucketStr).Delete(key))
+	}
+	if m.expire != 0 {
+		must(c.tx.Bucket(bucketExp).Delete(expKey(m.expire, key)))
+	}
+	must(c.tx.Bucket(bucketMeta).Delete(key))
+}
+
+func expKey(at int64, key []byte) []byte {
+	b := make([]byte, 8, 8+len(key))
+	binary.BigEndian.PutUint64(b, uint64(at))
+	return append(b, key...)
+}
+
+// must panics on a bbolt failure: the FSM turns it into a stop of the
+// replica rather than a divergent state.
+func must(err error) {
+	if err != nil {
+		panic(fmt.Sprintf("kv: %v", err))
+	}
+}
+
+// Expire removes up to limit keys whose time has come, in expiry order:
+// the same keys at the same entry on every node.
+func Expire(tx *bolt.Tx, now int64, limit int) error {
+	c := &ctx{tx: tx, now: now, write: true}
+	cur := tx.Bucket(bucketExp).Cursor()
+	var due [][]byte
+	for k, _ := cur.First(); k != nil && len(due) < limit; k, _ = cur.Next() {
+		if int64(binary.BigEndian.Uint64(k[:8])) > now {
+			break
+		}
+		due = append(due, bytes.Clone(k[8:]))
+	}
+	for _, key := range due {
+		c.lookup(key) // removes it, as it is expired
+	}
+	return nil
+}
+
+// spec describes a command: its arity as Redis counts it (the name
+// included; negative: at least), whether it writes, and its function.
+type spec struct {
+	arity int
+	write bool
+	fn    func(c *ctx, args [][]byte) Value
+}
+
+var commands = map[string]spec{}
+
+// Lookup reports whether name (lowercase) is a keyspace command and
+// whether it writes. Writes go through the Raft log; reads run on a
+// node's applied state.
+func Lookup(name string) (known, write bool) {
+	s, ok := commands[name]
+	return ok, s.write
+}
+
+// Exec runs a keyspace command (args[0] is its name, any case) at time
+// now. write must be true for a write command, which then runs on a write
+// transaction applied from the log; a read runs on any transaction.
+func Exec(tx *bolt.Tx, now int64, args [][]byte, write bool) Value {
+	name := strings.ToLower(string(args[0]))
+	s, ok := commands[name]
+	if !ok {
+		return ErrUnknown(string(args[0]), args[1:])
+	}
+	if (s.arity > 0 && len(args) != s.arity) || (s.arity < 0 && len(args) < -s.arity) {
+		return ErrArity(name)
+	}
+	if s.write && !write {
+		return Err("ERR internal: write command on a read path")
+	}
+	return s.fn(&ctx{tx: tx, now: now, write: write}, args)
+}
+
+// addMs adds a relative expiry to now, refusing overflow.
+func addMs(now, ms int64) (int64, bool) {
+	if ms > math.MaxInt64-now {
+		return 0, false
+	}
+	return now + ms, true
+}

@@ -1,0 +1,471 @@
+package transport
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"github.com/mcpd/mcpd/cluster"
+	"github.com/mcpd/mcpd/fsm"
+	"github.com/mcpd/mcpd/kv"
+	"github.com/mcpd/mcpd/queue"
+	"github.com/tidwall/redcon"
+	bolt "go.etcd.io/bbolt"
+)
+
+// RESPOptions configure the Redis-protocol server.
+type RESPOptions struct {
+	// Dev serves clients without AUTH.
+	Dev    bool
+	Logger *slog.Logger
+}
+
+// RESPServer serves the Redis protocol (RESP2 and RESP3) over the node's
+// replicated keyspace (docs/redis.md). Writes go through the Raft log like
+// every other command; reads run on this node's applied state after the
+// connection's own earlier writes.
+type RESPServer struct {
+	node *cluster.Node
+	opt  RESPOptions
+	log  *slog.Logger
+
+	mu     sync.Mutex
+	lns    []net.Listener
+	conns  map[*respConn]struct{}
+	closed bool
+	nextID atomic.Int64
+	wg     sync.WaitGroup
+}
+
+// NewRESPServer returns a Redis-protocol server for node.
+func NewRESPServer(node *cluster.Node, opt RESPOptions) *RESPServer {
+	if opt.Logger == nil {
+		opt.Logger = slog.Default()
+	}
+	return &RESPServer{node: node, opt: opt, log: opt.Logger.With("component", "resp"), conns: map[*respConn]struct{}{}}
+}
+
+// Serve accepts connections on ln until Close.
+func (s *RESPServer) Serve(ln net.Listener) error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return net.ErrClosed
+	}
+	s.lns = append(s.lns, ln)
+	s.mu.Unlock()
+	for {
+		nc, err := ln.Accept()
+		if err != nil {
+			s.mu.Lock()
+			closed := s.closed
+			s.mu.Unlock()
+			if closed {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			return err
+		}
+		c := s.newConn(nc)
+		s.mu.Lock()
+		if s.closed {
+			s.mu.Unlock()
+			nc.Close()
+			return nil
+		}
+		s.conns[c] = struct{}{}
+		s.wg.Add(1)
+		s.mu.Unlock()
+		go c.run()
+	}
+}
+
+// Close stops accepting and closes every connection.
+func (s *RESPServer) Close() {
+	s.mu.Lock()
+	s.closed = true
+	for _, ln := range s.lns {
+		ln.Close()
+	}
+	for c := range s.conns {
+		c.nc.Close()
+	}
+	s.mu.Unlock()
+	s.wg.Wait()
+}
+
+// respConn is one client: a reader goroutine that parses and dispatches
+// commands, and a writer goroutine that writes their replies in order.
+type respConn struct {
+	s      *RESPServer
+	nc     net.Conn
+	id     int64
+	conn   string // the cluster connection id, for replies of writes
+	proto  atomic.Int32
+	name   string
+	authed bool
+
+	out  chan *respFuture // replies in command order
+	done chan struct{}    // closed when the connection ends
+
+	mu      sync.Mutex
+	pending map[uint64]*respFuture // write commands awaiting their apply
+	reqSeq  uint64
+	last    *respFuture // the newest write, which reads wait for
+	quit    bool
+}
+
+// respFuture is one command's reply, ready when done is closed.
+type respFuture struct {
+	done  chan struct{}
+	value kv.Value
+	close bool // close the connection after writing this reply
+}
+
+func (f *respFuture) resolve(v kv.Value) {
+	f.value = v
+	close(f.done)
+}
+
+func ready(v kv.Value) *respFuture {
+	f := &respFuture{done: make(chan struct{}), value: v}
+	close(f.done)
+	return f
+}
+
+func (s *RESPServer) newConn(nc net.Conn) *respConn {
+	c := &respConn{
+		s: s, nc: nc, id: s.nextID.Add(1),
+		out: make(chan *respFuture, 1024), done: make(chan struct{}),
+		pending: map[uint64]*respFuture{},
+		authed:  s.opt.Dev,
+	}
+	c.proto.Store(2)
+	return c
+}
+
+// Push implements cluster.Sink: the reply of a write this connection made.
+func (c *respConn) Push(e queue.Effect) {
+	r, ok := e.(*fsm.Reply)
+	if !ok {
+		return
+	}
+	c.mu.Lock()
+	f := c.pending[r.Req]
+	delete(c.pending, r.Req)
+	c.mu.Unlock()
+	if f == nil {
+		return
+	}
+	switch {
+	case r.Err != nil:
+		f.resolve(kv.Err("ERR " + r.Err.Error()))
+	default:
+		if res, ok := r.Result.(*fsm.RedisResult); ok {
+			f.resolve(res.Value)
+		} else {
+			f.resolve(kv.Err("ERR internal: no reply"))
+		}
+	}
+}
+
+func (c *respConn) run() {
+	defer c.s.wg.Done()
+	c.conn = c.s.node.NewConn(c)
+	writerDone := make(chan struct{})
+	go func() {
+		defer close(writerDone)
+		c.writer()
+	}()
+	rd := redcon.NewReader(c.nc)
+	for !c.quit {
+		cmds, err := rd.ReadCommands()
+		if err != nil {
+			// A malformed request gets Redis's protocol error, then the
+			// connection closes, as Redis does.
+			if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
+				c.enqueue(ready(kv.Err("ERR Protocol error: " + err.Error())))
+			}
+			break
+		}
+		for _, cmd := range cmds {
+			if len(cmd.Args) == 0 {
+				continue
+			}
+			c.dispatch(cmd.Args)
+			if c.quit {
+				break
+			}
+		}
+	}
+	close(c.out)
+	<-writerDone
+	c.nc.Close()
+	close(c.done)
+	c.s.node.DropConn(c.conn)
+	c.mu.Lock()
+	for _, f := range c.pending {
+		f.resolve(kv.Err("ERR connection closed"))
+	}
+	c.pending = map[uint64]*respFuture{}
+	c.mu.Unlock()
+	c.s.mu.Lock()
+	delete(c.s.conns, c)
+	c.s.mu.Unlock()
+}
+
+func (c *respConn) enqueue(f *respFuture) { c.out <- f }
+
+// writer writes replies in command order, one write per burst.
+func (c *respConn) writer() {
+	w := bufio.NewWriterSize(c.nc, 64<<10)
+	broken := false
+	var buf []byte
+	for f := range c.out {
+		<-f.done
+		if broken {
+			continue
+		}
+		buf = appendValue(buf[:0], f.value, int(c.proto.Load()))
+		if _, err := w.Write(buf); err != nil {
+			broken = true
+			continue
+		}
+		if len(c.out) == 0 || f.close {
+			if err := w.Flush(); err != nil {
+				broken = true
+			}
+		}
+		if f.close {
+			c.nc.Close()
+			broken = true
+		}
+	}
+	if !broken {
+		_ = w.Flush()
+	}
+}
+
+// dispatch runs one command: connection commands here, writes through
+// the log, reads on the applied state after this connection's writes.
+func (c *respConn) dispatch(args [][]byte) {
+	name := strings.ToLower(string(args[0]))
+	if v, ok := c.connCommand(name, args); ok {
+		c.enqueue(v)
+		return
+	}
+	if !c.authed {
+		c.enqueue(ready(kv.Err("NOAUTH Authentication required.")))
+		return
+	}
+	known, write := kv.Lookup(name)
+	switch {
+	case !known:
+		c.enqueue(ready(kv.ErrUnknown(string(args[0]), args[1:])))
+	case write:
+		c.enqueue(c.submitWrite(args))
+	default:
+		c.mu.Lock()
+		last := c.last
+		c.mu.Unlock()
+		if last != nil {
+			<-last.done
+		}
+		var v kv.Value
+		err := c.s.node.Read(func(tx *bolt.Tx) error {
+			v = kv.Exec(tx, c.s.node.Now(), args, false)
+			return nil
+		})
+		if err != nil {
+			v = kv.Err("TRYAGAIN " + err.Error())
+		}
+		c.enqueue(ready(v))
+	}
+}
+
+// submitWrite proposes a write; its reply arrives when this node applies
+// it (fsm.RepliedOnApply).
+func (c *respConn) submitWrite(args [][]byte) *respFuture {
+	f := &respFuture{done: make(chan struct{})}
+	c.mu.Lock()
+	c.reqSeq++
+	req := c.reqSeq
+	c.pending[req] = f
+	c.last = f
+	c.mu.Unlock()
+	cmd, err := fsm.NewCommand(fsm.TypeRedis, c.conn, req, &fsm.RedisArgs{Args: args})
+	if err != nil {
+		c.takePending(req)
+		f.resolve(kv.Err("ERR " + err.Error()))
+		return f
+	}
+	cmd.Actor = c.actor()
+	c.s.node.SubmitAsync(cmd, func(err error) {
+		if err == nil {
+			return
+		}
+		if f := c.takePending(req); f != nil {
+			msg := "TRYAGAIN " + err.Error()
+			if errors.Is(err, cluster.ErrUnknown) {
+				msg = "TRYAGAIN the outcome is unknown (leadership changed during the commit): " + err.Error()
+			}
+			f.resolve(kv.Err(msg))
+		}
+	})
+	return f
+}
+
+func (c *respConn) takePending(req uint64) *respFuture {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	f := c.pending[req]
+	delete(c.pending, req)
+	return f
+}
+
+// actor names the client for the audit log.
+func (c *respConn) actor() string {
+	return "redis:" + strconv.FormatInt(c.id, 10)
+}
+
+// connCommand answers the commands about the connection itself.
+func (c *respConn) connCommand(name string, args [][]byte) (*respFuture, bool) {
+	switch name {
+	case "ping":
+		switch len(args) {
+		case 1:
+			return ready(kv.Str("PONG")), true
+		case 2:
+			return ready(kv.BulkOf(clone(args[1]))), true
+		}
+		return ready(kv.ErrArity(name)), true
+	case "echo":
+		if len(args) != 2 {
+			return ready(kv.ErrArity(name)), true
+		}
+		return ready(kv.BulkOf(clone(args[1]))), true
+	case "quit":
+		c.quit = true
+		return &respFuture{done: closedChan, value: kv.OK, close: true}, true
+	case "select":
+		if len(args) != 2 {
+			return ready(kv.ErrArity(name)), true
+		}
+		n, err := strconv.ParseInt(string(args[1]), 10, 64)
+		if err != nil {
+			return ready(kv.Err("ERR value is not an integer or out of range")), true
+		}
+		if n != 0 {
+			return ready(kv.Err("ERR DB index is out of range")), true
+		}
+		return ready(kv.OK), true
+	case "hello":
+		return ready(c.hello(args)), true
+	}
+	return nil, false
+}
+
+var closedChan = func() chan struct{} { ch := make(chan struct{}); close(ch); return ch }()
+
+func clone(b []byte) []byte { return append([]byte(nil), b...) }
+
+// hello answers HELLO [protover [AUTH user pass] [SETNAME name]].
+func (c *respConn) hello(args [][]byte) kv.Value {
+	proto := int(c.proto.Load())
+	if len(args) >= 2 {
+		n, err := strconv.Atoi(string(args[1]))
+		if err != nil {
+			return kv.Err("ERR Protocol version is not an integer or out of range")
+		}
+		if n < 2 || n > 3 {
+			return kv.Err("NOPROTO unsupported protocol version")
+		}
+		proto = n
+		for i := 2; i < len(args); i++ {
+			switch strings.ToUpper(string(args[i])) {
+			case "AUTH":
+				if i+2 >= len(args) {
+					return kv.Err("ERR Syntax error in HELLO option 'auth'")
+				}
+				if !c.s.opt.Dev {
+					return kv.Err("WRONGPASS invalid username-password pair or user is disabled.")
+				}
+				i += 2
+			case "SETNAME":
+				if i+1 >= len(args) {
+					return kv.Err("ERR Syntax error in HELLO option 'setname'")
+				}
+				c.name = string(args[i+1])
+				i++
+			default:
+				return kv.Err("ERR Syntax error in HELLO option '" + string(args[i]) + "'")
+			}
+		}
+	}
+	if !c.authed {
+		return kv.Err("NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time")
+	}
+	c.proto.Store(int32(proto))
+	return kv.Value{K: kv.Map, A: []kv.Value{
+		kv.BulkStr("server"), kv.BulkStr("mcpd"),
+		kv.BulkStr("version"), kv.BulkStr("7.0.0"),
+		kv.BulkStr("proto"), kv.Integer(int64(proto)),
+		kv.BulkStr("id"), kv.Integer(c.id),
+		kv.BulkStr("mode"), kv.BulkStr("standalone"),
+		kv.BulkStr("role"), kv.BulkStr("master"),
+		kv.BulkStr("modules"), kv.ArrayOf(),
+	}}
+}
+
+// appendValue renders v in RESP2 or RESP3.
+func appendValue(b []byte, v kv.Value, proto int) []byte {
+	switch v.K {
+	case kv.Null:
+		if proto == 3 {
+			return append(b, "_\r\n"...)
+		}
+		return append(b, "$-1\r\n"...)
+	case kv.NullArray:
+		if proto == 3 {
+			return append(b, "_\r\n"...)
+		}
+		return append(b, "*-1\r\n"...)
+	case kv.Simple:
+		return redcon.AppendString(b, string(v.S))
+	case kv.Error:
+		return redcon.AppendError(b, string(v.S))
+	case kv.Int:
+		return redcon.AppendInt(b, v.I)
+	case kv.Bulk:
+		return redcon.AppendBulk(b, v.S)
+	case kv.Array:
+		b = redcon.AppendArray(b, len(v.A))
+		for _, e := range v.A {
+			b = appendValue(b, e, proto)
+		}
+		return b
+	case kv.Map:
+		if proto == 3 {
+			b = append(b, '%')
+			b = strconv.AppendInt(b, int64(len(v.A)/2), 10)
+			b = append(b, '\r', '\n')
+		} else {
+			b = redcon.AppendArray(b, len(v.A))
+		}
+		for _, e := range v.A {
+			b = appendValue(b, e, proto)
+		}
+		return b
+	}
+	return redcon.AppendError(b, fmt.Sprintf("ERR internal: reply kind %d", v.K))
+}

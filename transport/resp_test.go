@@ -1,0 +1,212 @@
+package transport_test
+
+import (
+	"bufio"
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/mcpd/mcpd/internal/testcluster"
+	"github.com/mcpd/mcpd/transport"
+)
+
+// respClient speaks RESP by hand, so tests see the exact bytes.
+type respClient struct {
+	t  *testing.T
+	nc net.Conn
+	rd *bufio.Reader
+}
+
+func startRESP(t *testing.T, nd *testcluster.Node) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := transport.NewRESPServer(nd.Node, transport.RESPOptions{Dev: true})
+	go srv.Serve(ln)
+	t.Cleanup(srv.Close)
+	return ln.Addr().String()
+}
+
+func dialRESP(t *testing.T, addr string) *respClient {
+	t.Helper()
+	nc, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { nc.Close() })
+	return &respClient{t: t, nc: nc, rd: bufio.NewReader(nc)}
+}
+
+// send writes commands as RESP arrays, all in one write (a pipeline).
+func (c *respClient) send(cmds ...[]string) {
+	c.t.Helper()
+	var b strings.Builder
+	for _, args := range cmds {
+		fmt.Fprintf(&b, "*%d\r\n", len(args))
+		for _, a := range args {
+			fmt.Fprintf(&b, "$%d\r\n%s\r\n", len(a), a)
+		}
+	}
+	_ = c.nc.SetWriteDeadline(time.Now().Add(waitTime))
+	if _, err := c.nc.Write([]byte(b.String())); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+// reply reads one reply and renders it compactly: +OK, -ERR ..., :1,
+// "bulk", nil, [a b], {k: v}.
+func (c *respClient) reply() string {
+	c.t.Helper()
+	_ = c.nc.SetReadDeadline(time.Now().Add(waitTime))
+	line, err := c.rd.ReadString('\n')
+	if err != nil {
+		c.t.Fatalf("read reply: %v", err)
+	}
+	line = strings.TrimSuffix(line, "\r\n")
+	switch line[0] {
+	case '+', '-', ':':
+		return line
+	case '_':
+		return "nil"
+	case '$':
+		n, _ := strconv.Atoi(line[1:])
+		if n < 0 {
+			return "nil"
+		}
+		buf := make([]byte, n+2)
+		if _, err := ioReadFull(c.rd, buf); err != nil {
+			c.t.Fatal(err)
+		}
+		return strconv.Quote(string(buf[:n]))
+	case '*', '%':
+		n, _ := strconv.Atoi(line[1:])
+		if n < 0 {
+			return "nil"
+		}
+		parts := make([]string, 0, n)
+		count := n
+		if line[0] == '%' {
+			count = 2 * n
+		}
+		for range count {
+			parts = append(parts, c.reply())
+		}
+		if line[0] == '%' {
+			var kv []string
+			for i := 0; i < len(parts); i += 2 {
+				kv = append(kv, parts[i]+": "+parts[i+1])
+			}
+			return "{" + strings.Join(kv, ", ") + "}"
+		}
+		return "[" + strings.Join(parts, " ") + "]"
+	}
+	c.t.Fatalf("unknown reply %q", line)
+	return ""
+}
+
+func ioReadFull(r *bufio.Reader, buf []byte) (int, error) {
+	n := 0
+	for n < len(buf) {
+		m, err := r.Read(buf[n:])
+		n += m
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}
+
+// do sends one command and returns its reply.
+func (c *respClient) do(args ...string) string {
+	c.t.Helper()
+	c.send(args)
+	return c.reply()
+}
+
+func TestRESPStringsAndKeys(t *testing.T) {
+	c := startCluster(t, 1, transport.Options{})
+	r := dialRESP(t, startRESP(t, c.Nodes[0]))
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"PING"}, "+PONG"},
+		{[]string{"SET", "k", "v"}, "+OK"},
+		{[]string{"GET", "k"}, `"v"`},
+		{[]string{"SET", "k", "w", "NX"}, "nil"},
+		{[]string{"SET", "k", "w", "XX", "GET"}, `"v"`},
+		{[]string{"GET", "k"}, `"w"`},
+		{[]string{"INCR", "k"}, "-ERR value is not an integer or out of range"},
+		{[]string{"INCRBY", "n", "9223372036854775807"}, ":9223372036854775807"},
+		{[]string{"INCR", "n"}, "-ERR increment or decrement would overflow"},
+		{[]string{"SET", "k", "v", "EX", "0"}, "-ERR invalid expire time in 'set' command"},
+		{[]string{"SET", "k", "v", "NX", "XX"}, "-ERR syntax error"},
+		{[]string{"EXPIRE", "k", "100"}, ":1"},
+		{[]string{"TTL", "k"}, ":100"},
+		{[]string{"PERSIST", "k"}, ":1"},
+		{[]string{"TTL", "k"}, ":-1"},
+		{[]string{"TTL", "missing"}, ":-2"},
+		{[]string{"SET", "gone", "v", "PXAT", "1"}, "+OK"},
+		{[]string{"EXISTS", "gone", "k", "k"}, ":2"},
+		{[]string{"MSET", "a", "1", "b", "2"}, "+OK"},
+		{[]string{"MGET", "a", "b", "c"}, `["1" "2" nil]`},
+		{[]string{"DEL", "a", "b", "c"}, ":2"},
+		{[]string{"TYPE", "k"}, "+string"},
+		{[]string{"GET"}, "-ERR wrong number of arguments for 'get' command"},
+		{[]string{"NOPE", "x"}, "-ERR unknown command 'NOPE', with args beginning with: 'x' "},
+		{[]string{"SELECT", "1"}, "-ERR DB index is out of range"},
+	} {
+		if got := r.do(tc.args...); got != tc.want {
+			t.Errorf("%v: %s, want %s", tc.args, got, tc.want)
+		}
+	}
+	// RESP3 after HELLO 3: maps and nulls have their own types.
+	if got := r.do("HELLO", "3"); !strings.HasPrefix(got, `{"server": "mcpd"`) || !strings.Contains(got, `"proto": :3`) {
+		t.Fatalf("HELLO 3: %s", got)
+	}
+	if got := r.do("GET", "missing"); got != "nil" {
+		t.Fatalf("GET missing in RESP3: %s", got)
+	}
+}
+
+// A pipeline of writes and reads answers in order, each read seeing the
+// writes sent before it.
+func TestRESPPipelineOrder(t *testing.T) {
+	c := startCluster(t, 1, transport.Options{})
+	r := dialRESP(t, startRESP(t, c.Nodes[0]))
+	var cmds [][]string
+	for i := range 200 {
+		cmds = append(cmds, []string{"INCR", "ctr"}, []string{"GET", "ctr"})
+		_ = i
+	}
+	r.send(cmds...)
+	for i := 1; i <= 200; i++ {
+		if got, want := r.reply(), ":"+strconv.Itoa(i); got != want {
+			t.Fatalf("INCR %d: %s", i, got)
+		}
+		if got, want := r.reply(), strconv.Quote(strconv.Itoa(i)); got != want {
+			t.Fatalf("GET after INCR %d: %s", i, got)
+		}
+	}
+}
+
+// A write on a follower is read back on that follower at once, and the
+// keyspace is the same on every node.
+func TestRESPCluster(t *testing.T) {
+	c, leader, followers := startThree(t)
+	fr := dialRESP(t, startRESP(t, followers[0]))
+	if got := fr.do("SET", "shared", "1"); got != "+OK" {
+		t.Fatal(got)
+	}
+	if got := fr.do("GET", "shared"); got != `"1"` {
+		t.Fatalf("read on the follower after its write: %s", got)
+	}
+	lr := dialRESP(t, startRESP(t, leader))
+	testcluster.WaitFor(t, waitTime, func() bool { return lr.do("GET", "shared") == `"1"` })
+	_ = c
+}
