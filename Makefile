@@ -24,10 +24,14 @@ test: vet deps
 
 # The fault suite in systemtest/ (docs/reliability.md) runs nodes in network
 # namespaces and on FUSE disks: it needs root, /dev/fuse and the ip tool.
-# deps installs iproute2 where it is missing (Debian).
+# The Redis differential test in systemtest/ compares mcpd's replies with a
+# real redis-server that it starts on a loopback port.
+# deps installs iproute2 and redis-server where they are missing (Debian).
 deps:
 	@command -v ip >/dev/null 2>&1 || { echo "installing iproute2 for the fault suite"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 >/dev/null; }
+	@command -v redis-server >/dev/null 2>&1 || { echo "installing redis-server for the Redis differential test"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
 
 # The whole fault matrix: more rounds of every scenario and the combined
 # faults on five nodes. Each scenario appends its checker figures to
