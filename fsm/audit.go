@@ -77,9 +77,13 @@ func auditEvent(now int64, c *Command, args, res any, err error) audit.Event {
 			ev.Outcome = a.Code
 		}
 	case *RedisArgs:
-		ev.Kind = "redis." + strings.ToLower(string(a.Args[0]))
-		if len(a.Args) > 1 {
-			ev.Subject = string(a.Args[1])
+		if a.Multi != nil {
+			ev.Kind, ev.Subject = "redis.exec", strconv.Itoa(len(a.Multi))+" commands"
+		} else {
+			ev.Kind = "redis." + strings.ToLower(string(a.Args[0]))
+			if len(a.Args) > 1 {
+				ev.Subject = string(a.Args[1])
+			}
 		}
 		if r, ok := res.(*RedisResult); ok && r.Value.IsErr() {
 			ev.Outcome = "redis_error"

@@ -8,9 +8,11 @@ import (
 )
 
 // RedisArgs is one Redis write command: its arguments as the client sent
-// them, the name first.
+// them, the name first; or, for EXEC, the commands of a transaction in
+// Multi (reads included), run one after the other in this entry.
 type RedisArgs struct {
-	Args [][]byte `msgpack:"a"`
+	Args  [][]byte   `msgpack:"a,omitempty"`
+	Multi [][][]byte `msgpack:"m,omitempty"`
 }
 
 // RedisResult answers a Redis command with its reply, which the transport
@@ -25,6 +27,20 @@ const maxRedisArgs = 1 << 20
 
 func init() {
 	register(TypeRedis, func(a *RedisArgs) error {
+		if a.Multi != nil {
+			if len(a.Args) != 0 || len(a.Multi) > maxRedisArgs {
+				return badArg("multi", "must be a list of commands")
+			}
+			for _, c := range a.Multi {
+				if len(c) == 0 {
+					return badArg("multi", "must name each command")
+				}
+				if _, ok := kv.Check(c); !ok {
+					return badArg("multi", "must hold known commands with their arities")
+				}
+			}
+			return nil
+		}
 		if len(a.Args) == 0 || len(a.Args) > maxRedisArgs {
 			return badArg("args", "must name a command")
 		}
@@ -33,6 +49,9 @@ func init() {
 		}
 		return nil
 	}, func(t *queue.Tx, a *RedisArgs) (any, error) {
+		if a.Multi != nil {
+			return &RedisResult{Value: kv.ExecMulti(t.Bolt(), t.Now(), a.Multi)}, nil
+		}
 		return &RedisResult{Value: kv.Exec(t.Bolt(), t.Now(), a.Args, true)}, nil
 	})
 }

@@ -123,6 +123,9 @@ type respConn struct {
 	reqSeq  uint64
 	last    *respFuture // the newest write, which reads wait for
 	quit    bool
+
+	// A transaction being queued (MULTI ... EXEC), reader goroutine only.
+	multi *respMulti
 }
 
 // respFuture is one command's reply, ready when done is closed.
@@ -260,6 +263,9 @@ func (c *respConn) writer() {
 // the log, reads on the applied state after this connection's writes.
 func (c *respConn) dispatch(args [][]byte) {
 	name := strings.ToLower(string(args[0]))
+	if c.multi != nil && c.queueInMulti(name, args) {
+		return
+	}
 	if v, ok := c.connCommand(name, args); ok {
 		c.enqueue(v)
 		return
@@ -296,6 +302,10 @@ func (c *respConn) dispatch(args [][]byte) {
 // submitWrite proposes a write; its reply arrives when this node applies
 // it (fsm.RepliedOnApply).
 func (c *respConn) submitWrite(args [][]byte) *respFuture {
+	return c.submit(&fsm.RedisArgs{Args: args})
+}
+
+func (c *respConn) submit(body *fsm.RedisArgs) *respFuture {
 	f := &respFuture{done: make(chan struct{})}
 	c.mu.Lock()
 	c.reqSeq++
@@ -303,7 +313,7 @@ func (c *respConn) submitWrite(args [][]byte) *respFuture {
 	c.pending[req] = f
 	c.last = f
 	c.mu.Unlock()
-	cmd, err := fsm.NewCommand(fsm.TypeRedis, c.conn, req, &fsm.RedisArgs{Args: args})
+	cmd, err := fsm.NewCommand(fsm.TypeRedis, c.conn, req, body)
 	if err != nil {
 		c.takePending(req)
 		f.resolve(kv.Err("ERR " + err.Error()))
@@ -371,6 +381,19 @@ func (c *respConn) connCommand(name string, args [][]byte) (*respFuture, bool) {
 		return ready(kv.OK), true
 	case "hello":
 		return ready(c.hello(args)), true
+	case "multi", "exec", "discard":
+		return c.transaction(name, args), true
+	case "client":
+		return ready(c.client(args)), true
+	case "command":
+		return ready(commandReply(args)), true
+	case "info":
+		return ready(c.info(args)), true
+	case "reset":
+		c.multi, c.name = nil, ""
+		c.proto.Store(2)
+		c.authed = c.s.opt.Dev
+		return ready(kv.Str("RESET")), true
 	}
 	return nil, false
 }

@@ -210,3 +210,39 @@ func TestRESPCluster(t *testing.T) {
 	testcluster.WaitFor(t, waitTime, func() bool { return lr.do("GET", "shared") == `"1"` })
 	_ = c
 }
+
+func TestRESPTransactions(t *testing.T) {
+	c := startCluster(t, 1, transport.Options{})
+	r := dialRESP(t, startRESP(t, c.Nodes[0]))
+	r.send([]string{"MULTI"}, []string{"SET", "a", "1"}, []string{"INCR", "a"}, []string{"PING"}, []string{"GET", "a"}, []string{"EXEC"})
+	for _, want := range []string{"+OK", "+QUEUED", "+QUEUED", "+QUEUED", "+QUEUED", `[+OK :2 +PONG "2"]`} {
+		if got := r.reply(); got != want {
+			t.Fatalf("got %s, want %s", got, want)
+		}
+	}
+	r.send([]string{"MULTI"}, []string{"SET", "b"}, []string{"INCR", "a"}, []string{"EXEC"}, []string{"GET", "a"})
+	for _, want := range []string{"+OK", "-ERR wrong number of arguments for 'set' command", "+QUEUED",
+		"-EXECABORT Transaction discarded because of previous errors.", `"2"`} {
+		if got := r.reply(); got != want {
+			t.Fatalf("got %s, want %s", got, want)
+		}
+	}
+	for _, tc := range [][2]string{{"EXEC", "-ERR EXEC without MULTI"}, {"DISCARD", "-ERR DISCARD without MULTI"}} {
+		if got := r.do(tc[0]); got != tc[1] {
+			t.Fatalf("%s: %s", tc[0], got)
+		}
+	}
+	if got := r.do("MULTI"); got != "+OK" {
+		t.Fatal(got)
+	}
+	if got := r.do("MULTI"); got != "-ERR MULTI calls can not be nested" {
+		t.Fatal(got)
+	}
+	r.do("SET", "a", "99")
+	if got := r.do("DISCARD"); got != "+OK" {
+		t.Fatal(got)
+	}
+	if got := r.do("GET", "a"); got != `"2"` {
+		t.Fatalf("a discarded SET changed a: %s", got)
+	}
+}

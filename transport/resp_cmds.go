@@ -1,0 +1,323 @@
+package transport
+
+import (
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/mcpd/mcpd/fsm"
+	"github.com/mcpd/mcpd/kv"
+	bolt "go.etcd.io/bbolt"
+)
+
+// respMulti is a transaction being queued: keyspace commands for one log
+// entry, and the replies of connection commands (PING, ECHO) known at
+// once, in their places.
+type respMulti struct {
+	cmds   [][][]byte
+	slots  []*kv.Value // nil: the next keyspace reply; else this reply
+	failed bool        // a command was refused while queueing: EXECABORT
+}
+
+// queueInMulti queues a command inside MULTI and answers QUEUED; it
+// returns false for the commands that act at once (EXEC, DISCARD, MULTI,
+// QUIT, RESET).
+func (c *respConn) queueInMulti(name string, args [][]byte) bool {
+	switch name {
+	case "exec", "discard", "multi", "quit", "reset":
+		return false
+	case "ping", "echo":
+		f, _ := c.connCommand(name, args)
+		v := f.value
+		if v.IsErr() {
+			c.multi.failed = true
+			c.enqueue(ready(v))
+			return true
+		}
+		c.multi.slots = append(c.multi.slots, &v)
+		c.enqueue(ready(kv.Str("QUEUED")))
+		return true
+	}
+	if v, ok := kv.Check(args); !ok {
+		c.multi.failed = true
+		c.enqueue(ready(v))
+		return true
+	}
+	cp := make([][]byte, len(args))
+	for i, a := range args {
+		cp[i] = clone(a)
+	}
+	c.multi.cmds = append(c.multi.cmds, cp)
+	c.multi.slots = append(c.multi.slots, nil)
+	c.enqueue(ready(kv.Str("QUEUED")))
+	return true
+}
+
+// transaction answers MULTI, EXEC and DISCARD.
+func (c *respConn) transaction(name string, args [][]byte) *respFuture {
+	if len(args) != 1 {
+		return ready(kv.ErrArity(name))
+	}
+	if !c.authed {
+		return ready(kv.Err("NOAUTH Authentication required."))
+	}
+	switch name {
+	case "multi":
+		if c.multi != nil {
+			return ready(kv.Err("ERR MULTI calls can not be nested"))
+		}
+		c.multi = &respMulti{}
+		return ready(kv.OK)
+	case "discard":
+		if c.multi == nil {
+			return ready(kv.Err("ERR DISCARD without MULTI"))
+		}
+		c.multi = nil
+		return ready(kv.OK)
+	}
+	m := c.multi
+	if m == nil {
+		return ready(kv.Err("ERR EXEC without MULTI"))
+	}
+	c.multi = nil
+	if m.failed {
+		return ready(kv.Err("EXECABORT Transaction discarded because of previous errors."))
+	}
+	if len(m.cmds) == 0 {
+		out := make([]kv.Value, len(m.slots))
+		for i, s := range m.slots {
+			out[i] = *s
+		}
+		return ready(kv.ArrayOf(out...))
+	}
+	inner := c.submit(&fsm.RedisArgs{Multi: m.cmds})
+	if len(m.cmds) == len(m.slots) {
+		return inner
+	}
+	// Put the connection commands' replies back in their places.
+	f := &respFuture{done: make(chan struct{})}
+	go func() {
+		<-inner.done
+		v := inner.value
+		if v.K != kv.Array {
+			f.resolve(v)
+			return
+		}
+		out := make([]kv.Value, 0, len(m.slots))
+		next := 0
+		for _, s := range m.slots {
+			if s != nil {
+				out = append(out, *s)
+			} else {
+				out = append(out, v.A[next])
+				next++
+			}
+		}
+		f.resolve(kv.ArrayOf(out...))
+	}()
+	return f
+}
+
+// client answers CLIENT ID|SETNAME|GETNAME|SETINFO|INFO|LIST.
+func (c *respConn) client(args [][]byte) kv.Value {
+	if len(args) < 2 {
+		return kv.ErrArity("client")
+	}
+	sub := strings.ToLower(string(args[1]))
+	switch sub {
+	case "id":
+		if len(args) != 2 {
+			return kv.ErrArity("client|id")
+		}
+		return kv.Integer(c.id)
+	case "getname":
+		if len(args) != 2 {
+			return kv.ErrArity("client|getname")
+		}
+		if c.name == "" {
+			return kv.NilBulk
+		}
+		return kv.BulkStr(c.name)
+	case "setname":
+		if len(args) != 3 {
+			return kv.ErrArity("client|setname")
+		}
+		for _, b := range args[2] {
+			if b <= ' ' || b > '~' {
+				return kv.Err("ERR Client names cannot contain spaces, newlines or special characters.")
+			}
+		}
+		c.name = string(args[2])
+		return kv.OK
+	case "setinfo":
+		if len(args) != 4 {
+			return kv.ErrArity("client|setinfo")
+		}
+		switch strings.ToLower(string(args[2])) {
+		case "lib-name", "lib-ver":
+			return kv.OK
+		}
+		return kv.Err("ERR Unrecognized option '" + string(args[2]) + "'")
+	case "info":
+		return kv.BulkStr(c.describe() + "\n")
+	case "list":
+		var lines []string
+		c.s.mu.Lock()
+		for o := range c.s.conns {
+			lines = append(lines, o.describe())
+		}
+		c.s.mu.Unlock()
+		sort.Strings(lines)
+		return kv.BulkStr(strings.Join(lines, "\n") + "\n")
+	}
+	return kv.Err("ERR unknown subcommand '" + string(args[1]) + "'. Try CLIENT HELP.")
+}
+
+// describe is the connection's line in CLIENT LIST.
+func (c *respConn) describe() string {
+	return fmt.Sprintf("id=%d addr=%s laddr=%s name=%s db=0 resp=%d node=%s",
+		c.id, c.nc.RemoteAddr(), c.nc.LocalAddr(), c.name, c.proto.Load(), c.s.node.ID())
+}
+
+// commandReply answers COMMAND, COMMAND COUNT|INFO|DOCS|LIST.
+func commandReply(args [][]byte) kv.Value {
+	all := kv.Commands()
+	for _, n := range connCommandNames {
+		all = append(all, kv.Info{Name: n.name, Arity: n.arity})
+	}
+	sort.Slice(all, func(i, j int) bool { return all[i].Name < all[j].Name })
+	byName := map[string]kv.Info{}
+	for _, i := range all {
+		byName[i.Name] = i
+	}
+	if len(args) == 1 {
+		out := make([]kv.Value, len(all))
+		for i, info := range all {
+			out[i] = commandInfo(info)
+		}
+		return kv.ArrayOf(out...)
+	}
+	switch strings.ToLower(string(args[1])) {
+	case "count":
+		return kv.Integer(int64(len(all)))
+	case "list":
+		out := make([]kv.Value, len(all))
+		for i, info := range all {
+			out[i] = kv.BulkStr(info.Name)
+		}
+		return kv.ArrayOf(out...)
+	case "info":
+		var out []kv.Value
+		for _, a := range args[2:] {
+			if info, ok := byName[strings.ToLower(string(a))]; ok {
+				out = append(out, commandInfo(info))
+			} else {
+				out = append(out, kv.Value{K: kv.NullArray})
+			}
+		}
+		return kv.ArrayOf(out...)
+	case "docs":
+		// No documentation: clients fall back to their own hints.
+		return kv.Value{K: kv.Map}
+	}
+	return kv.Err("ERR unknown subcommand '" + string(args[1]) + "'. Try COMMAND HELP.")
+}
+
+// connCommandNames are the commands the connection answers itself.
+var connCommandNames = []struct {
+	name  string
+	arity int
+}{
+	{"ping", -1}, {"echo", 2}, {"hello", -1}, {"select", 2}, {"quit", -1}, {"reset", 1},
+	{"multi", 1}, {"exec", 1}, {"discard", 1}, {"client", -2}, {"command", -1}, {"info", -1},
+}
+
+// commandInfo is one COMMAND entry: name, arity, flags, first key, last
+// key, step, and empty ACL categories, tips, key specs and subcommands.
+func commandInfo(i kv.Info) kv.Value {
+	flag := "readonly"
+	if i.Write {
+		flag = "write"
+	}
+	first, last := int64(1), int64(1)
+	switch i.Name {
+	case "mget", "del", "unlink", "exists":
+		last = -1
+	case "mset":
+		last = -1
+	}
+	if _, conn := connFlags[i.Name]; conn {
+		flag, first, last = "fast", 0, 0
+	}
+	step := int64(1)
+	if i.Name == "mset" {
+		step = 2
+	}
+	if first == 0 {
+		step = 0
+	}
+	return kv.ArrayOf(kv.BulkStr(i.Name), kv.Integer(int64(i.Arity)), kv.ArrayOf(kv.Str(flag)),
+		kv.Integer(first), kv.Integer(last), kv.Integer(step), kv.ArrayOf(), kv.ArrayOf(), kv.ArrayOf(), kv.ArrayOf())
+}
+
+var connFlags = func() map[string]struct{} {
+	m := map[string]struct{}{}
+	for _, n := range connCommandNames {
+		m[n.name] = struct{}{}
+	}
+	return m
+}()
+
+// info answers INFO [section ...]: server, clients, replication (the
+// Raft role) and keyspace.
+func (c *respConn) info(args [][]byte) kv.Value {
+	want := map[string]bool{}
+	for _, a := range args[1:] {
+		want[strings.ToLower(string(a))] = true
+	}
+	all := len(want) == 0 || want["all"] || want["default"] || want["everything"]
+	var b strings.Builder
+	section := func(name string, lines ...string) {
+		if !all && !want[name] {
+			return
+		}
+		if b.Len() > 0 {
+			b.WriteString("\r\n")
+		}
+		b.WriteString("# " + strings.ToUpper(name[:1]) + name[1:] + "\r\n")
+		for _, l := range lines {
+			b.WriteString(l + "\r\n")
+		}
+	}
+	section("server", "redis_version:7.0.0", "redis_mode:standalone", "mcpd_node:"+c.s.node.ID(), "arch_bits:64", "tcp_port:"+portOf(c.nc.LocalAddr().String()))
+	c.s.mu.Lock()
+	clients := len(c.s.conns)
+	c.s.mu.Unlock()
+	section("clients", "connected_clients:"+strconv.Itoa(clients))
+	role := "slave"
+	if c.s.node.IsLeader() {
+		role = "master"
+	}
+	leader := c.s.node.Leader()
+	section("replication", "role:"+role, "raft_leader:"+leader, "raft_state:"+c.s.node.Raft().State().String())
+	var keys int64
+	_ = c.s.node.Read(func(tx *bolt.Tx) error {
+		v := kv.Exec(tx, c.s.node.Now(), [][]byte{[]byte("dbsize")}, false)
+		keys = v.I
+		return nil
+	})
+	var ks []string
+	if keys > 0 {
+		ks = append(ks, fmt.Sprintf("db0:keys=%d,expires=0,avg_ttl=0", keys))
+	}
+	section("keyspace", ks...)
+	return kv.BulkStr(b.String())
+}
+
+func portOf(addr string) string {
+	if i := strings.LastIndexByte(addr, ':'); i >= 0 {
+		return addr[i+1:]
+	}
+	return addr
+}
