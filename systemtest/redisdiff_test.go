@@ -38,6 +38,7 @@ const redisPackage = "redis-server"
 type redisTarget struct {
 	name string
 	addr string
+	proc *proc
 }
 
 // startRedis starts a redis-server without a config file, persistence or
@@ -62,7 +63,7 @@ func startRedis(t *testing.T, name string) redisTarget {
 	p.start(t)
 	addr := net.JoinHostPort("127.0.0.1", port)
 	waitRESP(t, p, addr)
-	return redisTarget{name: name, addr: addr}
+	return redisTarget{name: name, addr: addr, proc: p}
 }
 
 // startMcpdRedis starts a dev node of mcpd with its Redis port open.
@@ -88,7 +89,7 @@ func startMcpdRedis(t *testing.T) redisTarget {
 	waitReady(t, net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[1])), 30*time.Second)
 	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[3]))
 	waitRESP(t, p, addr)
-	return redisTarget{name: "mcpd", addr: addr}
+	return redisTarget{name: "mcpd", addr: addr, proc: p}
 }
 
 // waitRESP polls PING on addr until it answers +PONG.
@@ -240,6 +241,11 @@ func runRedisDiff(t *testing.T, want, got redisTarget, protos []int) {
 	total := 0
 	for _, lines := range scripts {
 		for _, proto := range protos {
+			for _, target := range []redisTarget{want, got} {
+				if !target.proc.running() {
+					t.Fatalf("%s exited before %s (RESP%d); the remaining scripts were not run", target.name, lines[0].File, proto)
+				}
+			}
 			t.Run(fmt.Sprintf("%s/RESP%d", strings.TrimSuffix(lines[0].File, ".txt"), proto), func(t *testing.T) {
 				total += runScript(t, lines, proto, want, got)
 			})
