@@ -44,10 +44,11 @@ const (
 	OpSend      = "send"
 	OpRegister  = "register"
 	OpSubmit    = "submit"
+	OpKeys      = "keys" // the Redis keyspace
 )
 
 // Ops lists the operations an ACL governs, in display order.
-var Ops = []string{OpEnqueue, OpConsume, OpPublish, OpSubscribe, OpSend, OpRegister, OpSubmit}
+var Ops = []string{OpEnqueue, OpConsume, OpPublish, OpSubscribe, OpSend, OpRegister, OpSubmit, OpKeys}
 
 // ACL grants an agent operations on names matching glob patterns
 // (path.Match syntax: '*' any run of characters, '?' one, [a-z] a class).
@@ -64,6 +65,9 @@ type ACL struct {
 	Send      []string `msgpack:"se,omitempty" json:"send,omitempty"`
 	Register  []string `msgpack:"re,omitempty" json:"register,omitempty"`
 	Submit    []string `msgpack:"sb,omitempty" json:"submit,omitempty"`
+	// Keys are the Redis keys the agent may read and write; commands on
+	// the whole keyspace (KEYS, DBSIZE) need the pattern "*".
+	Keys []string `msgpack:"ky,omitempty" json:"keys,omitempty"`
 }
 
 // Patterns returns the patterns of one operation.
@@ -83,6 +87,8 @@ func (a *ACL) Patterns(op string) []string {
 		return a.Register
 	case OpSubmit:
 		return a.Submit
+	case OpKeys:
+		return a.Keys
 	}
 	return nil
 }
@@ -128,6 +134,11 @@ type Agent struct {
 	Alg    string `msgpack:"a" json:"alg"`
 	Public []byte `msgpack:"p,omitempty" json:"public_key,omitempty"`
 	Sealed []byte `msgpack:"s,omitempty" json:"-"`
+	// TokenHash is the SHA-256 of the agent's Redis AUTH token, if it has
+	// one (the token itself is only in the agent's credential).
+	TokenHash []byte `msgpack:"th,omitempty" json:"-"`
+	// RedisToken tells whether TokenHash is set, for display.
+	RedisToken bool `msgpack:"-" json:"redis_token"`
 	// SealKey is the ID of the cluster key that sealed the secret.
 	SealKey   string   `msgpack:"sk,omitempty" json:"seal_key,omitempty"`
 	Caps      []string `msgpack:"c,omitempty" json:"capabilities,omitempty"`
@@ -161,6 +172,9 @@ func (a *Agent) Check() error {
 		if !ValidCapability(c) {
 			return fmt.Errorf("%w: %q is not a capability name", ErrBadAgent, c)
 		}
+	}
+	if len(a.TokenHash) != 0 && len(a.TokenHash) != 32 {
+		return fmt.Errorf("%w: a token hash is 32 bytes (SHA-256)", ErrBadAgent)
 	}
 	if a.Limits.MsgsPerSec < 0 || a.Limits.BytesPerSec < 0 {
 		return fmt.Errorf("%w: limits must not be negative", ErrBadAgent)

@@ -18,6 +18,9 @@ type Credential struct {
 	Alg        string `json:"alg"`
 	PrivateKey string `json:"private_key,omitempty"`
 	Secret     string `json:"secret,omitempty"`
+	// RedisToken is the password of the agent on the Redis port (AUTH
+	// agent token), when it was issued one.
+	RedisToken string `json:"redis_token,omitempty"`
 }
 
 // ParseCredential reads a credential and returns the agent and its key.
@@ -68,4 +71,14 @@ func MarshalCredential(agent string, key Key) ([]byte, error) {
 		return nil, err
 	}
 	return append(b, '\n'), nil
+}
+
+// WithRedisToken adds a Redis AUTH token to a marshalled credential.
+func WithRedisToken(cred []byte, token string) ([]byte, error) {
+	var c Credential
+	if err := json.Unmarshal(cred, &c); err != nil {
+		return nil, err
+	}
+	c.RedisToken = token
+	return json.MarshalIndent(c, "", "  ")
 }

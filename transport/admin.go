@@ -34,13 +34,16 @@ type Admin struct {
 // half); an hmac-sha256 agent its secret, which the node seals under the
 // cluster key before proposing it, so it never enters the log in clear.
 type AdminAgentRequest struct {
-	Name      string      `json:"name"`
-	Alg       string      `json:"alg"`
-	PublicKey []byte      `json:"public_key,omitempty"`
-	Secret    []byte      `json:"secret,omitempty"`
-	Caps      []string    `json:"capabilities,omitempty"`
-	ACL       auth.ACL    `json:"acl"`
-	Limits    auth.Limits `json:"limits"`
+	Name      string `json:"name"`
+	Alg       string `json:"alg"`
+	PublicKey []byte `json:"public_key,omitempty"`
+	Secret    []byte `json:"secret,omitempty"`
+	// TokenSHA256 is the SHA-256 of a Redis AUTH token the operator's
+	// side made for the agent; the node never sees the token.
+	TokenSHA256 []byte      `json:"token_sha256,omitempty"`
+	Caps        []string    `json:"capabilities,omitempty"`
+	ACL         auth.ACL    `json:"acl"`
+	Limits      auth.Limits `json:"limits"`
 }
 
 // AdminError is the body of every error answer.
@@ -142,6 +145,7 @@ func (a *Admin) listAgents(w http.ResponseWriter, r *http.Request) {
 	agents := []auth.Agent{}
 	err := a.node.Read(func(tx *bolt.Tx) error {
 		return auth.ListAgents(tx, func(ag *auth.Agent) error {
+			ag.RedisToken = len(ag.TokenHash) > 0
 			agents = append(agents, *ag)
 			return nil
 		})
@@ -167,6 +171,7 @@ func (a *Admin) showAgent(w http.ResponseWriter, r *http.Request) {
 	case !ok:
 		adminErr(w, http.StatusNotFound, "not_found", "no agent %q", name)
 	default:
+		rec.RedisToken = len(rec.TokenHash) > 0
 		adminJSON(w, http.StatusOK, rec)
 	}
 }
@@ -186,7 +191,7 @@ func (a *Admin) addAgent(w http.ResponseWriter, r *http.Request) {
 		adminErr(w, http.StatusBadRequest, "bad_request", "%v", err)
 		return
 	}
-	rec := auth.Agent{Name: req.Name, Alg: req.Alg, Caps: req.Caps, ACL: req.ACL, Limits: req.Limits, CreatedBy: Operator(r)}
+	rec := auth.Agent{Name: req.Name, Alg: req.Alg, Caps: req.Caps, ACL: req.ACL, Limits: req.Limits, CreatedBy: Operator(r), TokenHash: req.TokenSHA256}
 	switch req.Alg {
 	case auth.AlgEd25519:
 		if len(req.PublicKey) != ed25519.PublicKeySize || len(req.Secret) != 0 {
@@ -258,5 +263,6 @@ func (a *Admin) call(w http.ResponseWriter, r *http.Request, t fsm.MessageType, 
 	}
 	a.log.Info("agent identity changed", "op", map[fsm.MessageType]string{fsm.TypeAgentAdd: "add", fsm.TypeAgentRevoke: "revoke"}[t],
 		"agent", res.Agent.Name, "operator", Operator(r))
+	res.Agent.RedisToken = len(res.Agent.TokenHash) > 0
 	adminJSON(w, status, res.Agent)
 }

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/mcpd/mcpd/auth"
 	"github.com/mcpd/mcpd/cluster"
 	"github.com/mcpd/mcpd/fsm"
 	"github.com/mcpd/mcpd/kv"
@@ -23,7 +24,10 @@ import (
 // RESPOptions configure the Redis-protocol server.
 type RESPOptions struct {
 	// Dev serves clients without AUTH.
-	Dev    bool
+	Dev bool
+	// Audit records authentication decisions (the WebSocket server's
+	// RecordAuthEvent); nil records none.
+	Audit  func(fsm.AuthEventArgs)
 	Logger *slog.Logger
 }
 
@@ -114,6 +118,9 @@ type respConn struct {
 	proto  atomic.Int32
 	name   string
 	authed bool
+	agent  *auth.Agent // the identity AUTH proved; nil for a dev client
+	// agentName mirrors agent.Name for Revoke, from another goroutine.
+	agentName atomic.Pointer[string]
 
 	out  chan *respFuture // replies in command order
 	done chan struct{}    // closed when the connection ends
@@ -275,6 +282,12 @@ func (c *respConn) dispatch(args [][]byte) {
 		return
 	}
 	known, write := kv.Lookup(name)
+	if known {
+		if v, ok := c.allowKeys(args); !ok {
+			c.enqueue(ready(v))
+			return
+		}
+	}
 	switch {
 	case !known:
 		c.enqueue(ready(kv.ErrUnknown(string(args[0]), args[1:])))
@@ -343,9 +356,24 @@ func (c *respConn) takePending(req uint64) *respFuture {
 	return f
 }
 
-// actor names the client for the audit log.
+// actor names the client for the audit log: its agent, or the
+// connection of a dev client.
 func (c *respConn) actor() string {
+	if c.agent != nil {
+		return c.agent.Name
+	}
 	return "redis:" + strconv.FormatInt(c.id, 10)
+}
+
+// Revoke closes the connections of an agent an operator revoked.
+func (s *RESPServer) Revoke(agent string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for c := range s.conns {
+		if a := c.agentName.Load(); a != nil && *a == agent {
+			c.nc.Close()
+		}
+	}
 }
 
 // connCommand answers the commands about the connection itself.
@@ -381,6 +409,8 @@ func (c *respConn) connCommand(name string, args [][]byte) (*respFuture, bool) {
 		return ready(kv.OK), true
 	case "hello":
 		return ready(c.hello(args)), true
+	case "auth":
+		return ready(c.auth(args)), true
 	case "multi", "exec", "discard":
 		return c.transaction(name, args), true
 	case "client":
@@ -420,8 +450,8 @@ func (c *respConn) hello(args [][]byte) kv.Value {
 				if i+2 >= len(args) {
 					return kv.Err("ERR Syntax error in HELLO option 'auth'")
 				}
-				if !c.s.opt.Dev {
-					return kv.Err("WRONGPASS invalid username-password pair or user is disabled.")
+				if v := c.authAs(args[i+1], args[i+2]); v.IsErr() {
+					return v
 				}
 				i += 2
 			case "SETNAME":

@@ -1,11 +1,14 @@
 package transport
 
 import (
+	"crypto/sha256"
+	"crypto/subtle"
 	"fmt"
 	"sort"
 	"strconv"
 	"strings"
 
+	"github.com/mcpd/mcpd/auth"
 	"github.com/mcpd/mcpd/fsm"
 	"github.com/mcpd/mcpd/kv"
 	bolt "go.etcd.io/bbolt"
@@ -40,6 +43,11 @@ func (c *respConn) queueInMulti(name string, args [][]byte) bool {
 		return true
 	}
 	if v, ok := kv.Check(args); !ok {
+		c.multi.failed = true
+		c.enqueue(ready(v))
+		return true
+	}
+	if v, ok := c.allowKeys(args); !ok {
 		c.multi.failed = true
 		c.enqueue(ready(v))
 		return true
@@ -320,4 +328,83 @@ func portOf(addr string) string {
 		return addr[i+1:]
 	}
 	return addr
+}
+
+// errWrongPass is Redis's answer to credentials that do not match.
+var errWrongPass = kv.Err("WRONGPASS invalid username-password pair or user is disabled.")
+
+// auth answers AUTH [username] password. The username is an agent, the
+// password the Redis token 'mcpd agent add --token' issued it.
+func (c *respConn) auth(args [][]byte) kv.Value {
+	switch len(args) {
+	case 2:
+		if c.s.opt.Dev {
+			return kv.Err("ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?")
+		}
+		return errWrongPass
+	case 3:
+		return c.authAs(args[1], args[2])
+	}
+	return kv.Err("ERR syntax error")
+}
+
+// authAs checks an agent's Redis token against its record.
+func (c *respConn) authAs(user, pass []byte) kv.Value {
+	name := string(user)
+	ev := fsm.AuthEventArgs{Kind: "auth.fail", Agent: name, Detail: "redis", Code: "unauthenticated", Remote: c.nc.RemoteAddr().String()}
+	if !auth.ValidAgentName(name) {
+		ev.Agent = ""
+		c.record(ev)
+		return errWrongPass
+	}
+	var rec auth.Agent
+	var ok bool
+	if err := c.s.node.Read(func(tx *bolt.Tx) (err error) {
+		rec, ok, err = auth.GetAgent(tx, name)
+		return err
+	}); err != nil {
+		return kv.Err("TRYAGAIN " + err.Error())
+	}
+	sum := sha256.Sum256(pass)
+	if !ok || !rec.Active() || len(rec.TokenHash) != 32 || subtle.ConstantTimeCompare(sum[:], rec.TokenHash) != 1 {
+		c.record(ev)
+		return errWrongPass
+	}
+	c.agent, c.authed = &rec, true
+	c.agentName.Store(&rec.Name)
+	ev.Kind, ev.Code = "auth.ok", ""
+	c.record(ev)
+	return kv.OK
+}
+
+func (c *respConn) record(ev fsm.AuthEventArgs) {
+	if c.s.opt.Audit != nil {
+		ev.Node = c.s.node.ID()
+		c.s.opt.Audit(ev)
+	}
+}
+
+// allowKeys checks an authenticated agent's key grants for a keyspace
+// command; dev clients are not restricted.
+func (c *respConn) allowKeys(args [][]byte) (kv.Value, bool) {
+	if c.agent == nil {
+		return kv.Value{}, true
+	}
+	keys, whole := kv.KeysOf(args)
+	if whole {
+		for _, p := range c.agent.ACL.Keys {
+			if p == "*" {
+				return kv.Value{}, true
+			}
+		}
+		c.record(fsm.AuthEventArgs{Kind: "denied", Agent: c.agent.Name, Subject: "redis " + strings.ToLower(string(args[0])), Code: "forbidden"})
+		return kv.Err("NOPERM this user has no permissions to run the '" + strings.ToLower(string(args[0])) + "' command"), false
+	}
+	for _, k := range keys {
+		if !c.agent.ACL.Allows(auth.OpKeys, string(k)) {
+			c.record(fsm.AuthEventArgs{Kind: "denied", Agent: c.agent.Name, Subject: "redis key " + string(k), Code: "forbidden"})
+			return kv.Err("NOPERM this user has no permissions to access one of the keys used as arguments"), false
+		}
+	}
+	return kv.Value{}, true
 }

@@ -2,13 +2,18 @@ package transport_test
 
 import (
 	"bufio"
+	"crypto/ed25519"
+	"crypto/rand"
+	"crypto/sha256"
 	"fmt"
 	"net"
+	"net/http"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/mcpd/mcpd/auth"
 	"github.com/mcpd/mcpd/internal/testcluster"
 	"github.com/mcpd/mcpd/transport"
 )
@@ -244,5 +249,56 @@ func TestRESPTransactions(t *testing.T) {
 	}
 	if got := r.do("GET", "a"); got != `"2"` {
 		t.Fatalf("a discarded SET changed a: %s", got)
+	}
+}
+
+// Outside dev mode a Redis client authenticates as an agent with the
+// token 'mcpd agent add --token' issued, and reaches only its keys.
+func TestRESPAuthAndKeyACL(t *testing.T) {
+	s := startSecure(t, 1)
+	token := "redis-token-for-cipher-0123456789"
+	sum := sha256.Sum256([]byte(token))
+	pub, _, _ := ed25519.GenerateKey(rand.Reader)
+	if st, out := s.adminCall(0, "POST", "/v1/agents", transport.AdminAgentRequest{Name: "cipher", Alg: "ed25519", PublicKey: pub,
+		TokenSHA256: sum[:], ACL: auth.ACL{Keys: []string{"cipher:*"}}}); st != http.StatusCreated {
+		t.Fatalf("add: %d %v", st, out)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := transport.NewRESPServer(s.c.Nodes[0].Node, transport.RESPOptions{Audit: s.c.Nodes[0].WS.RecordAuthEvent})
+	s.c.Nodes[0].WS.OnRevoke(srv.Revoke)
+	go srv.Serve(ln)
+	t.Cleanup(srv.Close)
+	r := dialRESP(t, ln.Addr().String())
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"PING"}, "+PONG"},
+		{[]string{"GET", "cipher:a"}, "-NOAUTH Authentication required."},
+		{[]string{"AUTH", token}, "-WRONGPASS invalid username-password pair or user is disabled."},
+		{[]string{"AUTH", "cipher", "wrong"}, "-WRONGPASS invalid username-password pair or user is disabled."},
+		{[]string{"AUTH", "ghost", token}, "-WRONGPASS invalid username-password pair or user is disabled."},
+		{[]string{"AUTH", "cipher", token}, "+OK"},
+		{[]string{"SET", "cipher:a", "1"}, "+OK"},
+		{[]string{"GET", "cipher:a"}, `"1"`},
+		{[]string{"SET", "payroll", "1"}, "-NOPERM this user has no permissions to access one of the keys used as arguments"},
+		{[]string{"MSET", "cipher:b", "2", "payroll", "3"}, "-NOPERM this user has no permissions to access one of the keys used as arguments"},
+		{[]string{"EXISTS", "cipher:b"}, ":0"},
+		{[]string{"KEYS", "*"}, "-NOPERM this user has no permissions to run the 'keys' command"},
+	} {
+		if got := r.do(tc.args...); got != tc.want {
+			t.Errorf("%v: %s, want %s", tc.args, got, tc.want)
+		}
+	}
+	// Revoking the agent closes its Redis connections too.
+	if st, _ := s.adminCall(0, "POST", "/v1/agents/cipher/revoke", nil); st != http.StatusOK {
+		t.Fatal(st)
+	}
+	_ = r.nc.SetReadDeadline(time.Now().Add(waitTime))
+	if _, err := r.rd.ReadByte(); err == nil {
+		t.Fatal("the revoked agent's Redis connection is still open")
 	}
 }

@@ -76,10 +76,25 @@ func (a *agentLimit) allow(n int) bool {
 // trust tracks the authenticated connections of each agent on this node,
 // for revocation and shared rate limits.
 type trust struct {
-	mu     sync.Mutex
-	agents map[string]map[*conn]struct{}
-	limits map[string]*agentLimit
+	mu       sync.Mutex
+	agents   map[string]map[*conn]struct{}
+	limits   map[string]*agentLimit
+	onRevoke []func(agent string)
 }
+
+// OnRevoke adds a function called, on the apply path, with each agent an
+// operator revokes: the other faces of the node (the Redis port) close
+// that agent's connections too. It must not block.
+func (s *Server) OnRevoke(fn func(agent string)) {
+	s.trust.mu.Lock()
+	s.trust.onRevoke = append(s.trust.onRevoke, fn)
+	s.trust.mu.Unlock()
+}
+
+// RecordAuthEvent proposes an authentication decision made by another
+// face of the node for the audit log, with the same bounds as the
+// WebSocket server's own.
+func (s *Server) RecordAuthEvent(ev fsm.AuthEventArgs) { s.audit.record(nil, ev) }
 
 // nodeSink receives the effects addressed to the node.
 type nodeSink struct{ s *Server }
@@ -87,6 +102,12 @@ type nodeSink struct{ s *Server }
 func (n nodeSink) Push(e queue.Effect) {
 	if r, ok := e.(*fsm.AgentRevoked); ok {
 		n.s.revoke(r.Agent)
+		n.s.trust.mu.Lock()
+		hooks := n.s.trust.onRevoke
+		n.s.trust.mu.Unlock()
+		for _, h := range hooks {
+			h(r.Agent)
+		}
 	}
 }
 

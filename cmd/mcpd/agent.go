@@ -3,6 +3,8 @@ package main
 import (
 	"crypto/ed25519"
 	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -74,6 +76,9 @@ func agentAdd(args []string, stdout io.Writer) error {
 	fs.Var(&send, "allow-send", "agent glob the agent may send direct messages to (repeatable)")
 	fs.Var(&submit, "allow-submit", "capability glob the agent may submit tasks for (repeatable)")
 	fs.Var(&register, "allow-register", "capability glob the agent may register, beside --cap (repeatable)")
+	var keys stringList
+	fs.Var(&keys, "allow-keys", "Redis key glob the agent may read and write (repeatable; '*' also allows KEYS and DBSIZE)")
+	token := fs.Bool("token", false, "also issue a password for the Redis port (AUTH NAME TOKEN), kept in the credential; the node stores only its SHA-256")
 	msgs := fs.Float64("rate-msgs", 0, "requests per second per node (0: unlimited)")
 	bytes := fs.Float64("rate-bytes", 0, "request bytes per second per node (0: unlimited)")
 	name, err := parseNamed(fs, args)
@@ -87,7 +92,7 @@ func agentAdd(args []string, stdout io.Writer) error {
 		Name: name, Alg: *alg, Caps: caps,
 		ACL: auth.ACL{
 			Enqueue: enq, Consume: con, Publish: pub, Subscribe: sub,
-			Send: send, Submit: submit, Register: register,
+			Send: send, Submit: submit, Register: register, Keys: keys,
 		},
 		Limits: auth.Limits{MsgsPerSec: *msgs, BytesPerSec: *bytes},
 	}
@@ -116,6 +121,18 @@ func agentAdd(args []string, stdout io.Writer) error {
 	cred, err := auth.MarshalCredential(name, key)
 	if err != nil {
 		return err
+	}
+	if *token {
+		raw := make([]byte, 32)
+		if _, err := rand.Read(raw); err != nil {
+			return err
+		}
+		tok := base64.RawURLEncoding.EncodeToString(raw)
+		sum := sha256.Sum256([]byte(tok))
+		req.TokenSHA256 = sum[:]
+		if cred, err = auth.WithRedisToken(cred, tok); err != nil {
+			return err
+		}
 	}
 	c, err := af.client()
 	if err != nil {

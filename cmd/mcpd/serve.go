@@ -154,7 +154,7 @@ func runServe(args []string) error {
 	defer admin.close()
 	stopCheckpoints := startCheckpoints(&f, node, clusterKey)
 	defer stopCheckpoints()
-	resp, err := startRESP(&f, node, tlsConf, log, errc)
+	resp, err := startRESP(&f, node, ws, tlsConf, log, errc)
 	if err != nil {
 		wsLn.Close()
 		healthLn.Close()

@@ -13,7 +13,7 @@ import (
 
 // startRESP serves the Redis protocol on --redis-port: plaintext in --dev
 // (for redis-cli and redis-benchmark as they are), TLS otherwise.
-func startRESP(f *serveFlags, node *cluster.Node, tlsConf *tls.Config, log *slog.Logger, errc chan<- error) (*transport.RESPServer, error) {
+func startRESP(f *serveFlags, node *cluster.Node, ws *transport.Server, tlsConf *tls.Config, log *slog.Logger, errc chan<- error) (*transport.RESPServer, error) {
 	if f.respPort == 0 {
 		return nil, nil
 	}
@@ -24,7 +24,8 @@ func startRESP(f *serveFlags, node *cluster.Node, tlsConf *tls.Config, log *slog
 	if !f.dev {
 		ln = tls.NewListener(ln, tlsConf)
 	}
-	srv := transport.NewRESPServer(node, transport.RESPOptions{Dev: f.dev || f.authNone, Logger: log})
+	srv := transport.NewRESPServer(node, transport.RESPOptions{Dev: f.dev || f.authNone, Audit: ws.RecordAuthEvent, Logger: log})
+	ws.OnRevoke(srv.Revoke)
 	go func() {
 		if err := srv.Serve(ln); err != nil {
 			errc <- err
