@@ -191,13 +191,22 @@ func (s *scriptSession) exchange(l scriptLine) (want, got respReply) {
 	s.t.Helper()
 	want, err := s.wc.do(l.Args...)
 	if err != nil {
-		s.t.Fatalf("%s:%d: %s: %s: %v", l.File, l.No, l.command(), s.want.name, err)
+		s.t.Fatalf("%s:%d: %s: %s: %v%s", l.File, l.No, l.command(), s.want.name, err, exitNote(s.want))
 	}
 	got, err = s.gc.do(l.Args...)
 	if err != nil {
-		s.t.Fatalf("%s:%d: %s: %s: %v (%s answered %s)", l.File, l.No, l.command(), s.got.name, err, s.want.name, want)
+		s.t.Fatalf("%s:%d: %s: %s: %v%s (%s answered %s)", l.File, l.No, l.command(), s.got.name, err, exitNote(s.got), s.want.name, want)
 	}
 	return want, got
+}
+
+// exitNote waits briefly for a server whose connection failed to exit, and
+// says so if it did (the log tail follows at the end of the test).
+func exitNote(target redisTarget) string {
+	if state, exited := target.proc.wait(2 * time.Second); exited {
+		return fmt.Sprintf("; %s exited (%s)", target.name, state)
+	}
+	return ""
 }
 
 // runScript runs one script in one protocol and reports every line whose
