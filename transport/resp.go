@@ -27,8 +27,12 @@ type RESPOptions struct {
 	Dev bool
 	// Audit records authentication decisions (the WebSocket server's
 	// RecordAuthEvent); nil records none.
-	Audit  func(fsm.AuthEventArgs)
-	Logger *slog.Logger
+	Audit func(fsm.AuthEventArgs)
+	// MaxCommand bounds the bytes of one command as sent (default 1 MiB,
+	// the WebSocket frame limit): a larger one is refused with a protocol
+	// error and the connection is closed, before it is buffered whole.
+	MaxCommand int
+	Logger     *slog.Logger
 }
 
 // RESPServer serves the Redis protocol (RESP2 and RESP3) over the node's
@@ -52,6 +56,9 @@ type RESPServer struct {
 func NewRESPServer(node *cluster.Node, opt RESPOptions) *RESPServer {
 	if opt.Logger == nil {
 		opt.Logger = slog.Default()
+	}
+	if opt.MaxCommand <= 0 {
+		opt.MaxCommand = 1 << 20
 	}
 	return &RESPServer{node: node, opt: opt, log: opt.Logger.With("component", "resp"), conns: map[*respConn]struct{}{}}
 }
@@ -197,9 +204,11 @@ func (c *respConn) run() {
 		defer close(writerDone)
 		c.writer()
 	}()
-	rd := redcon.NewReader(c.nc)
+	lr := &limitReader{r: c.nc, left: c.s.opt.MaxCommand + respSlack}
+	rd := redcon.NewReader(lr)
 	for !c.quit {
 		cmds, err := rd.ReadCommands()
+		lr.left = c.s.opt.MaxCommand + respSlack
 		if err != nil {
 			// A malformed request gets Redis's protocol error, then the
 			// connection closes, as Redis does.
@@ -521,4 +530,31 @@ func appendValue(b []byte, v kv.Value, proto int) []byte {
 		return b
 	}
 	return redcon.AppendError(b, fmt.Sprintf("ERR internal: reply kind %d", v.K))
+}
+
+// respSlack is what framing adds to a command's arguments, and what may
+// be read of the next commands of a pipeline with it.
+const respSlack = 64 << 10
+
+// errCommandTooLarge ends a connection whose command passes MaxCommand.
+var errCommandTooLarge = errors.New("command too large")
+
+// limitReader fails once more than left bytes are read between two
+// complete commands: a client cannot make the node buffer an endless
+// bulk string.
+type limitReader struct {
+	r    io.Reader
+	left int
+}
+
+func (l *limitReader) Read(p []byte) (int, error) {
+	if l.left <= 0 {
+		return 0, errCommandTooLarge
+	}
+	if len(p) > l.left {
+		p = p[:l.left]
+	}
+	n, err := l.r.Read(p)
+	l.left -= n
+	return n, err
 }

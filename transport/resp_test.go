@@ -302,3 +302,50 @@ func TestRESPAuthAndKeyACL(t *testing.T) {
 		t.Fatal("the revoked agent's Redis connection is still open")
 	}
 }
+
+// A command larger than MaxCommand is refused before the node buffers it
+// whole, and the connection closes; a pipeline of many commands that are
+// each within the limit is not refused.
+func TestRESPCommandSizeLimit(t *testing.T) {
+	c := startCluster(t, 1, transport.Options{})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := transport.NewRESPServer(c.Nodes[0].Node, transport.RESPOptions{Dev: true, MaxCommand: 64 << 10})
+	go srv.Serve(ln)
+	t.Cleanup(srv.Close)
+
+	r := dialRESP(t, ln.Addr().String())
+	value := strings.Repeat("v", 40<<10)
+	var cmds [][]string
+	for i := range 50 {
+		cmds = append(cmds, []string{"SET", "k" + strconv.Itoa(i), value})
+	}
+	r.send(cmds...)
+	for i := range 50 {
+		if got := r.reply(); got != "+OK" {
+			t.Fatalf("SET %d of a 2 MB pipeline: %s", i, got)
+		}
+	}
+
+	big := dialRESP(t, ln.Addr().String())
+	_ = big.nc.SetWriteDeadline(time.Now().Add(waitTime))
+	fmt.Fprintf(big.nc, "*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$%d\r\n", 1<<30)
+	chunk := []byte(strings.Repeat("x", 64<<10))
+	for range 8 {
+		if _, err := big.nc.Write(chunk); err != nil {
+			break // the server closed the connection: also a refusal
+		}
+	}
+	if got := big.reply(); got != "-ERR Protocol error: command too large" {
+		t.Fatalf("a 1 GiB bulk string: %s", got)
+	}
+	_ = big.nc.SetReadDeadline(time.Now().Add(waitTime))
+	if _, err := big.rd.ReadByte(); err == nil {
+		t.Fatal("connection still open after the protocol error")
+	}
+	if got := r.do("EXISTS", "k"); got != ":0" {
+		t.Fatalf("the refused SET stored something: %s", got)
+	}
+}

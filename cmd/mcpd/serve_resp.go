@@ -24,7 +24,7 @@ func startRESP(f *serveFlags, node *cluster.Node, ws *transport.Server, tlsConf 
 	if !f.dev {
 		ln = tls.NewListener(ln, tlsConf)
 	}
-	srv := transport.NewRESPServer(node, transport.RESPOptions{Dev: f.dev || f.authNone, Audit: ws.RecordAuthEvent, Logger: log})
+	srv := transport.NewRESPServer(node, transport.RESPOptions{Dev: f.dev || f.authNone, Audit: ws.RecordAuthEvent, MaxCommand: f.maxFrame, Logger: log})
 	ws.OnRevoke(srv.Revoke)
 	go func() {
 		if err := srv.Serve(ln); err != nil {
