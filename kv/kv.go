@@ -15,10 +15,21 @@ var (
 	bucketMeta = []byte("kvmeta") // key -> type(1) expire_at_ms(8, 0: none)
 	bucketStr  = []byte("kvstr")  // key -> string value
 	bucketExp  = []byte("kvexp")  // expire_at_ms(8) key -> nil
+
+	// A hash: its fields by name, and by a per-hash sequence number given
+	// at a field's first insertion, which is the order HGETALL answers in.
+	bucketHash  = []byte("kvhash")  // coll(key) field -> seq(8) value
+	bucketHOrd  = []byte("kvhord")  // coll(key) seq(8) -> field
+	bucketHMeta = []byte("kvhmeta") // key -> count(8) next_seq(8)
+
+	// A list: its elements at positions head..tail-1, stored so that
+	// byte order is position order.
+	bucketList  = []byte("kvlist")  // coll(key) pos(8, sign bit flipped) -> element
+	bucketLMeta = []byte("kvlmeta") // key -> head(8) tail(8)
 )
 
 // Buckets lists them for CreateBuckets and dumps.
-var Buckets = [][]byte{bucketMeta, bucketStr, bucketExp}
+var Buckets = [][]byte{bucketMeta, bucketStr, bucketExp, bucketHash, bucketHOrd, bucketHMeta, bucketList, bucketLMeta}
 
 // CreateBuckets makes sure every bucket exists.
 func CreateBuckets(tx *bolt.Tx) error {
@@ -37,12 +48,18 @@ type Type byte
 const (
 	TypeNone   Type = 0
 	TypeString Type = 's'
+	TypeHash   Type = 'h'
+	TypeList   Type = 'l'
 )
 
 func (t Type) String() string {
 	switch t {
 	case TypeString:
 		return "string"
+	case TypeHash:
+		return "hash"
+	case TypeList:
+		return "list"
 	}
 	return "none"
 }
@@ -100,11 +117,39 @@ func (c *ctx) del(key []byte, m meta) {
 	switch m.typ {
 	case TypeString:
 		must(c.tx.Bucket(bucketStr).Delete(key))
+	case TypeHash:
+		p := collKey(key)
+		deletePrefix(c.tx.Bucket(bucketHash), p)
+		deletePrefix(c.tx.Bucket(bucketHOrd), p)
+		must(c.tx.Bucket(bucketHMeta).Delete(key))
+	case TypeList:
+		deletePrefix(c.tx.Bucket(bucketList), collKey(key))
+		must(c.tx.Bucket(bucketLMeta).Delete(key))
 	}
 	if m.expire != 0 {
 		must(c.tx.Bucket(bucketExp).Delete(expKey(m.expire, key)))
 	}
 	must(c.tx.Bucket(bucketMeta).Delete(key))
+}
+
+// collKey is the prefix of a hash's or list's entries: the key's length
+// (uint32) and the key, so that no key's prefix is another key's.
+func collKey(key []byte) []byte {
+	b := make([]byte, 4, 4+len(key)+8)
+	binary.BigEndian.PutUint32(b, uint32(len(key)))
+	return append(b, key...)
+}
+
+// deletePrefix removes every entry of b whose key starts with p.
+func deletePrefix(b *bolt.Bucket, p []byte) {
+	var ks [][]byte
+	cur := b.Cursor()
+	for k, _ := cur.Seek(p); k != nil && bytes.HasPrefix(k, p); k, _ = cur.Next() {
+		ks = append(ks, bytes.Clone(k))
+	}
+	for _, k := range ks {
+		must(b.Delete(k))
+	}
 }
 
 func expKey(at int64, key []byte) []byte {

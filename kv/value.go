@@ -91,7 +91,7 @@ func parseInt(b []byte) (int64, bool) {
 	if len(b) > 1 && b[0] == '0' {
 		return 0, false
 	}
-	if len(b) > 2 && b[0] == '-' && b[1] == '0' {
+	if len(b) >= 2 && b[0] == '-' && b[1] == '0' { // "-0" too
 		return 0, false
 	}
 	n, err := strconv.ParseInt(string(b), 10, 64)
