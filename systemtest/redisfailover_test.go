@@ -1,0 +1,120 @@
+package systemtest
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// redisClients returns a go-redis client per node of c (TLS with the
+// cluster CA: outside --dev the Redis port serves TLS).
+func redisClients(t *testing.T, c *faultCluster) []*redis.Client {
+	t.Helper()
+	pem, err := os.ReadFile(c.ca)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(pem)
+	var out []*redis.Client
+	for _, nd := range c.nodes {
+		cl := redis.NewClient(&redis.Options{
+			Addr:         net.JoinHostPort(nd.ip, "4437"),
+			TLSConfig:    &tls.Config{RootCAs: pool, ServerName: nd.ip, MinVersion: tls.VersionTLS12},
+			MaxRetries:   -1,
+			DialTimeout:  2 * time.Second,
+			ReadTimeout:  15 * time.Second,
+			WriteTimeout: 2 * time.Second,
+		})
+		t.Cleanup(func() { cl.Close() })
+		out = append(out, cl)
+	}
+	return out
+}
+
+// go-redis writers on every node while the leader is killed: every write
+// acknowledged is on every node afterwards.
+func Test_Fault_RedisLeaderKill(t *testing.T) {
+	const writers, perWriter = 6, 150
+	c := newFaultCluster(t, 3, clusterOpts{})
+	c.waitAllReady(30 * time.Second)
+	clients := redisClients(t, c)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+
+	var acked sync.Map // key -> value
+	var nacked, done atomic.Int64
+	var wg sync.WaitGroup
+	for w := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range perWriter {
+				key, val := fmt.Sprintf("w%d:%d", w, i), fmt.Sprintf("v%d-%d", w, i)
+				// SET is idempotent: retried on the next node until
+				// acknowledged.
+				for try := 0; ; try++ {
+					cl := clients[(w+try)%len(clients)]
+					wctx, wcancel := context.WithTimeout(ctx, 12*time.Second)
+					err := cl.Set(wctx, key, val, 0).Err()
+					wcancel()
+					if err == nil {
+						acked.Store(key, val)
+						break
+					}
+					nacked.Add(1)
+					if ctx.Err() != nil {
+						return
+					}
+				}
+				done.Add(1)
+			}
+		}()
+	}
+	waitFor(t, 60*time.Second, "a third of the writes", func() error {
+		if done.Load() < writers*perWriter/3 {
+			return errorString("not yet")
+		}
+		return nil
+	})
+	leader := c.leader(20 * time.Second)
+	t.Logf("killing the leader %s after %d writes", leader.id, done.Load())
+	leader.kill()
+	wg.Wait()
+	leader.start(t)
+	c.waitAllReady(30 * time.Second)
+	c.converged(30 * time.Second)
+
+	// Fresh clients: go-redis keeps refusing to dial a node for a while
+	// after it failed to.
+	clients = redisClients(t, c)
+	n, lost := 0, 0
+	acked.Range(func(k, v any) bool {
+		n++
+		for i, cl := range clients {
+			got, err := cl.Get(ctx, k.(string)).Result()
+			if err != nil || got != v.(string) {
+				if lost++; lost <= 10 {
+					t.Errorf("acknowledged %s=%s: node n%d has %q (%v)", k, v, i+1, got, err)
+				}
+			}
+		}
+		return true
+	})
+	if lost > 0 {
+		t.Fatalf("%d acknowledged writes missing or wrong on some node", lost)
+	}
+	if n != writers*perWriter {
+		t.Fatalf("%d of %d writes acknowledged", n, writers*perWriter)
+	}
+	t.Logf("%d acknowledged writes on every node; %d attempts failed and were retried", n, nacked.Load())
+}
