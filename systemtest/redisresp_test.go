@@ -226,8 +226,13 @@ func (c *respConn) do(args ...string) (respReply, error) {
 	for _, a := range args {
 		fmt.Fprintf(&sb, "$%d\r\n%s\r\n", len(a), a)
 	}
+	return c.send(sb.String())
+}
+
+// send writes raw bytes as they are and reads one reply.
+func (c *respConn) send(raw string) (respReply, error) {
 	c.nc.SetDeadline(time.Now().Add(10 * time.Second))
-	if _, err := io.WriteString(c.nc, sb.String()); err != nil {
+	if _, err := io.WriteString(c.nc, raw); err != nil {
 		return respReply{}, err
 	}
 	return readRESP(c.r)
@@ -267,9 +272,45 @@ type scriptLine struct {
 	// Hello compares a HELLO reply field by field, leaving out the fields
 	// that name the server (helloDiffers).
 	Hello bool
+	// Inline sends Text followed by CRLF as an inline command, for the
+	// server to split; Raw sends Text as it is (a hand-made RESP frame).
+	// Args is empty for both.
+	Inline, Raw bool
+	Text        string
+	// Closes expects both servers to close the connection after the reply
+	// (protocol errors); the harness then reconnects. QUIT implies it.
+	Closes bool
+}
+
+// wire is what the line sends to a server.
+func (l scriptLine) wire() string {
+	switch {
+	case l.Inline:
+		return l.Text + "\r\n"
+	case l.Raw:
+		return l.Text
+	}
+	var sb strings.Builder
+	fmt.Fprintf(&sb, "*%d\r\n", len(l.Args))
+	for _, a := range l.Args {
+		fmt.Fprintf(&sb, "$%d\r\n%s\r\n", len(a), a)
+	}
+	return sb.String()
+}
+
+// closes reports whether the server must close the connection after
+// answering the line.
+func (l scriptLine) closes() bool {
+	return l.Closes || (len(l.Args) > 0 && strings.EqualFold(l.Args[0], "QUIT"))
 }
 
 func (l scriptLine) command() string {
+	switch {
+	case l.Inline:
+		return "(inline) " + l.Text
+	case l.Raw:
+		return "(raw) " + strconv.Quote(l.Text)
+	}
 	q := make([]string, len(l.Args))
 	for i, a := range l.Args {
 		if a == "" || strings.ContainsAny(a, " \t\"'\\#") || strconv.Quote(a) != `"`+a+`"` {
@@ -285,7 +326,9 @@ func (l scriptLine) command() string {
 // on blanks, "double quotes" with \" \\ \n \r \t \xHH escapes, 'single
 // quotes' taken literally, # starting a comment outside quotes. A line may
 // start with directives, each a word beginning with ~: ~sort, ~ttl (TTL,
-// tolerance 1), ~pttl (PTTL, tolerance 100), ~skip-reply, ~hello.
+// tolerance 1), ~pttl (PTTL, tolerance 100), ~skip-reply, ~hello, ~closes,
+// and ~inline (the rest of the line is sent as it is, as an inline command)
+// or ~raw (one quoted argument, sent as it is).
 func parseScript(name, text string) ([]scriptLine, error) {
 	var out []scriptLine
 	for i, raw := range strings.Split(text, "\n") {
@@ -306,9 +349,22 @@ func parseScript(name, text string) ([]scriptLine, error) {
 				l.SkipReply = true
 			case "~hello":
 				l.Hello = true
+			case "~inline":
+				l.Inline = true
+			case "~raw":
+				l.Raw = true
+			case "~closes":
+				l.Closes = true
 			default:
 				return nil, fmt.Errorf("%s:%d: unknown directive %s", name, i+1, word)
 			}
+		}
+		if l.Inline {
+			if l.Text = strings.TrimRight(rest, "\r"); strings.TrimSpace(l.Text) == "" {
+				return nil, fmt.Errorf("%s:%d: ~inline without a command", name, i+1)
+			}
+			out = append(out, l)
+			continue
 		}
 		args, err := splitArgs(rest)
 		if err != nil {
@@ -318,6 +374,14 @@ func parseScript(name, text string) ([]scriptLine, error) {
 			if directives {
 				return nil, fmt.Errorf("%s:%d: directive without a command", name, i+1)
 			}
+			continue
+		}
+		if l.Raw {
+			if len(args) != 1 {
+				return nil, fmt.Errorf("%s:%d: ~raw takes one quoted argument, got %d", name, i+1, len(args))
+			}
+			l.Text = args[0]
+			out = append(out, l)
 			continue
 		}
 		l.Args = args

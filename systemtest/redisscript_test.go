@@ -68,7 +68,20 @@ func Test_RedisDiff_ParseScript(t *testing.T) {
 	if l := lines[5]; l.Sort || !slices.Equal(l.Args, []string{"ECHO", "~sort"}) {
 		t.Errorf("line 5: a quoted ~word is an argument: %+v", l)
 	}
-	for _, bad := range []string{"~nosuch PING", "~sort", "ECHO \"x"} {
+	raw, err := parseScript("t.txt", "~inline   ECHO \"a b\" # kept\r\n~closes ~raw \"*1\\r\\n$x\\r\\n\"\nQUIT\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l := raw[0]; !l.Inline || l.Args != nil || l.wire() != "ECHO \"a b\" # kept\r\n" || l.closes() {
+		t.Errorf("inline line: %+v, wire %q", l, l.wire())
+	}
+	if l := raw[1]; !l.Raw || !l.closes() || l.wire() != "*1\r\n$x\r\n" {
+		t.Errorf("raw line: %+v, wire %q", l, l.wire())
+	}
+	if l := raw[2]; !l.closes() || l.wire() != "*1\r\n$4\r\nQUIT\r\n" {
+		t.Errorf("QUIT line: %+v, wire %q", l, l.wire())
+	}
+	for _, bad := range []string{"~nosuch PING", "~sort", "ECHO \"x", "~inline  ", "~raw a b", "~raw"} {
 		if _, err := parseScript("bad.txt", bad); err == nil {
 			t.Errorf("parseScript(%q) accepted", bad)
 		}
@@ -172,8 +185,13 @@ func Test_RedisDiff_Scripts(t *testing.T) {
 	total := 0
 	for _, lines := range scripts {
 		for _, l := range lines {
-			seen[strings.ToUpper(l.Args[0])]++
 			total++
+			switch {
+			case l.Inline:
+				seen[strings.ToUpper(strings.Fields(l.Text)[0])]++
+			case len(l.Args) > 0:
+				seen[strings.ToUpper(l.Args[0])]++
+			}
 		}
 	}
 	if total < 400 {
