@@ -114,6 +114,18 @@ func fzEntries(tb testing.TB) []*fsm.Entry {
 		{Time: 1_700_000_000_500, Cmds: []fsm.Command{
 			cmd(fsm.TypeRedis, conn, 17, &fsm.RedisArgs{Args: [][]byte{[]byte("DEL"), []byte("k"), []byte("a"), []byte("n")}}),
 		}},
+		{Time: 1_700_000_000_600, Cmds: []fsm.Command{
+			cmd(fsm.TypeRedis, conn, 18, &fsm.RedisArgs{Args: [][]byte{[]byte("HSET"), []byte("h"), []byte("f"), []byte("1"), []byte("g\x00"), []byte("v")}}),
+			cmd(fsm.TypeRedis, conn, 19, &fsm.RedisArgs{Args: [][]byte{[]byte("hincrby"), []byte("h"), []byte("f"), []byte("9223372036854775807")}}),
+			cmd(fsm.TypeRedis, conn, 20, &fsm.RedisArgs{Args: [][]byte{[]byte("HDEL"), []byte("h"), []byte("f"), []byte("nope")}}),
+			cmd(fsm.TypeRedis, conn, 21, &fsm.RedisArgs{Args: [][]byte{[]byte("RPUSH"), []byte("l"), []byte("a"), []byte("b"), []byte("c")}}),
+			cmd(fsm.TypeRedis, conn, 22, &fsm.RedisArgs{Args: [][]byte{[]byte("LINSERT"), []byte("l"), []byte("BEFORE"), []byte("b"), []byte("x")}}),
+			cmd(fsm.TypeRedis, conn, 23, &fsm.RedisArgs{Args: [][]byte{[]byte("LMOVE"), []byte("l"), []byte("l2"), []byte("LEFT"), []byte("RIGHT")}}),
+			cmd(fsm.TypeRedis, conn, 24, &fsm.RedisArgs{Args: [][]byte{[]byte("lrem"), []byte("l"), []byte("-1"), []byte("c")}}),
+			cmd(fsm.TypeRedis, conn, 25, &fsm.RedisArgs{Args: [][]byte{[]byte("LMPOP"), []byte("2"), []byte("nol"), []byte("l"), []byte("RIGHT"), []byte("COUNT"), []byte("5")}}),
+			cmd(fsm.TypeRedis, conn, 26, &fsm.RedisArgs{Args: [][]byte{[]byte("LPOP"), []byte("h"), []byte("0")}}),
+			cmd(fsm.TypeRedis, conn, 27, &fsm.RedisArgs{Args: [][]byte{[]byte("SET"), []byte("l2"), []byte("s")}}),
+		}},
 		{Time: -1, Cmds: nil},
 		{Time: 0, Cmds: []fsm.Command{{Type: 200, Body: msgpack.RawMessage{0xc0}}}},
 	}

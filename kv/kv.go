@@ -101,8 +101,27 @@ func (c *ctx) lookup(key []byte) (meta, bool) {
 	return m, true
 }
 
+// badKey is raised by setMeta for a key state.db cannot hold, before
+// anything of it is written; Exec turns it into its error reply.
+type badKey struct{ reply Value }
+
+// maxKeyLen leaves room in an entry key for the length prefix of
+// collKey and an 8-byte position or expiry time.
+const maxKeyLen = bolt.MaxKeySize - 12
+
+// checkKey raises badKey unless state.db can hold key.
+func checkKey(key []byte) {
+	switch {
+	case len(key) == 0:
+		panic(badKey{Err("ERR empty keys are not supported")})
+	case len(key) > maxKeyLen:
+		panic(badKey{errTooLong})
+	}
+}
+
 // setMeta stores a key's metadata and its expiry index entry.
 func (c *ctx) setMeta(key []byte, old, m meta, existed bool) {
+	checkKey(key)
 	if existed && old.expire != 0 && old.expire != m.expire {
 		must(c.tx.Bucket(bucketExp).Delete(expKey(old.expire, key)))
 	}
@@ -205,7 +224,7 @@ func Lookup(name string) (known, write bool) {
 // Exec runs a keyspace command (args[0] is its name, any case) at time
 // now. write must be true for a write command, which then runs on a write
 // transaction applied from the log; a read runs on any transaction.
-func Exec(tx *bolt.Tx, now int64, args [][]byte, write bool) Value {
+func Exec(tx *bolt.Tx, now int64, args [][]byte, write bool) (v Value) {
 	name := strings.ToLower(string(args[0]))
 	s, ok := commands[name]
 	if !ok {
@@ -217,6 +236,15 @@ func Exec(tx *bolt.Tx, now int64, args [][]byte, write bool) Value {
 	if s.write && !write {
 		return Err("ERR internal: write command on a read path")
 	}
+	defer func() {
+		if r := recover(); r != nil {
+			b, ok := r.(badKey)
+			if !ok {
+				panic(r)
+			}
+			v = b.reply
+		}
+	}()
 	return s.fn(&ctx{tx: tx, now: now, write: write}, args)
 }
 

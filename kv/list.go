@@ -555,6 +555,7 @@ func (c *ctx) move(src, dst []byte, fromLeft, toLeft bool) Value {
 	if m, ok := c.lookup(dst); ok && m.typ != TypeList {
 		return errWrongType
 	}
+	checkKey(dst) // before the source changes
 	v := s.pop(fromLeft)
 	s.save()
 	d, _ := c.openList(dst, true)
