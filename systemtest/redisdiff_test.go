@@ -15,8 +15,12 @@ package systemtest
 //     different moments.
 //
 // Test_RedisDiff_SelfCheck compares two redis-servers, which proves the
-// harness and the scripts; Test_RedisDiff_Mcpd compares redis-server with a
-// dev node of mcpd.
+// harness and the scripts (a script whose replies depend on timing fails
+// it); it runs in make test. Test_RedisDiff_Mcpd compares redis-server with
+// a dev node of mcpd and reports every line whose replies differ; it runs
+// only with MCPD_REDIS_DIFF=1 until mcpd answers every script like
+// redis-server. The script syntax and directives are described at
+// parseScript (redisresp_test.go).
 
 import (
 	"fmt"
