@@ -266,13 +266,15 @@ func (c *faultCluster) converged(timeout time.Duration) (uint64, string) {
 		var seen []string
 		applied, digest = 0, ""
 		same := true
-		for _, nd := range c.nodes {
+		for i, nd := range c.nodes {
 			a, d, err := digestOf(nd.health)
 			if err != nil {
 				return fmt.Errorf("%s: %w", nd.id, err)
 			}
 			seen = append(seen, nd.id+"="+strconv.FormatUint(a, 10)+"/"+d[:12])
-			if applied == 0 {
+			// The first node sets the mark, whatever its index: a node
+			// that has applied nothing yet differs from the others.
+			if i == 0 {
 				applied, digest = a, d
 			} else if a != applied || d != digest {
 				same = false

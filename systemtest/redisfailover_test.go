@@ -111,6 +111,12 @@ func Test_Fault_RedisLeaderKill(t *testing.T) {
 		return true
 	})
 	if lost > 0 {
+		for i, cl := range clients {
+			size, err := cl.DBSize(ctx).Result()
+			info, _ := cl.Info(ctx, "replication").Result()
+			a, d, derr := digestOf(c.nodes[i].health)
+			t.Logf("n%d: dbsize %d (%v), applied %d digest %.12s (%v), %q", i+1, size, err, a, d, derr, info)
+		}
 		t.Fatalf("%d acknowledged writes missing or wrong on some node", lost)
 	}
 	if n != writers*perWriter {
