@@ -73,7 +73,9 @@ func cmdSet(c *ctx, a [][]byte) Value {
 		case "KEEPTTL":
 			keep = true
 		case "EX", "PX", "EXAT", "PXAT":
-			if unit != "" || i+1 >= len(a) {
+			// The same option again replaces the first; another unit
+			// is a syntax error.
+			if (unit != "" && unit != opt) || i+1 >= len(a) {
 				return errSyntax
 			}
 			n, ok := parseInt(a[i+1])

@@ -213,7 +213,11 @@ func (c *respConn) run() {
 			// A malformed request gets Redis's protocol error, then the
 			// connection closes, as Redis does.
 			if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
-				c.enqueue(ready(kv.Err("ERR Protocol error: " + err.Error())))
+				msg := err.Error()
+				if !strings.HasPrefix(msg, "Protocol error: ") {
+					msg = "Protocol error: " + msg
+				}
+				c.enqueue(ready(kv.Err("ERR " + msg)))
 			}
 			break
 		}
