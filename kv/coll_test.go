@@ -1,6 +1,8 @@
 package kv
 
 import (
+	"bytes"
+	"encoding/binary"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -132,4 +134,98 @@ func Test_Coll_UnstorableKeys(t *testing.T) {
 		{"hset h " + strings.Repeat("f", bolt.MaxKeySize) + " x", "-ERR key or field too long"},
 		{"exists h", ":0"},
 	})
+}
+
+// checkColls verifies what the hash and list buckets must hold: each
+// hash's count matches its fields and order entries, each list's entries
+// are exactly positions head..tail-1, and no entry belongs to a key that
+// is not a hash or list.
+func checkColls(t testing.TB, db *bolt.DB) {
+	t.Helper()
+	err := db.View(func(tx *bolt.Tx) error {
+		owned := map[string]int{} // bucket name -> entries of live keys
+		mc := tx.Bucket(bucketMeta).Cursor()
+		for k, v := mc.First(); k != nil; k, v = mc.Next() {
+			p := collKey(k)
+			count := func(b []byte) int {
+				n := 0
+				c := tx.Bucket(b).Cursor()
+				for ek, _ := c.Seek(p); ek != nil && bytes.HasPrefix(ek, p); ek, _ = c.Next() {
+					n++
+				}
+				owned[string(b)] += n
+				return n
+			}
+			switch Type(v[0]) {
+			case TypeHash:
+				hm := tx.Bucket(bucketHMeta).Get(k)
+				if len(hm) != 16 {
+					t.Errorf("hash %q: no counters", k)
+					continue
+				}
+				want := int(binary.BigEndian.Uint64(hm))
+				if f, o := count(bucketHash), count(bucketHOrd); want == 0 || f != want || o != want {
+					t.Errorf("hash %q: count %d, %d fields, %d order entries", k, want, f, o)
+				}
+			case TypeList:
+				lm := tx.Bucket(bucketLMeta).Get(k)
+				if len(lm) != 16 {
+					t.Errorf("list %q: no positions", k)
+					continue
+				}
+				head, tail := int64(binary.BigEndian.Uint64(lm)), int64(binary.BigEndian.Uint64(lm[8:]))
+				l := &list{prefix: p, head: head, tail: tail, b: tx.Bucket(bucketList)}
+				if n := count(bucketList); head >= tail || int64(n) != tail-head {
+					t.Errorf("list %q: head %d tail %d, %d entries", k, head, tail, n)
+				}
+				for i := range tail - head {
+					if l.b.Get(l.posKey(head+i)) == nil {
+						t.Errorf("list %q: no element %d", k, i)
+					}
+				}
+			}
+		}
+		for _, b := range [][]byte{bucketHash, bucketHOrd, bucketList} {
+			if n := tx.Bucket(b).Stats().KeyN; n != owned[string(b)] {
+				t.Errorf("%s: %d entries, %d of live keys", b, n, owned[string(b)])
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// FuzzCollCommands runs lines of space-separated commands (hash, list and
+// key commands) and checks that nothing panics and the buckets stay
+// consistent.
+func FuzzCollCommands(f *testing.F) {
+	f.Add("rpush l a b c\nlinsert l before b x\nlrem l -1 c\nlmove l l left right\nltrim l 1 -1")
+	f.Add("hset h a 1 b 2\nhincrby h a 9223372036854775807\nhdel h a b\nhsetnx h c 3")
+	f.Add("lpush l a\npexpire l 1\nlmpop 2 m l right count 5\nset l x\nlpos l a rank -1 count 0")
+	db := mustCollDB(f)
+	f.Fuzz(func(t *testing.T, script string) {
+		for i, line := range strings.Split(script, "\n") {
+			args := strings.Split(line, " ")
+			if len(args) > 64 {
+				continue
+			}
+			name := strings.ToLower(args[0])
+			if _, ok := Check(bytesArgs(args)); !ok || name == "keys" {
+				continue
+			}
+			collExec(t, db, collNow+int64(i), args...)
+		}
+		checkColls(t, db)
+		collExec(t, db, collNow, "del", "l", "m", "h", "a", "b")
+	})
+}
+
+func bytesArgs(args []string) [][]byte {
+	out := make([][]byte, len(args))
+	for i, a := range args {
+		out[i] = []byte(a)
+	}
+	return out
 }

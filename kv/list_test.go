@@ -267,7 +267,11 @@ func Test_Coll_Deterministic(t *testing.T) {
 		if err := db2.Update(func(tx *bolt.Tx) error { return Expire(tx, now, 100) }); err != nil {
 			t.Fatal(err)
 		}
+		if i%50 == 0 {
+			checkColls(t, db1)
+		}
 	}
+	checkColls(t, db1)
 	if d1, d2 := dumpBuckets(t, db1), dumpBuckets(t, db2); !bytes.Equal(d1, d2) {
 		t.Fatal("the two state files differ")
 	}
