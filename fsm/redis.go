@@ -21,6 +21,29 @@ type RedisResult struct {
 	Value kv.Value `msgpack:"v"`
 }
 
+// RedisTouched is the effect of an applied Redis write on every node:
+// the keys it named, so the node can wake the clients blocked on them
+// (BLPOP and its kind). Its target is no connection.
+type RedisTouched struct{ Keys [][]byte }
+
+// Target implements queue.Effect.
+func (*RedisTouched) Target() string { return "" }
+
+// touched appends the keys of cmds to the transaction's effects.
+func touched(t *queue.Tx, cmds ...[][]byte) {
+	var keys [][]byte
+	for _, c := range cmds {
+		if known, write := kv.Lookup(strings.ToLower(string(c[0]))); !known || !write {
+			continue
+		}
+		ks, _ := kv.KeysOf(c)
+		keys = append(keys, ks...)
+	}
+	if len(keys) > 0 {
+		t.Effects = append(t.Effects, &RedisTouched{Keys: keys})
+	}
+}
+
 // maxRedisArgs bounds a command's arguments (a checked command cannot
 // carry more than a frame holds anyway).
 const maxRedisArgs = 1 << 20
@@ -50,8 +73,14 @@ func init() {
 		return nil
 	}, func(t *queue.Tx, a *RedisArgs) (any, error) {
 		if a.Multi != nil {
-			return &RedisResult{Value: kv.ExecMulti(t.Bolt(), t.Now(), a.Multi)}, nil
+			v := kv.ExecMulti(t.Bolt(), t.Now(), a.Multi)
+			touched(t, a.Multi...)
+			return &RedisResult{Value: v}, nil
 		}
-		return &RedisResult{Value: kv.Exec(t.Bolt(), t.Now(), a.Args, true)}, nil
+		v := kv.Exec(t.Bolt(), t.Now(), a.Args, true)
+		if !v.IsErr() {
+			touched(t, a.Args)
+		}
+		return &RedisResult{Value: v}, nil
 	})
 }

@@ -44,12 +44,17 @@ type RESPServer struct {
 	opt  RESPOptions
 	log  *slog.Logger
 
-	mu     sync.Mutex
-	lns    []net.Listener
-	conns  map[*respConn]struct{}
-	closed bool
-	nextID atomic.Int64
-	wg     sync.WaitGroup
+	wmu            sync.Mutex // guards waiters
+	waiters        map[string]map[chan struct{}]struct{}
+	blockedClients atomic.Int64
+
+	mu      sync.Mutex
+	lns     []net.Listener
+	conns   map[*respConn]struct{}
+	closed  bool
+	closing chan struct{} // closed by Close
+	nextID  atomic.Int64
+	wg      sync.WaitGroup
 }
 
 // NewRESPServer returns a Redis-protocol server for node.
@@ -60,7 +65,7 @@ func NewRESPServer(node *cluster.Node, opt RESPOptions) *RESPServer {
 	if opt.MaxCommand <= 0 {
 		opt.MaxCommand = 1 << 20
 	}
-	return &RESPServer{node: node, opt: opt, log: opt.Logger.With("component", "resp"), conns: map[*respConn]struct{}{}}
+	return &RESPServer{node: node, opt: opt, log: opt.Logger.With("component", "resp"), conns: map[*respConn]struct{}{}, closing: make(chan struct{})}
 }
 
 // Serve accepts connections on ln until Close.
@@ -104,6 +109,9 @@ func (s *RESPServer) Serve(ln net.Listener) error {
 // Close stops accepting and closes every connection.
 func (s *RESPServer) Close() {
 	s.mu.Lock()
+	if !s.closed {
+		close(s.closing)
+	}
 	s.closed = true
 	for _, ln := range s.lns {
 		ln.Close()
@@ -131,6 +139,10 @@ type respConn struct {
 
 	out  chan *respFuture // replies in command order
 	done chan struct{}    // closed when the connection ends
+	stop chan struct{}    // closed when the reader ends: blocked commands give up
+	// blocked is a blocking command in progress; the connection's next
+	// command waits for it (reader goroutine only).
+	blocked *respFuture
 
 	mu      sync.Mutex
 	pending map[uint64]*respFuture // write commands awaiting their apply
@@ -163,7 +175,7 @@ func ready(v kv.Value) *respFuture {
 func (s *RESPServer) newConn(nc net.Conn) *respConn {
 	c := &respConn{
 		s: s, nc: nc, id: s.nextID.Add(1),
-		out: make(chan *respFuture, 1024), done: make(chan struct{}),
+		out: make(chan *respFuture, 1024), done: make(chan struct{}), stop: make(chan struct{}),
 		pending: map[uint64]*respFuture{},
 		authed:  s.opt.Dev,
 	}
@@ -231,6 +243,7 @@ func (c *respConn) run() {
 			}
 		}
 	}
+	close(c.stop)
 	close(c.out)
 	<-writerDone
 	c.nc.Close()
@@ -283,6 +296,14 @@ func (c *respConn) writer() {
 // the log, reads on the applied state after this connection's writes.
 func (c *respConn) dispatch(args [][]byte) {
 	name := strings.ToLower(string(args[0]))
+	if c.blocked != nil {
+		// Nothing runs while a blocking command of this connection waits.
+		select {
+		case <-c.blocked.done:
+		case <-c.s.closing:
+		}
+		c.blocked = nil
+	}
 	if c.multi != nil && c.queueInMulti(name, args) {
 		return
 	}
@@ -292,6 +313,17 @@ func (c *respConn) dispatch(args [][]byte) {
 	}
 	if !c.authed {
 		c.enqueue(ready(kv.Err("NOAUTH Authentication required.")))
+		return
+	}
+	if isBlocking(name) {
+		b, v, ok := parseBlocking(name, args)
+		if ok {
+			if v, ok = c.allowKeys(b.inner); ok {
+				c.enqueue(c.block(b))
+				return
+			}
+		}
+		c.enqueue(ready(v))
 		return
 	}
 	known, write := kv.Lookup(name)

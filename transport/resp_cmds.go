@@ -302,7 +302,7 @@ func (c *respConn) info(args [][]byte) kv.Value {
 	c.s.mu.Lock()
 	clients := len(c.s.conns)
 	c.s.mu.Unlock()
-	section("clients", "connected_clients:"+strconv.Itoa(clients))
+	section("clients", "connected_clients:"+strconv.Itoa(clients), "blocked_clients:"+strconv.FormatInt(c.s.blockedClients.Load(), 10))
 	role := "slave"
 	if c.s.node.IsLeader() {
 		role = "master"

@@ -32,6 +32,7 @@ func startRESP(t *testing.T, nd *testcluster.Node) string {
 		t.Fatal(err)
 	}
 	srv := transport.NewRESPServer(nd.Node, transport.RESPOptions{Dev: true})
+	nd.WS.OnNodeEffect(srv.Touch)
 	go srv.Serve(ln)
 	t.Cleanup(srv.Close)
 	return ln.Addr().String()
@@ -347,5 +348,56 @@ func TestRESPCommandSizeLimit(t *testing.T) {
 	}
 	if got := r.do("EXISTS", "k"); got != ":0" {
 		t.Fatalf("the refused SET stored something: %s", got)
+	}
+}
+
+// A blocked pop on one node is woken by a push on another; a timeout
+// answers the null reply; the connection's next command waits for the
+// blocked one, as in Redis.
+func TestRESPBlockingPops(t *testing.T) {
+	_, leader, followers := startThree(t)
+	addr := startRESP(t, followers[0])
+	blocked, watcher := dialRESP(t, addr), dialRESP(t, addr)
+	pusher := dialRESP(t, startRESP(t, followers[1]))
+	other := dialRESP(t, startRESP(t, leader))
+
+	blocked.send([]string{"BLPOP", "jobs", "other", "0"}, []string{"PING"})
+	// The pop found nothing and waits (INFO counts it) before the push.
+	testcluster.WaitFor(t, waitTime, func() bool {
+		return strings.Contains(watcher.do("INFO", "clients"), "blocked_clients:1")
+	})
+	if got := pusher.do("RPUSH", "jobs", "a", "b"); got != ":2" {
+		t.Fatalf("RPUSH: %s", got)
+	}
+	if got := blocked.reply(); got != `["jobs" "a"]` {
+		t.Fatalf("BLPOP woken by a push on another node: %s", got)
+	}
+	if got := blocked.reply(); got != "+PONG" {
+		t.Fatalf("the command after BLPOP: %s", got)
+	}
+	testcluster.WaitFor(t, waitTime, func() bool { return other.do("LRANGE", "jobs", "0", "-1") == `["b"]` })
+
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"BLPOP", "empty", "0.05"}, "nil"},
+		{[]string{"BRPOP", "jobs", "1"}, `["jobs" "b"]`},
+		{[]string{"BRPOPLPUSH", "empty", "dst", "0.05"}, "nil"},
+		{[]string{"BLMOVE", "empty", "dst", "LEFT", "RIGHT", "0.05"}, "nil"},
+		{[]string{"BLPOP", "k", "-1"}, "-ERR timeout is negative"},
+		{[]string{"BLPOP", "k", "x"}, "-ERR timeout is not a float or out of range"},
+		{[]string{"BLPOP", "k"}, "-ERR wrong number of arguments for 'blpop' command"},
+	} {
+		if got := blocked.do(tc.args...); got != tc.want {
+			t.Errorf("%v: %s, want %s", tc.args, got, tc.want)
+		}
+	}
+	pusher.do("RPUSH", "src", "x")
+	if got := blocked.do("BLMOVE", "src", "dst", "LEFT", "RIGHT", "0"); got != `"x"` {
+		t.Fatalf("BLMOVE: %s", got)
+	}
+	if got := blocked.do("BLMPOP", "0.05", "2", "none", "dst", "LEFT", "COUNT", "5"); got != `["dst" ["x"]]` {
+		t.Fatalf("BLMPOP: %s", got)
 	}
 }

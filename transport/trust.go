@@ -80,6 +80,16 @@ type trust struct {
 	agents   map[string]map[*conn]struct{}
 	limits   map[string]*agentLimit
 	onRevoke []func(agent string)
+	onEffect []func(queue.Effect)
+}
+
+// OnNodeEffect adds a function called, on the apply path, with every
+// other effect addressed to the node rather than a connection (such as
+// fsm.RedisTouched). It must not block.
+func (s *Server) OnNodeEffect(fn func(queue.Effect)) {
+	s.trust.mu.Lock()
+	s.trust.onEffect = append(s.trust.onEffect, fn)
+	s.trust.mu.Unlock()
 }
 
 // OnRevoke adds a function called, on the apply path, with each agent an
@@ -100,14 +110,18 @@ func (s *Server) RecordAuthEvent(ev fsm.AuthEventArgs) { s.audit.record(nil, ev)
 type nodeSink struct{ s *Server }
 
 func (n nodeSink) Push(e queue.Effect) {
+	n.s.trust.mu.Lock()
+	revokeHooks, effectHooks := n.s.trust.onRevoke, n.s.trust.onEffect
+	n.s.trust.mu.Unlock()
 	if r, ok := e.(*fsm.AgentRevoked); ok {
 		n.s.revoke(r.Agent)
-		n.s.trust.mu.Lock()
-		hooks := n.s.trust.onRevoke
-		n.s.trust.mu.Unlock()
-		for _, h := range hooks {
+		for _, h := range revokeHooks {
 			h(r.Agent)
 		}
+		return
+	}
+	for _, h := range effectHooks {
+		h(e)
 	}
 }
 

@@ -26,6 +26,7 @@ func startRESP(f *serveFlags, node *cluster.Node, ws *transport.Server, tlsConf 
 	}
 	srv := transport.NewRESPServer(node, transport.RESPOptions{Dev: f.dev || f.authNone, Audit: ws.RecordAuthEvent, MaxCommand: f.maxFrame, Logger: log})
 	ws.OnRevoke(srv.Revoke)
+	ws.OnNodeEffect(srv.Touch)
 	go func() {
 		if err := srv.Serve(ln); err != nil {
 			errc <- err
