@@ -95,6 +95,10 @@ func init() {
 	})
 	register(TypePublish, checkPublish, func(t *queue.Tx, a *queue.PublishArgs) (any, error) {
 		r, err := t.Publish(*a)
+		if err == nil && !r.Dup {
+			// Redis subscribers of the same channel get the envelope.
+			t.Effects = append(t.Effects, &Published{Channel: []byte(a.Topic), Message: a.Env, Receivers: int64(r.Receivers)})
+		}
 		return &r, err
 	})
 	register(TypeSubscribe, checkSubscribe, func(t *queue.Tx, a *queue.SubscribeArgs) (any, error) {

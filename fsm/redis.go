@@ -9,11 +9,32 @@ import (
 
 // RedisArgs is one Redis write command: its arguments as the client sent
 // them, the name first; or, for EXEC, the commands of a transaction in
-// Multi (reads included), run one after the other in this entry.
+// Multi (reads included), run one after the other in this entry. A
+// PUBLISH carries, when its channel is also a topic, the envelope the
+// proposing node wrapped the message in for WebSocket subscribers (Env,
+// From, ID: the FSM cannot draw an id).
 type RedisArgs struct {
 	Args  [][]byte   `msgpack:"a,omitempty"`
 	Multi [][][]byte `msgpack:"m,omitempty"`
+	Env   []byte     `msgpack:"e,omitempty"`
+	From  string     `msgpack:"f,omitempty"`
+	ID    string     `msgpack:"i,omitempty"`
+	Hash  [32]byte   `msgpack:"h,omitempty"`
 }
+
+// Published is the effect of a publish on every node, for the Redis
+// subscribers there: the channel, and the message as Redis clients get
+// it (a Redis publisher's message as sent; a WebSocket publisher's
+// envelope as JSON). Receivers counts the WebSocket subscriptions it
+// reached. Its target is no connection.
+type Published struct {
+	Channel   []byte
+	Message   []byte
+	Receivers int64
+}
+
+// Target implements queue.Effect.
+func (*Published) Target() string { return "" }
 
 // RedisResult answers a Redis command with its reply, which the transport
 // renders for the client's protocol version.
@@ -67,6 +88,20 @@ func init() {
 		if len(a.Args) == 0 || len(a.Args) > maxRedisArgs {
 			return badArg("args", "must name a command")
 		}
+		if strings.EqualFold(string(a.Args[0]), "publish") {
+			if len(a.Args) != 3 {
+				return badArg("args", "PUBLISH takes a channel and a message")
+			}
+			if a.Env != nil {
+				return firstErr(checkSender(a.From, a.ID, a.Env), func() error {
+					if !queue.ValidTopic(string(a.Args[1]), false) {
+						return badArg("args", "an envelope goes with a topic channel only")
+					}
+					return nil
+				}())
+			}
+			return nil
+		}
 		if known, write := kv.Lookup(strings.ToLower(string(a.Args[0]))); !known || !write {
 			return badArg("args", "must be a Redis write command")
 		}
@@ -77,10 +112,31 @@ func init() {
 			touched(t, a.Multi...)
 			return &RedisResult{Value: v}, nil
 		}
+		if strings.EqualFold(string(a.Args[0]), "publish") {
+			return publishRedis(t, a)
+		}
 		v := kv.Exec(t.Bolt(), t.Now(), a.Args, true)
 		if !v.IsErr() {
 			touched(t, a.Args)
 		}
 		return &RedisResult{Value: v}, nil
 	})
+}
+
+// publishRedis applies a Redis PUBLISH: to the WebSocket subscribers of
+// the topic of the same name (through the envelope), and to the Redis
+// subscribers of every node (the Published effect). The reply is the
+// number of WebSocket subscriptions reached; the node adds its Redis
+// subscribers.
+func publishRedis(t *queue.Tx, a *RedisArgs) (any, error) {
+	var receivers int64
+	if a.Env != nil {
+		res, err := t.Publish(queue.PublishArgs{Topic: string(a.Args[1]), From: a.From, ID: a.ID, Hash: a.Hash, Env: a.Env})
+		if err != nil {
+			return nil, err
+		}
+		receivers = int64(res.Receivers)
+	}
+	t.Effects = append(t.Effects, &Published{Channel: a.Args[1], Message: a.Args[2], Receivers: receivers})
+	return &RedisResult{Value: kv.Integer(receivers)}, nil
 }

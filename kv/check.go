@@ -99,3 +99,7 @@ func KeysOf(args [][]byte) (keys [][]byte, whole bool) {
 	}
 	return keys, false
 }
+
+// Match is Redis's glob match (KEYS, PSUBSCRIBE): '*', '?', '[...]' with
+// ranges and '^', and '\' escapes.
+func Match(pattern, s []byte) bool { return globMatch(pattern, s) }

@@ -44,6 +44,10 @@ type RESPServer struct {
 	opt  RESPOptions
 	log  *slog.Logger
 
+	pmu      sync.Mutex // guards chanSubs and patSubs
+	chanSubs map[string]map[*respConn]struct{}
+	patSubs  map[string]map[*respConn]struct{}
+
 	wmu            sync.Mutex // guards waiters
 	waiters        map[string]map[chan struct{}]struct{}
 	blockedClients atomic.Int64
@@ -65,7 +69,8 @@ func NewRESPServer(node *cluster.Node, opt RESPOptions) *RESPServer {
 	if opt.MaxCommand <= 0 {
 		opt.MaxCommand = 1 << 20
 	}
-	return &RESPServer{node: node, opt: opt, log: opt.Logger.With("component", "resp"), conns: map[*respConn]struct{}{}, closing: make(chan struct{})}
+	return &RESPServer{node: node, opt: opt, log: opt.Logger.With("component", "resp"), conns: map[*respConn]struct{}{}, closing: make(chan struct{}),
+		chanSubs: map[string]map[*respConn]struct{}{}, patSubs: map[string]map[*respConn]struct{}{}}
 }
 
 // Serve accepts connections on ln until Close.
@@ -143,6 +148,10 @@ type respConn struct {
 	// blocked is a blocking command in progress; the connection's next
 	// command waits for it (reader goroutine only).
 	blocked *respFuture
+	subs    respSubs
+	// omu orders pushes from the apply path against the close of out.
+	omu       sync.Mutex
+	outClosed bool
 
 	mu      sync.Mutex
 	pending map[uint64]*respFuture // write commands awaiting their apply
@@ -159,6 +168,7 @@ type respFuture struct {
 	done  chan struct{}
 	value kv.Value
 	close bool // close the connection after writing this reply
+	push  bool // a pub/sub push: RESP3's '>' type
 }
 
 func (f *respFuture) resolve(v kv.Value) {
@@ -178,6 +188,7 @@ func (s *RESPServer) newConn(nc net.Conn) *respConn {
 		out: make(chan *respFuture, 1024), done: make(chan struct{}), stop: make(chan struct{}),
 		pending: map[uint64]*respFuture{},
 		authed:  s.opt.Dev,
+		subs:    respSubs{channels: map[string]bool{}, patterns: map[string]bool{}},
 	}
 	c.proto.Store(2)
 	return c
@@ -244,7 +255,11 @@ func (c *respConn) run() {
 		}
 	}
 	close(c.stop)
+	c.dropSubs()
+	c.omu.Lock()
+	c.outClosed = true
 	close(c.out)
+	c.omu.Unlock()
 	<-writerDone
 	c.nc.Close()
 	close(c.done)
@@ -272,7 +287,17 @@ func (c *respConn) writer() {
 		if broken {
 			continue
 		}
-		buf = appendValue(buf[:0], f.value, int(c.proto.Load()))
+		buf = buf[:0]
+		if f.push && c.proto.Load() == 3 && f.value.K == kv.Array {
+			buf = append(buf, '>')
+			buf = strconv.AppendInt(buf, int64(len(f.value.A)), 10)
+			buf = append(buf, '\r', '\n')
+			for _, e := range f.value.A {
+				buf = appendValue(buf, e, 3)
+			}
+		} else {
+			buf = appendValue(buf, f.value, int(c.proto.Load()))
+		}
 		if _, err := w.Write(buf); err != nil {
 			broken = true
 			continue
@@ -307,12 +332,36 @@ func (c *respConn) dispatch(args [][]byte) {
 	if c.multi != nil && c.queueInMulti(name, args) {
 		return
 	}
+	if c.subCount() > 0 && c.proto.Load() == 2 {
+		// RESP2 subscribed mode: the connection only takes pub/sub
+		// commands.
+		switch name {
+		case "subscribe", "unsubscribe", "psubscribe", "punsubscribe", "quit", "reset":
+		case "ping":
+			c.enqueue(ready(kv.ArrayOf(kv.BulkStr("pong"), kv.BulkStr(""))))
+			return
+		default:
+			c.enqueue(ready(kv.Err("ERR Can't execute '" + name + "': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context")))
+			return
+		}
+	}
 	if v, ok := c.connCommand(name, args); ok {
 		c.enqueue(v)
 		return
 	}
 	if !c.authed {
 		c.enqueue(ready(kv.Err("NOAUTH Authentication required.")))
+		return
+	}
+	switch name {
+	case "subscribe", "unsubscribe", "psubscribe", "punsubscribe":
+		c.subscribe(name, args)
+		return
+	case "publish":
+		c.enqueue(c.publish(args))
+		return
+	case "pubsub":
+		c.enqueue(ready(c.pubsubCommand(args)))
 		return
 	}
 	if isBlocking(name) {
@@ -465,6 +514,8 @@ func (c *respConn) connCommand(name string, args [][]byte) (*respFuture, bool) {
 	case "info":
 		return ready(c.info(args)), true
 	case "reset":
+		c.dropSubs()
+		c.subs = respSubs{channels: map[string]bool{}, patterns: map[string]bool{}}
 		c.multi, c.name = nil, ""
 		c.proto.Store(2)
 		c.authed = c.s.opt.Dev

@@ -191,6 +191,10 @@ func (s *RESPServer) unwatch(keys []string, w chan struct{}) {
 // Touch wakes the clients blocked on the keys an applied write named. It
 // runs on the apply path (cluster.Node's effects) and does not block.
 func (s *RESPServer) Touch(e queue.Effect) {
+	if p, ok := e.(*fsm.Published); ok {
+		s.deliver(p)
+		return
+	}
 	t, ok := e.(*fsm.RedisTouched)
 	if !ok {
 		return

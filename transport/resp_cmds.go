@@ -239,6 +239,7 @@ var connCommandNames = []struct {
 }{
 	{"ping", -1}, {"echo", 2}, {"hello", -1}, {"select", 2}, {"quit", -1}, {"reset", 1},
 	{"multi", 1}, {"exec", 1}, {"discard", 1}, {"client", -2}, {"command", -1}, {"info", -1},
+	{"subscribe", -2}, {"unsubscribe", -1}, {"psubscribe", -2}, {"punsubscribe", -1}, {"publish", 3}, {"pubsub", -2},
 }
 
 // commandInfo is one COMMAND entry: name, arity, flags, first key, last

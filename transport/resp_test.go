@@ -5,6 +5,7 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/sha256"
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
@@ -89,7 +90,7 @@ func (c *respClient) reply() string {
 			c.t.Fatal(err)
 		}
 		return strconv.Quote(string(buf[:n]))
-	case '*', '%':
+	case '*', '%', '>':
 		n, _ := strconv.Atoi(line[1:])
 		if n < 0 {
 			return "nil"
@@ -399,5 +400,61 @@ func TestRESPBlockingPops(t *testing.T) {
 	}
 	if got := blocked.do("BLMPOP", "0.05", "2", "none", "dst", "LEFT", "COUNT", "5"); got != `["dst" ["x"]]` {
 		t.Fatalf("BLMPOP: %s", got)
+	}
+}
+
+// Redis pub/sub across nodes and across faces: a Redis PUBLISH reaches
+// Redis subscribers on every node and WebSocket subscribers of the topic
+// of the same name; a WebSocket publish reaches Redis subscribers.
+func TestRESPPubSub(t *testing.T) {
+	c, leader, followers := startThree(t)
+	sub := dialRESP(t, startRESP(t, followers[0]))
+	pub := dialRESP(t, startRESP(t, followers[1]))
+	sub.send([]string{"SUBSCRIBE", "news.sports", "chat:room"}, []string{"PSUBSCRIBE", "news.*"})
+	for _, want := range []string{`["subscribe" "news.sports" :1]`, `["subscribe" "chat:room" :2]`, `["psubscribe" "news.*" :3]`} {
+		if got := sub.reply(); got != want {
+			t.Fatalf("got %s, want %s", got, want)
+		}
+	}
+	if got := sub.do("GET", "x"); !strings.HasPrefix(got, "-ERR Can't execute 'get'") {
+		t.Fatalf("GET in subscribed mode: %s", got)
+	}
+	ws := login(t, c, leader.URL, "watcher")
+	wsub := subscribe(t, ws, "news.>")
+
+	if got := pub.do("PUBLISH", "chat:room", "hello"); got != ":1" && got != ":0" {
+		// The subscriber is on another node: Redis Cluster counts only
+		// this node's subscribers, and so does mcpd for Redis ones.
+		t.Fatalf("PUBLISH chat:room: %s", got)
+	}
+	if got := sub.reply(); got != `["message" "chat:room" "hello"]` {
+		t.Fatalf("message: %s", got)
+	}
+	if got := pub.do("PUBLISH", "news.sports", "goal"); got != ":1" {
+		t.Fatalf("PUBLISH news.sports counts the WebSocket subscription: %s", got)
+	}
+	for _, want := range []string{`["message" "news.sports" "goal"]`, `["pmessage" "news.*" "news.sports" "goal"]`} {
+		if got := sub.reply(); got != want {
+			t.Fatalf("got %s, want %s", got, want)
+		}
+	}
+	ev := ws.next(func(f frame) bool { return f.op() == "event" && f.str("sub") == wsub })
+	var got struct {
+		From string `json:"from"`
+		Body string `json:"body"`
+	}
+	if err := json.Unmarshal(ev["msg"], &got); err != nil || got.Body != "goal" || got.From != "redis" {
+		t.Fatalf("WebSocket event of a Redis publish: %s (%v)", ev, err)
+	}
+	// And the other way round: the envelope, as JSON.
+	msg := env("watcher", `"from ws"`)
+	publish(t, ws, "news.sports", msg)
+	for _, want := range []string{`["message" "news.sports" ` + strconv.Quote(msg) + `]`, `["pmessage" "news.*" "news.sports" ` + strconv.Quote(msg) + `]`} {
+		if got := sub.reply(); got != want {
+			t.Fatalf("got %s, want %s", got, want)
+		}
+	}
+	if got := sub.do("UNSUBSCRIBE"); got != `["unsubscribe" "chat:room" :2]` {
+		t.Fatalf("UNSUBSCRIBE: %s", got)
 	}
 }
