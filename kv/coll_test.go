@@ -3,6 +3,7 @@ package kv
 import (
 	"bytes"
 	"encoding/binary"
+	"fmt"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -115,20 +116,28 @@ func splitCmd(s string) []string {
 
 const wrongType = "-WRONGTYPE Operation against a key holding the wrong kind of value"
 
-// A key state.db cannot hold is refused before anything is written,
-// rather than stopping the node.
-func Test_Coll_UnstorableKeys(t *testing.T) {
+// The empty key is a key like any other; one longer than state.db can
+// hold is refused before anything is written, rather than stopping the
+// node.
+func Test_Coll_KeyLimits(t *testing.T) {
 	long := strings.Repeat("k", maxKeyLen+1)
 	runCollCases(t, []collCase{
-		{`set "" x`, "-ERR empty keys are not supported"},
-		{`hset "" f v`, "-ERR empty keys are not supported"},
-		{`rpush "" a`, "-ERR empty keys are not supported"},
+		{`set "" x`, "+OK"},
+		{`get ""`, `"x"`},
+		{`hset "" f v`, wrongType},
+		{`del ""`, ":1"},
+		{`hset "" f v`, ":1"},
+		{`hget "" f`, `"v"`},
+		{`del ""`, ":1"},
 		{`rpush src a`, ":1"},
-		{`lmove src "" left left`, "-ERR empty keys are not supported"},
-		{`lrange src 0 -1`, `["a"]`},
-		{`lmove nosrc "" left left`, "nil"},
-		{`hget "" f`, "nil"},
-		{`del ""`, ":0"},
+		{`lmove src "" left left`, `"a"`},
+		{`lrange "" 0 -1`, `["a"]`},
+		{`exists src`, ":0"},
+		{`keys *`, `[""]`},
+		{`keys **`, `[]`},
+		{`keys ""`, `[""]`},
+		{`keys *?`, `[]`},
+		{`del ""`, ":1"},
 		{"set " + long + " x", "-ERR key or field too long"},
 		{"rpush " + long + " x", "-ERR key or field too long"},
 		{"hset h " + strings.Repeat("f", bolt.MaxKeySize) + " x", "-ERR key or field too long"},
@@ -145,7 +154,8 @@ func checkColls(t testing.TB, db *bolt.DB) {
 	err := db.View(func(tx *bolt.Tx) error {
 		owned := map[string]int{} // bucket name -> entries of live keys
 		mc := tx.Bucket(bucketMeta).Cursor()
-		for k, v := mc.First(); k != nil; k, v = mc.Next() {
+		for dk, v := mc.First(); dk != nil; dk, v = mc.Next() {
+			k := dk[1:]
 			p := collKey(k)
 			count := func(b []byte) int {
 				n := 0
@@ -158,7 +168,7 @@ func checkColls(t testing.TB, db *bolt.DB) {
 			}
 			switch Type(v[0]) {
 			case TypeHash:
-				hm := tx.Bucket(bucketHMeta).Get(k)
+				hm := tx.Bucket(bucketHMeta).Get(dk)
 				if len(hm) != 16 {
 					t.Errorf("hash %q: no counters", k)
 					continue
@@ -168,7 +178,7 @@ func checkColls(t testing.TB, db *bolt.DB) {
 					t.Errorf("hash %q: count %d, %d fields, %d order entries", k, want, f, o)
 				}
 			case TypeList:
-				lm := tx.Bucket(bucketLMeta).Get(k)
+				lm := tx.Bucket(bucketLMeta).Get(dk)
 				if len(lm) != 16 {
 					t.Errorf("list %q: no positions", k)
 					continue
@@ -228,4 +238,26 @@ func bytesArgs(args []string) [][]byte {
 		out[i] = []byte(a)
 	}
 	return out
+}
+
+func Test_ErrUnknown_CutAsRedis(t *testing.T) {
+	long := strings.Repeat("a", 160)
+	var many [][]byte
+	for i := 1; i <= 40; i++ {
+		many = append(many, []byte(fmt.Sprintf("b%d", i)))
+	}
+	for _, c := range []struct {
+		name string
+		args [][]byte
+		want string
+	}{
+		{"\x00\x01", nil, "ERR unknown command '', with args beginning with: "},
+		{"FOO", [][]byte{[]byte(long)}, "ERR unknown command 'FOO', with args beginning with: '" + long[:128] + "' "},
+		{"FOO", many, "ERR unknown command 'FOO', with args beginning with: 'b1' 'b2' 'b3' 'b4' 'b5' 'b6' 'b7' 'b8' 'b9' 'b10' 'b11' 'b12' 'b13' 'b14' 'b15' 'b16' 'b17' 'b18' 'b19' 'b20' 'b21' 'b22' 'b23' "},
+		{"a\r\nb", [][]byte{[]byte("x\x00y"), []byte("\xff")}, "ERR unknown command 'a  b', with args beginning with: 'x' '\xff' "},
+	} {
+		if got := string(ErrUnknown(c.name, c.args).S); got != c.want {
+			t.Errorf("ErrUnknown(%q) = %q, want %q", c.name, got, c.want)
+		}
+	}
 }

@@ -65,7 +65,7 @@ func (c *ctx) openHash(key []byte, create bool) (h *hash, wrong bool) {
 		c.setMeta(key, meta{}, h.m, false)
 		return h, false
 	}
-	if v := c.tx.Bucket(bucketHMeta).Get(key); len(v) == 16 {
+	if v := c.tx.Bucket(bucketHMeta).Get(dbKey(key)); len(v) == 16 {
 		h.count = int64(binary.BigEndian.Uint64(v))
 		h.next = int64(binary.BigEndian.Uint64(v[8:]))
 	}
@@ -128,7 +128,7 @@ func (h *hash) save() {
 		return
 	}
 	v := binary.BigEndian.AppendUint64(make([]byte, 0, 16), uint64(h.count))
-	must(h.c.tx.Bucket(bucketHMeta).Put(h.key, binary.BigEndian.AppendUint64(v, uint64(h.next))))
+	must(h.c.tx.Bucket(bucketHMeta).Put(dbKey(h.key), binary.BigEndian.AppendUint64(v, uint64(h.next))))
 }
 
 // each calls fn with every field and value (copies), in insertion order.

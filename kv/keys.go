@@ -60,14 +60,14 @@ func (c *ctx) liveKeys(fn func(key []byte)) {
 		if exp := int64(binary.BigEndian.Uint64(v[1:])); exp != 0 && exp <= c.now {
 			continue
 		}
-		fn(k)
+		fn(k[1:])
 	}
 }
 
 func cmdKeys(c *ctx, a [][]byte) Value {
 	var out []Value
 	c.liveKeys(func(k []byte) {
-		if globMatch(a[1], k) {
+		if keyMatch(a[1], k) {
 			out = append(out, BulkOf(bytes.Clone(k)))
 		}
 	})
@@ -160,6 +160,21 @@ func cmdPersist(c *ctx, a [][]byte) Value {
 	}
 	c.setMeta(a[1], m, meta{typ: m.typ}, true)
 	return Integer(1)
+}
+
+// keyMatch is KEYS's match: the pattern * takes every key, the empty
+// one included; any other pattern is stringMatch.
+func keyMatch(p, key []byte) bool {
+	return string(p) == "*" || stringMatch(p, key)
+}
+
+// stringMatch is globMatch as Redis applies it to a whole string: the
+// empty string matches only the empty pattern ("*" and "**" do not).
+func stringMatch(p, s []byte) bool {
+	if len(s) == 0 {
+		return len(p) == 0
+	}
+	return globMatch(p, s)
 }
 
 // globMatch is Redis's pattern match: '*', '?', '[...]' with ranges and

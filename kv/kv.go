@@ -12,20 +12,20 @@ import (
 
 // Buckets of state.db this package owns.
 var (
-	bucketMeta = []byte("kvmeta") // key -> type(1) expire_at_ms(8, 0: none)
-	bucketStr  = []byte("kvstr")  // key -> string value
+	bucketMeta = []byte("kvmeta") // dbKey(key) -> type(1) expire_at_ms(8, 0: none)
+	bucketStr  = []byte("kvstr")  // dbKey(key) -> string value
 	bucketExp  = []byte("kvexp")  // expire_at_ms(8) key -> nil
 
 	// A hash: its fields by name, and by a per-hash sequence number given
 	// at a field's first insertion, which is the order HGETALL answers in.
 	bucketHash  = []byte("kvhash")  // coll(key) field -> seq(8) value
 	bucketHOrd  = []byte("kvhord")  // coll(key) seq(8) -> field
-	bucketHMeta = []byte("kvhmeta") // key -> count(8) next_seq(8)
+	bucketHMeta = []byte("kvhmeta") // dbKey(key) -> count(8) next_seq(8)
 
 	// A list: its elements at positions head..tail-1, stored so that
 	// byte order is position order.
 	bucketList  = []byte("kvlist")  // coll(key) pos(8, sign bit flipped) -> element
-	bucketLMeta = []byte("kvlmeta") // key -> head(8) tail(8)
+	bucketLMeta = []byte("kvlmeta") // dbKey(key) -> head(8) tail(8)
 )
 
 // Buckets lists them for CreateBuckets and dumps.
@@ -87,7 +87,7 @@ type ctx struct {
 // lookup returns a live key's metadata; an expired key is absent (and
 // removed when the command may write).
 func (c *ctx) lookup(key []byte) (meta, bool) {
-	v := c.tx.Bucket(bucketMeta).Get(key)
+	v := c.tx.Bucket(bucketMeta).Get(dbKey(key))
 	if len(v) != 9 {
 		return meta{}, false
 	}
@@ -111,12 +111,15 @@ const maxKeyLen = bolt.MaxKeySize - 12
 
 // checkKey raises badKey unless state.db can hold key.
 func checkKey(key []byte) {
-	switch {
-	case len(key) == 0:
-		panic(badKey{Err("ERR empty keys are not supported")})
-	case len(key) > maxKeyLen:
+	if len(key) > maxKeyLen {
 		panic(badKey{errTooLong})
 	}
+}
+
+// dbKey is a key as the per-key buckets hold it: behind one constant
+// byte, so that the empty key, which Redis allows, is not empty there.
+func dbKey(key []byte) []byte {
+	return append([]byte{'k'}, key...)
 }
 
 // setMeta stores a key's metadata and its expiry index entry.
@@ -128,27 +131,27 @@ func (c *ctx) setMeta(key []byte, old, m meta, existed bool) {
 	if m.expire != 0 && (!existed || old.expire != m.expire) {
 		must(c.tx.Bucket(bucketExp).Put(expKey(m.expire, key), nil))
 	}
-	must(c.tx.Bucket(bucketMeta).Put(key, encodeMeta(m)))
+	must(c.tx.Bucket(bucketMeta).Put(dbKey(key), encodeMeta(m)))
 }
 
 // del removes a key and everything of its value.
 func (c *ctx) del(key []byte, m meta) {
 	switch m.typ {
 	case TypeString:
-		must(c.tx.Bucket(bucketStr).Delete(key))
+		must(c.tx.Bucket(bucketStr).Delete(dbKey(key)))
 	case TypeHash:
 		p := collKey(key)
 		deletePrefix(c.tx.Bucket(bucketHash), p)
 		deletePrefix(c.tx.Bucket(bucketHOrd), p)
-		must(c.tx.Bucket(bucketHMeta).Delete(key))
+		must(c.tx.Bucket(bucketHMeta).Delete(dbKey(key)))
 	case TypeList:
 		deletePrefix(c.tx.Bucket(bucketList), collKey(key))
-		must(c.tx.Bucket(bucketLMeta).Delete(key))
+		must(c.tx.Bucket(bucketLMeta).Delete(dbKey(key)))
 	}
 	if m.expire != 0 {
 		must(c.tx.Bucket(bucketExp).Delete(expKey(m.expire, key)))
 	}
-	must(c.tx.Bucket(bucketMeta).Delete(key))
+	must(c.tx.Bucket(bucketMeta).Delete(dbKey(key)))
 }
 
 // collKey is the prefix of a hash's or list's entries: the key's length

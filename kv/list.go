@@ -58,7 +58,7 @@ func (c *ctx) openList(key []byte, create bool) (l *list, wrong bool) {
 		c.setMeta(key, meta{}, l.m, false)
 		return l, false
 	}
-	if v := c.tx.Bucket(bucketLMeta).Get(key); len(v) == 16 {
+	if v := c.tx.Bucket(bucketLMeta).Get(dbKey(key)); len(v) == 16 {
 		l.head = int64(binary.BigEndian.Uint64(v))
 		l.tail = int64(binary.BigEndian.Uint64(v[8:]))
 	}
@@ -131,7 +131,7 @@ func (l *list) save() {
 		return
 	}
 	v := binary.BigEndian.AppendUint64(make([]byte, 0, 16), uint64(l.head))
-	must(l.c.tx.Bucket(bucketLMeta).Put(l.key, binary.BigEndian.AppendUint64(v, uint64(l.tail))))
+	must(l.c.tx.Bucket(bucketLMeta).Put(dbKey(l.key), binary.BigEndian.AppendUint64(v, uint64(l.tail))))
 }
 
 func bulks(elems [][]byte) Value {

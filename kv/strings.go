@@ -30,7 +30,7 @@ func (c *ctx) getString(key []byte) (val []byte, m meta, ok, wrong bool) {
 	if m.typ != TypeString {
 		return nil, m, false, true
 	}
-	return c.tx.Bucket(bucketStr).Get(key), m, true, false
+	return c.tx.Bucket(bucketStr).Get(dbKey(key)), m, true, false
 }
 
 // putString stores a string value with expiry expire (0: none), replacing
@@ -42,7 +42,7 @@ func (c *ctx) putString(key, val []byte, expire int64) {
 		existed = false
 	}
 	c.setMeta(key, old, meta{typ: TypeString, expire: expire}, existed)
-	must(c.tx.Bucket(bucketStr).Put(key, bytes.Clone(val)))
+	must(c.tx.Bucket(bucketStr).Put(dbKey(key), bytes.Clone(val)))
 }
 
 func cmdGet(c *ctx, a [][]byte) Value {

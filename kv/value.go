@@ -5,6 +5,7 @@
 package kv
 
 import (
+	"bytes"
 	"strconv"
 )
 
@@ -74,13 +75,32 @@ func ErrArity(name string) Value {
 	return Err("ERR wrong number of arguments for '" + name + "' command")
 }
 
-// ErrUnknown is the reply to a command Redis does not know.
+// ErrUnknown is the reply to a command Redis does not know, cut as Redis
+// cuts it: each name or argument at its first NUL byte, the name at 128
+// bytes, the arguments once 128 bytes of them are quoted, and CR and LF
+// turned into spaces.
 func ErrUnknown(name string, args [][]byte) Value {
-	s := "ERR unknown command '" + name + "', with args beginning with: "
-	for _, a := range args {
-		s += "'" + string(a) + "' "
+	cut := func(b []byte, n int) []byte {
+		if i := bytes.IndexByte(b, 0); i >= 0 {
+			b = b[:i]
+		}
+		return b[:min(len(b), n)]
 	}
-	return Err(s)
+	var quoted []byte
+	for _, a := range args {
+		if len(quoted) >= 128 {
+			break
+		}
+		quoted = append(quoted, '\'')
+		quoted = append(append(quoted, cut(a, 128-len(quoted)+1)...), "' "...)
+	}
+	b := []byte("ERR unknown command '" + string(cut([]byte(name), 128)) + "', with args beginning with: " + string(quoted))
+	for i, c := range b {
+		if c == '\r' || c == '\n' {
+			b[i] = ' '
+		}
+	}
+	return Value{K: Error, S: b}
 }
 
 // parseInt parses a Redis integer argument strictly (no spaces, no '+').
