@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"strconv"
@@ -227,32 +226,19 @@ func (c *respConn) run() {
 		defer close(writerDone)
 		c.writer()
 	}()
-	lr := &limitReader{r: c.nc, left: c.s.opt.MaxCommand + respSlack}
-	rd := redcon.NewReader(lr)
+	rd := newRESPReader(c.nc, c.s.opt.MaxCommand)
 	for !c.quit {
-		cmds, err := rd.ReadCommands()
-		lr.left = c.s.opt.MaxCommand + respSlack
+		args, err := rd.next()
 		if err != nil {
 			// A malformed request gets Redis's protocol error, then the
 			// connection closes, as Redis does.
-			if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
-				msg := err.Error()
-				if !strings.HasPrefix(msg, "Protocol error: ") {
-					msg = "Protocol error: " + msg
-				}
-				c.enqueue(ready(kv.Err("ERR " + msg)))
+			var pe *respProtoError
+			if errors.As(err, &pe) {
+				c.enqueue(ready(kv.Err("ERR " + pe.Error())))
 			}
 			break
 		}
-		for _, cmd := range cmds {
-			if len(cmd.Args) == 0 {
-				continue
-			}
-			c.dispatch(cmd.Args)
-			if c.quit {
-				break
-			}
-		}
+		c.dispatch(args)
 	}
 	close(c.stop)
 	c.dropSubs()
@@ -617,31 +603,4 @@ func appendValue(b []byte, v kv.Value, proto int) []byte {
 		return b
 	}
 	return redcon.AppendError(b, fmt.Sprintf("ERR internal: reply kind %d", v.K))
-}
-
-// respSlack is what framing adds to a command's arguments, and what may
-// be read of the next commands of a pipeline with it.
-const respSlack = 64 << 10
-
-// errCommandTooLarge ends a connection whose command passes MaxCommand.
-var errCommandTooLarge = errors.New("command too large")
-
-// limitReader fails once more than left bytes are read between two
-// complete commands: a client cannot make the node buffer an endless
-// bulk string.
-type limitReader struct {
-	r    io.Reader
-	left int
-}
-
-func (l *limitReader) Read(p []byte) (int, error) {
-	if l.left <= 0 {
-		return 0, errCommandTooLarge
-	}
-	if len(p) > l.left {
-		p = p[:l.left]
-	}
-	n, err := l.r.Read(p)
-	l.left -= n
-	return n, err
 }

@@ -340,7 +340,7 @@ func TestRESPCommandSizeLimit(t *testing.T) {
 			break // the server closed the connection: also a refusal
 		}
 	}
-	if got := big.reply(); got != "-ERR Protocol error: command too large" {
+	if got := big.reply(); got != "-ERR Protocol error: invalid bulk length" {
 		t.Fatalf("a 1 GiB bulk string: %s", got)
 	}
 	_ = big.nc.SetReadDeadline(time.Now().Add(waitTime))
