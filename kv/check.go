@@ -100,6 +100,7 @@ func KeysOf(args [][]byte) (keys [][]byte, whole bool) {
 	return keys, false
 }
 
-// Match is Redis's glob match (KEYS, PSUBSCRIBE): '*', '?', '[...]' with
-// ranges and '^', and '\' escapes.
-func Match(pattern, s []byte) bool { return globMatch(pattern, s) }
+// Match is Redis's glob match (PSUBSCRIBE): '*', '?', '[...]' with
+// ranges and '^', and '\' escapes; the empty string matches only the
+// empty pattern, as in Redis.
+func Match(pattern, s []byte) bool { return stringMatch(pattern, s) }

@@ -261,3 +261,14 @@ func Test_ErrUnknown_CutAsRedis(t *testing.T) {
 		}
 	}
 }
+
+func Test_Match_EmptyString(t *testing.T) {
+	for _, c := range []struct {
+		p, s string
+		want bool
+	}{{"*", "", false}, {"**", "", false}, {"", "", true}, {"*", "a", true}, {"**", "a", true}, {"a**", "a", true}} {
+		if got := Match([]byte(c.p), []byte(c.s)); got != c.want {
+			t.Errorf("Match(%q, %q) = %v", c.p, c.s, got)
+		}
+	}
+}
