@@ -17,15 +17,13 @@ package systemtest
 // Test_RedisDiff_SelfCheck compares two redis-servers, which proves the
 // harness and the scripts (a script whose replies depend on timing fails
 // it); it runs in make test. Test_RedisDiff_Mcpd compares redis-server with
-// a dev node of mcpd and reports every line whose replies differ; it runs
-// only with MCPD_REDIS_DIFF=1 until mcpd answers every script like
-// redis-server. The script syntax and directives are described at
+// a dev node of mcpd and reports every line whose replies differ; both
+// run in make test. The script syntax and directives are described at
 // parseScript (redisresp_test.go).
 
 import (
 	"fmt"
 	"net"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
@@ -292,14 +290,7 @@ func Test_RedisDiff_SelfCheck(t *testing.T) {
 	runRedisDiff(t, a, b, []int{2, 3})
 }
 
-// mcpdRedisDiffEnv enables Test_RedisDiff_Mcpd while mcpd's Redis face is
-// still being completed.
-const mcpdRedisDiffEnv = "MCPD_REDIS_DIFF"
-
 func Test_RedisDiff_Mcpd(t *testing.T) {
-	if os.Getenv(mcpdRedisDiffEnv) != "1" {
-		t.Skipf("set %s=1 to compare mcpd with redis-server", mcpdRedisDiffEnv)
-	}
 	ref := startRedis(t, "redis")
 	m := startMcpdRedis(t)
 	runRedisDiff(t, ref, m, []int{2, 3})
