@@ -3,6 +3,7 @@ package kv
 import (
 	"bytes"
 	"encoding/binary"
+	"slices"
 	"strings"
 
 	bolt "go.etcd.io/bbolt"
@@ -244,16 +245,27 @@ func span(start, stop, n int64) (from, to int64, ok bool) {
 	return start, min(stop, n-1), true
 }
 
-func cmdLRange(c *ctx, a [][]byte) Value {
+// rangeArgs reads the start and stop of LRANGE and LTRIM (both parsed
+// before the key is looked up, as Redis does) and opens the list; bad is
+// set to the error reply when there is one.
+func (c *ctx) rangeArgs(a [][]byte) (l *list, start, stop int64, bad *Value) {
 	start, ok1 := parseInt(a[2])
 	stop, ok2 := parseInt(a[3])
 	if !ok1 || !ok2 {
-		return errNotInt
+		return nil, 0, 0, &errNotInt
 	}
 	l, wrong := c.openList(a[1], false)
+	if wrong {
+		return nil, 0, 0, &errWrongType
+	}
+	return l, start, stop, nil
+}
+
+func cmdLRange(c *ctx, a [][]byte) Value {
+	l, start, stop, bad := c.rangeArgs(a)
 	switch {
-	case wrong:
-		return errWrongType
+	case bad != nil:
+		return *bad
 	case l == nil:
 		return Value{K: Array, A: []Value{}}
 	}
@@ -329,7 +341,7 @@ func cmdLRem(c *ctx, a [][]byte) Value {
 	fromTail := count < 0
 	if fromTail {
 		count = -count // math.MinInt64 stays negative: no limit, as in Redis
-		slicesReverse(elems)
+		slices.Reverse(elems)
 	}
 	kept := elems[:0]
 	var removed int64
@@ -344,29 +356,18 @@ func cmdLRem(c *ctx, a [][]byte) Value {
 		return Integer(0)
 	}
 	if fromTail {
-		slicesReverse(kept)
+		slices.Reverse(kept)
 	}
 	l.replace(kept)
 	l.save()
 	return Integer(removed)
 }
 
-func slicesReverse(s [][]byte) {
-	for i, j := 0, len(s)-1; i < j; i, j = i+1, j-1 {
-		s[i], s[j] = s[j], s[i]
-	}
-}
-
 func cmdLTrim(c *ctx, a [][]byte) Value {
-	start, ok1 := parseInt(a[2])
-	stop, ok2 := parseInt(a[3])
-	if !ok1 || !ok2 {
-		return errNotInt
-	}
-	l, wrong := c.openList(a[1], false)
+	l, start, stop, bad := c.rangeArgs(a)
 	switch {
-	case wrong:
-		return errWrongType
+	case bad != nil:
+		return *bad
 	case l == nil:
 		return OK
 	}
