@@ -135,7 +135,7 @@ type respConn struct {
 	id     int64
 	conn   string // the cluster connection id, for replies of writes
 	proto  atomic.Int32
-	name   string
+	name   atomic.Pointer[string] // CLIENT SETNAME; CLIENT LIST reads it from other connections
 	authed bool
 	agent  *auth.Agent // the identity AUTH proved; nil for a dev client
 	// agentName mirrors agent.Name for Revoke, from another goroutine.
@@ -502,7 +502,8 @@ func (c *respConn) connCommand(name string, args [][]byte) (*respFuture, bool) {
 	case "reset":
 		c.dropSubs()
 		c.subs = respSubs{channels: map[string]bool{}, patterns: map[string]bool{}}
-		c.multi, c.name = nil, ""
+		c.multi = nil
+		c.name.Store(nil)
 		c.proto.Store(2)
 		c.authed = c.s.opt.Dev
 		return ready(kv.Str("RESET")), true
@@ -540,7 +541,8 @@ func (c *respConn) hello(args [][]byte) kv.Value {
 				if i+1 >= len(args) {
 					return kv.Err("ERR Syntax error in HELLO option 'setname'")
 				}
-				c.name = string(args[i+1])
+				name := string(args[i+1])
+				c.name.Store(&name)
 				i++
 			default:
 				return kv.Err("ERR Syntax error in HELLO option '" + string(args[i]) + "'")

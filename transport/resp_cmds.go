@@ -143,10 +143,10 @@ func (c *respConn) client(args [][]byte) kv.Value {
 		if len(args) != 2 {
 			return kv.ErrArity("client|getname")
 		}
-		if c.name == "" {
-			return kv.NilBulk
+		if n := c.clientName(); n != "" {
+			return kv.BulkStr(n)
 		}
-		return kv.BulkStr(c.name)
+		return kv.NilBulk
 	case "setname":
 		if len(args) != 3 {
 			return kv.ErrArity("client|setname")
@@ -156,7 +156,8 @@ func (c *respConn) client(args [][]byte) kv.Value {
 				return kv.Err("ERR Client names cannot contain spaces, newlines or special characters.")
 			}
 		}
-		c.name = string(args[2])
+		name := string(args[2])
+		c.name.Store(&name)
 		return kv.OK
 	case "setinfo":
 		if len(args) != 4 {
@@ -185,7 +186,15 @@ func (c *respConn) client(args [][]byte) kv.Value {
 // describe is the connection's line in CLIENT LIST.
 func (c *respConn) describe() string {
 	return fmt.Sprintf("id=%d addr=%s laddr=%s name=%s db=0 resp=%d node=%s",
-		c.id, c.nc.RemoteAddr(), c.nc.LocalAddr(), c.name, c.proto.Load(), c.s.node.ID())
+		c.id, c.nc.RemoteAddr(), c.nc.LocalAddr(), c.clientName(), c.proto.Load(), c.s.node.ID())
+}
+
+// clientName is the name CLIENT SETNAME gave, or "".
+func (c *respConn) clientName() string {
+	if n := c.name.Load(); n != nil {
+		return *n
+	}
+	return ""
 }
 
 // commandReply answers COMMAND, COMMAND COUNT|INFO|DOCS|LIST.

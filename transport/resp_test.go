@@ -458,3 +458,29 @@ func TestRESPPubSub(t *testing.T) {
 		t.Fatalf("UNSUBSCRIBE: %s", got)
 	}
 }
+
+// CLIENT LIST reads other connections' names while they change them.
+func TestRESPClientListWhileRenaming(t *testing.T) {
+	c := startCluster(t, 1, transport.Options{})
+	addr := startRESP(t, c.Nodes[0])
+	a, b := dialRESP(t, addr), dialRESP(t, addr)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := range 100 {
+			a.send([]string{"CLIENT", "SETNAME", "n" + strconv.Itoa(i)})
+		}
+	}()
+	for range 100 {
+		if got := b.do("CLIENT", "LIST"); !strings.Contains(got, "id=") {
+			t.Fatalf("CLIENT LIST: %s", got)
+		}
+	}
+	<-done
+	for range 100 {
+		a.reply()
+	}
+	if got := a.do("CLIENT", "GETNAME"); got != `"n99"` {
+		t.Fatalf("CLIENT GETNAME: %s", got)
+	}
+}
