@@ -73,6 +73,9 @@ func KeysOf(args [][]byte) (keys [][]byte, whole bool) {
 	if wholeKeyspace[name] {
 		return nil, true
 	}
+	if name == "xread" {
+		return xreadKeys(args), false
+	}
 	ks, ok := keySpecs[name]
 	if !ok {
 		if len(args) > 1 {

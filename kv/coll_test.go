@@ -73,7 +73,7 @@ func show(v Value) string {
 	for i, e := range v.A {
 		parts[i] = show(e)
 	}
-	if v.K == Map {
+	if v.K == Map || v.K == PairMap {
 		return "{" + strings.Join(parts, " ") + "}"
 	}
 	return "[" + strings.Join(parts, " ") + "]"

@@ -26,10 +26,14 @@ var (
 	// byte order is position order.
 	bucketList  = []byte("kvlist")  // coll(key) pos(8, sign bit flipped) -> element
 	bucketLMeta = []byte("kvlmeta") // dbKey(key) -> head(8) tail(8)
+
+	// A stream: its entries by id, and its counters (stream.go).
+	bucketStream = []byte("kvstream") // coll(key) ms(8) seq(8) -> fields
+	bucketXMeta  = []byte("kvxmeta")  // dbKey(key) -> last(16) length(8) added(8) max_deleted(16) first(16)
 )
 
 // Buckets lists them for CreateBuckets and dumps.
-var Buckets = [][]byte{bucketMeta, bucketStr, bucketExp, bucketHash, bucketHOrd, bucketHMeta, bucketList, bucketLMeta}
+var Buckets = [][]byte{bucketMeta, bucketStr, bucketExp, bucketHash, bucketHOrd, bucketHMeta, bucketList, bucketLMeta, bucketStream, bucketXMeta}
 
 // CreateBuckets makes sure every bucket exists.
 func CreateBuckets(tx *bolt.Tx) error {
@@ -50,6 +54,7 @@ const (
 	TypeString Type = 's'
 	TypeHash   Type = 'h'
 	TypeList   Type = 'l'
+	TypeStream Type = 'x'
 )
 
 func (t Type) String() string {
@@ -60,6 +65,8 @@ func (t Type) String() string {
 		return "hash"
 	case TypeList:
 		return "list"
+	case TypeStream:
+		return "stream"
 	}
 	return "none"
 }
@@ -147,6 +154,9 @@ func (c *ctx) del(key []byte, m meta) {
 	case TypeList:
 		deletePrefix(c.tx.Bucket(bucketList), collKey(key))
 		must(c.tx.Bucket(bucketLMeta).Delete(dbKey(key)))
+	case TypeStream:
+		deletePrefix(c.tx.Bucket(bucketStream), collKey(key))
+		must(c.tx.Bucket(bucketXMeta).Delete(dbKey(key)))
 	}
 	if m.expire != 0 {
 		must(c.tx.Bucket(bucketExp).Delete(expKey(m.expire, key)))

@@ -13,7 +13,8 @@ import (
 type Kind uint8
 
 // Reply kinds. RESP2 renders Map as a flat array, Null as a null bulk
-// string, NullArray as a null array; RESP3 has a type for each.
+// string, NullArray as a null array, PairMap as an array of pairs; RESP3
+// has a type for each.
 const (
 	Null      Kind = iota // a null bulk string (RESP3: null)
 	Simple                // +OK
@@ -23,6 +24,7 @@ const (
 	Array                 // *N ...
 	Map                   // RESP3 %N, RESP2 a flat array of 2N
 	NullArray             // *-1 (RESP3: null)
+	PairMap               // RESP3 %N, RESP2 an array of N [key, value] arrays (XREAD)
 )
 
 // Value is one reply, as a command produces it: the same on every node,

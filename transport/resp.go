@@ -603,6 +603,15 @@ func appendValue(b []byte, v kv.Value, proto int) []byte {
 			b = appendValue(b, e, proto)
 		}
 		return b
+	case kv.PairMap:
+		if proto == 3 {
+			return appendValue(b, kv.Value{K: kv.Map, A: v.A}, proto)
+		}
+		b = redcon.AppendArray(b, len(v.A)/2)
+		for i := 0; i+1 < len(v.A); i += 2 {
+			b = appendValue(b, kv.ArrayOf(v.A[i], v.A[i+1]), proto)
+		}
+		return b
 	}
 	return redcon.AppendError(b, fmt.Sprintf("ERR internal: reply kind %d", v.K))
 }
