@@ -118,6 +118,16 @@ func Test_Stream_ApproxTrimIsExact(t *testing.T) {
 	})
 }
 
+// A stream's entry key holds its key and a 16-byte id.
+func Test_Stream_KeyLimit(t *testing.T) {
+	runCollCases(t, []collCase{
+		{"xadd " + strings.Repeat("k", bolt.MaxKeySize-20) + " 1-1 a b", `"1-1"`},
+		{"xadd " + strings.Repeat("k", bolt.MaxKeySize-19) + " 1-1 a b", "-ERR key or field too long"},
+		{"xadd " + strings.Repeat("k", bolt.MaxKeySize-19) + " nomkstream 1-1 a b", "-ERR key or field too long"},
+		{"xlen " + strings.Repeat("k", bolt.MaxKeySize-19), ":0"},
+	})
+}
+
 // DEL and expiry remove a stream's entries and counters; an emptied
 // stream stays.
 func Test_Stream_DelAndExpiry(t *testing.T) {

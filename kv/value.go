@@ -1,7 +1,7 @@
-// Package kv is mcpd's Redis-compatible keyspace: strings, hashes and
-// lists with expiry, kept in bbolt and changed only by commands applied
-// from the Raft log (docs/redis.md). Every function is deterministic: time
-// comes from the command's leader-stamped clock.
+// Package kv is mcpd's Redis-compatible keyspace: strings, hashes, lists
+// and streams with expiry, kept in bbolt and changed only by commands
+// applied from the Raft log (docs/redis.md). Every function is
+// deterministic: time comes from the command's leader-stamped clock.
 package kv
 
 import (
