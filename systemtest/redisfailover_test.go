@@ -42,19 +42,21 @@ func redisClients(t *testing.T, c *faultCluster) []*redis.Client {
 }
 
 // go-redis writers on every node while the leader is killed: every write
-// acknowledged is on every node afterwards. Half the writers SET keys,
-// half RPUSH elements to one list (retried after an unknown outcome, so
-// an element may be there twice: at least once is the promise).
+// acknowledged is on every node afterwards. A third of the writers SET
+// keys, a third RPUSH elements to one list, a third XADD entries to one
+// stream (pushes and appends are retried after an unknown outcome, so one
+// may be there twice: at least once is the promise).
 func Test_Fault_RedisLeaderKill(t *testing.T) {
-	const writers, perWriter = 6, 150
+	const writers, perWriter = 6, 150 // writers: a multiple of 3
 	c := newFaultCluster(t, 3, clusterOpts{})
 	c.waitAllReady(30 * time.Second)
 	clients := redisClients(t, c)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 
-	var acked sync.Map  // key -> value
-	var pushed sync.Map // element -> true
+	var acked sync.Map    // key -> value
+	var pushed sync.Map   // element -> true
+	var appended sync.Map // stream entry value -> true
 	var nacked, done atomic.Int64
 	var wg sync.WaitGroup
 	for w := range writers {
@@ -68,17 +70,23 @@ func Test_Fault_RedisLeaderKill(t *testing.T) {
 					cl := clients[(w+try)%len(clients)]
 					wctx, wcancel := context.WithTimeout(ctx, 12*time.Second)
 					var err error
-					if w%2 == 0 {
+					switch w % 3 {
+					case 0:
 						err = cl.Set(wctx, key, val, 0).Err()
-					} else {
+					case 1:
 						err = cl.RPush(wctx, "pushed", val).Err()
+					default:
+						err = cl.XAdd(wctx, &redis.XAddArgs{Stream: "appended", Values: []any{"v", val}}).Err()
 					}
 					wcancel()
 					if err == nil {
-						if w%2 == 0 {
+						switch w % 3 {
+						case 0:
 							acked.Store(key, val)
-						} else {
+						case 1:
 							pushed.Store(val, true)
+						default:
+							appended.Store(val, true)
 						}
 						break
 					}
@@ -139,6 +147,25 @@ func Test_Fault_RedisLeaderKill(t *testing.T) {
 			}
 			return true
 		})
+		entries, err := cl.XRange(ctx, "appended", "-", "+").Result()
+		if err != nil {
+			t.Fatalf("n%d XRANGE: %v", i+1, err)
+		}
+		inStream := map[string]bool{}
+		for _, e := range entries {
+			if v, ok := e.Values["v"].(string); ok {
+				inStream[v] = true
+			}
+		}
+		appended.Range(func(k, _ any) bool {
+			n++
+			if !inStream[k.(string)] {
+				if lost++; lost <= 10 {
+					t.Errorf("acknowledged XADD %s missing on n%d", k, i+1)
+				}
+			}
+			return true
+		})
 	}
 	if lost > 0 {
 		for i, cl := range clients {
@@ -149,8 +176,8 @@ func Test_Fault_RedisLeaderKill(t *testing.T) {
 		}
 		t.Fatalf("%d acknowledged writes missing or wrong on some node", lost)
 	}
-	// n counts SETs once and RPUSHes once per node.
-	if want := writers/2*perWriter + writers/2*perWriter*len(clients); n != want {
+	// n counts SETs once, RPUSHes and XADDs once per node.
+	if want := writers/3*perWriter + 2*writers/3*perWriter*len(clients); n != want {
 		t.Fatalf("%d acknowledged writes checked, want %d", n, want)
 	}
 	t.Logf("%d acknowledged writes on every node; %d attempts failed and were retried", n, nacked.Load())
