@@ -28,13 +28,23 @@ var (
 	errXReadBalance = Err("ERR Unbalanced XREAD list of streams: for each stream key an ID or '$' must be specified.")
 )
 
-// parseAddTrim reads XADD's options (xadd) or XTRIM's from a[2:]. For
-// XADD it returns the position of the id argument (len(a) when none);
-// on an error it returns the reply.
-func parseAddTrim(a [][]byte, xadd bool) (t trimArgs, noMk bool, idPos int, id streamID, idGiven, seqGiven bool, bad *Value) {
-	fail := func(v Value) (trimArgs, bool, int, streamID, bool, bool, *Value) {
-		return t, false, 0, id, false, false, &v
-	}
+// addArgs are XADD's options and id, or XTRIM's options.
+type addArgs struct {
+	trim     trimArgs
+	noMk     bool     // NOMKSTREAM
+	idPos    int      // the id argument (len(a) when none)
+	id       streamID // given id, when idGiven
+	idGiven  bool     // not "*"
+	seqGiven bool     // not "ms-*"
+}
+
+// parseAddTrim reads XADD's options and id (xadd) or XTRIM's options
+// from a[2:], in Redis's order of checks; on an error it returns the
+// reply.
+func parseAddTrim(a [][]byte, xadd bool) (addArgs, *Value) {
+	var p addArgs
+	t := &p.trim
+	fail := func(v Value) (addArgs, *Value) { return addArgs{}, &v }
 	limitGiven := false
 	i := 2
 	for ; i < len(a); i++ {
@@ -42,7 +52,7 @@ func parseAddTrim(a [][]byte, xadd bool) (t trimArgs, noMk bool, idPos int, id s
 		opt := cstr(a[i])
 		switch {
 		case xadd && len(opt) == 1 && opt[0] == '*':
-		case isOpt(opt, "maxlen") && more > 0:
+		case (isOpt(opt, "maxlen") || isOpt(opt, "minid")) && more > 0:
 			if t.strategy != 0 {
 				return fail(Err("ERR syntax error, MAXLEN and MINID options at the same time are not compatible"))
 			}
@@ -51,7 +61,16 @@ func parseAddTrim(a [][]byte, xadd bool) (t trimArgs, noMk bool, idPos int, id s
 				t.approx = next[0] == '~'
 				i++
 			}
-			n, ok := parseInt(a[i+1])
+			i++
+			if isOpt(opt, "minid") {
+				m, _, ok := parseStreamID(a[i], 0, true, false)
+				if !ok {
+					return fail(errStreamID)
+				}
+				t.minID, t.strategy = m, 'i'
+				continue
+			}
+			n, ok := parseInt(a[i])
 			if !ok {
 				return fail(errNotInt)
 			}
@@ -59,26 +78,10 @@ func parseAddTrim(a [][]byte, xadd bool) (t trimArgs, noMk bool, idPos int, id s
 				return fail(Err("ERR The MAXLEN argument must be >= 0."))
 			}
 			t.maxLen, t.strategy = n, 'l'
-			i++
-			continue
-		case isOpt(opt, "minid") && more > 0:
-			if t.strategy != 0 {
-				return fail(Err("ERR syntax error, MAXLEN and MINID options at the same time are not compatible"))
-			}
-			t.approx = false
-			if next := cstr(a[i+1]); more >= 2 && len(next) == 1 && (next[0] == '~' || next[0] == '=') {
-				t.approx = next[0] == '~'
-				i++
-			}
-			m, _, ok := parseStreamID(a[i+1], 0, true, false)
-			if !ok {
-				return fail(errStreamID)
-			}
-			t.minID, t.strategy = m, 'i'
-			i++
 			continue
 		case isOpt(opt, "limit") && more > 0:
-			n, ok := parseInt(a[i+1])
+			i++
+			n, ok := parseInt(a[i])
 			if !ok {
 				return fail(errNotInt)
 			}
@@ -86,23 +89,22 @@ func parseAddTrim(a [][]byte, xadd bool) (t trimArgs, noMk bool, idPos int, id s
 				return fail(Err("ERR The LIMIT argument must be >= 0."))
 			}
 			t.limit, limitGiven = n, true
-			i++
 			continue
 		case xadd && isOpt(opt, "nomkstream"):
-			noMk = true
+			p.noMk = true
 			continue
 		case xadd:
 			var ok bool
-			id, seqGiven, ok = parseStreamID(a[i], 0, true, true)
-			if !ok {
+			if p.id, p.seqGiven, ok = parseStreamID(a[i], 0, true, true); !ok {
 				return fail(errStreamID)
 			}
-			idGiven = true
+			p.idGiven = true
 		default:
 			return fail(errSyntax)
 		}
 		break
 	}
+	p.idPos = i
 	if t.limit != 0 && t.strategy == 0 {
 		return fail(Err("ERR syntax error, LIMIT cannot be used without specifying a trimming strategy"))
 	}
@@ -117,28 +119,29 @@ func parseAddTrim(a [][]byte, xadd bool) (t trimArgs, noMk bool, idPos int, id s
 	case !limitGiven:
 		t.limit = 0
 	}
-	return t, noMk, i, id, idGiven, seqGiven, nil
+	return p, nil
 }
 
 // cmdXAdd: XADD key [NOMKSTREAM] [MAXLEN|MINID [=|~] threshold [LIMIT
 // count]] *|id field value [field value ...]. An automatic id takes the
 // command's stamped time, so every node gives the same one.
 func cmdXAdd(c *ctx, a [][]byte) Value {
-	t, noMk, idPos, id, idGiven, seqGiven, bad := parseAddTrim(a, true)
+	p, bad := parseAddTrim(a, true)
 	if bad != nil {
 		return *bad
 	}
-	fieldPos := idPos + 1
+	id := p.id
+	fieldPos := p.idPos + 1
 	if n := len(a) - fieldPos; n < 2 || n%2 == 1 {
 		return ErrArity("xadd")
 	}
-	if idGiven && seqGiven && id == (streamID{}) {
+	if p.idGiven && p.seqGiven && id == (streamID{}) {
 		return errXAddZero
 	}
 	if !fits(a[1], 16) {
 		return errTooLong
 	}
-	s, wrong := c.openStream(a[1], !noMk)
+	s, wrong := c.openStream(a[1], !p.noMk)
 	if wrong {
 		return errWrongType
 	}
@@ -149,13 +152,13 @@ func cmdXAdd(c *ctx, a [][]byte) Value {
 		return errXAddExhaust
 	}
 	switch {
-	case !idGiven:
+	case !p.idGiven:
 		if now := uint64(max(c.now, 0)); now > s.last.ms {
 			id = streamID{now, 0}
 		} else {
 			id, _ = s.last.incr()
 		}
-	case !seqGiven && id.ms == s.last.ms:
+	case !p.seqGiven && id.ms == s.last.ms:
 		if s.last.seq == math.MaxUint64 {
 			return errXAddSmaller
 		}
@@ -165,8 +168,8 @@ func cmdXAdd(c *ctx, a [][]byte) Value {
 		return errXAddSmaller
 	}
 	s.add(id, a[fieldPos:])
-	if t.strategy != 0 {
-		s.trim(t)
+	if p.trim.strategy != 0 {
+		s.trim(p.trim)
 	}
 	s.save()
 	return BulkStr(id.String())
@@ -276,7 +279,7 @@ func cmdXDel(c *ctx, a [][]byte) Value {
 
 // cmdXTrim: XTRIM key MAXLEN|MINID [=|~] threshold [LIMIT count].
 func cmdXTrim(c *ctx, a [][]byte) Value {
-	t, _, _, _, _, _, bad := parseAddTrim(a, false)
+	p, bad := parseAddTrim(a, false)
 	if bad != nil {
 		return *bad
 	}
@@ -287,7 +290,7 @@ func cmdXTrim(c *ctx, a [][]byte) Value {
 	if s == nil {
 		return Integer(0)
 	}
-	n := s.trim(t)
+	n := s.trim(p.trim)
 	if n > 0 {
 		s.save()
 	}
