@@ -24,7 +24,7 @@ var (
 	errXAddSmaller  = Err("ERR The ID specified in XADD is equal or smaller than the target stream top item")
 	errXAddZero     = Err("ERR The ID specified in XADD must be greater than 0-0")
 	errXAddExhaust  = Err("ERR The stream has exhausted the last possible ID, unable to add more items")
-	errXReadBlock   = Err("ERR XREAD BLOCK is not supported yet")
+	errXReadBlock   = Err("ERR XREAD BLOCK found nothing to read")
 	errXReadBalance = Err("ERR Unbalanced XREAD list of streams: for each stream key an ID or '$' must be specified.")
 )
 
@@ -405,4 +405,10 @@ func xreadKeys(a [][]byte) [][]byte {
 		}
 	}
 	return nil
+}
+
+// WantsBlock reports whether v is XREAD's answer to a valid BLOCK read
+// that found nothing: the caller (the transport) then waits for entries.
+func WantsBlock(v Value) bool {
+	return v.K == Error && string(v.S) == string(errXReadBlock.S)
 }

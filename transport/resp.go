@@ -388,6 +388,10 @@ func (c *respConn) dispatch(args [][]byte) {
 		if err != nil {
 			v = kv.Err("TRYAGAIN " + err.Error())
 		}
+		if name == "xread" && kv.WantsBlock(v) {
+			c.enqueue(c.blockXRead(args))
+			return
+		}
 		c.enqueue(ready(v))
 	}
 }

@@ -2,6 +2,8 @@ package transport
 
 import (
 	"math"
+
+	bolt "go.etcd.io/bbolt"
 	"strconv"
 	"strings"
 	"time"
@@ -215,4 +217,90 @@ func (s *RESPServer) Touch(e queue.Effect) {
 func isBlocking(name string) bool {
 	_, ok := blockingArity[strings.ToLower(name)]
 	return ok
+}
+
+// blockXRead waits for XREAD BLOCK: its "$" ids are fixed at the streams'
+// current last ids, then the read runs again on this node's state each
+// time an applied write names one of its keys, until it finds entries or
+// the BLOCK time passes (null reply).
+func (c *respConn) blockXRead(args [][]byte) *respFuture {
+	f := &respFuture{done: make(chan struct{})}
+	var timeout time.Duration
+	inner := [][]byte{clone(args[0])}
+	streamsAt := 0
+	for i := 1; i < len(args); i++ {
+		switch {
+		case streamsAt == 0 && strings.EqualFold(string(args[i]), "block") && i+1 < len(args):
+			ms, _ := strconv.ParseInt(string(args[i+1]), 10, 64)
+			timeout = time.Duration(ms) * time.Millisecond
+			i++
+			continue
+		case streamsAt == 0 && strings.EqualFold(string(args[i]), "streams"):
+			streamsAt = len(inner) + 1
+		}
+		inner = append(inner, clone(args[i]))
+	}
+	n := (len(inner) - streamsAt) / 2
+	keys := inner[streamsAt : streamsAt+n]
+	names := make([]string, n)
+	for i, k := range keys {
+		names[i] = string(k)
+		if id := inner[streamsAt+n+i]; string(id) == "$" {
+			inner[streamsAt+n+i] = []byte(c.lastStreamID(k))
+		}
+	}
+	w := make(chan struct{}, 1)
+	c.s.watch(names, w)
+	c.blocked = f
+	c.s.blockedClients.Add(1)
+	go func() {
+		defer c.s.blockedClients.Add(-1)
+		defer c.s.unwatch(names, w)
+		var deadline <-chan time.Time
+		if timeout > 0 {
+			t := time.NewTimer(timeout)
+			defer t.Stop()
+			deadline = t.C
+		}
+		// Read first: an entry added after the read that sent us here
+		// but before the watch was registered is found now.
+		for {
+			var v kv.Value
+			if err := c.s.node.Read(func(tx *bolt.Tx) error {
+				v = kv.Exec(tx, c.s.node.Now(), inner, false)
+				return nil
+			}); err != nil {
+				f.resolve(kv.Err("TRYAGAIN " + err.Error()))
+				return
+			}
+			if !isNone(v) {
+				f.resolve(v)
+				return
+			}
+			select {
+			case <-w:
+			case <-deadline:
+				f.resolve(kv.Value{K: kv.NullArray})
+				return
+			case <-c.stop:
+				f.resolve(kv.Err("ERR connection closed"))
+				return
+			}
+		}
+	}()
+	return f
+}
+
+// lastStreamID is the id of a stream's newest entry on this node, or
+// "0-0": what "$" means when a blocking XREAD starts.
+func (c *respConn) lastStreamID(key []byte) string {
+	id := "0-0"
+	_ = c.s.node.Read(func(tx *bolt.Tx) error {
+		v := kv.Exec(tx, c.s.node.Now(), [][]byte{[]byte("XREVRANGE"), key, []byte("+"), []byte("-"), []byte("COUNT"), []byte("1")}, false)
+		if v.K == kv.Array && len(v.A) == 1 && len(v.A[0].A) > 0 {
+			id = string(v.A[0].A[0].S)
+		}
+		return nil
+	})
+	return id
 }

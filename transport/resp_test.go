@@ -484,3 +484,29 @@ func TestRESPClientListWhileRenaming(t *testing.T) {
 		t.Fatalf("CLIENT GETNAME: %s", got)
 	}
 }
+
+// XREAD BLOCK with "$" waits for entries added after it started, on any
+// node; with a time limit it answers null when none come.
+func TestRESPBlockingXRead(t *testing.T) {
+	_, _, followers := startThree(t)
+	addr := startRESP(t, followers[0])
+	reader, watcher := dialRESP(t, addr), dialRESP(t, addr)
+	writer := dialRESP(t, startRESP(t, followers[1]))
+	if got := writer.do("XADD", "events", "1-1", "old", "x"); got != `"1-1"` {
+		t.Fatal(got)
+	}
+	testcluster.WaitFor(t, waitTime, func() bool { return watcher.do("XLEN", "events") == ":1" })
+	reader.send([]string{"XREAD", "BLOCK", "0", "STREAMS", "events", "$"})
+	testcluster.WaitFor(t, waitTime, func() bool {
+		return strings.Contains(watcher.do("INFO", "clients"), "blocked_clients:1")
+	})
+	if got := writer.do("XADD", "events", "2-1", "new", "y"); got != `"2-1"` {
+		t.Fatal(got)
+	}
+	if got := reader.reply(); got != `[["events" [["2-1" ["new" "y"]]]]]` {
+		t.Fatalf("XREAD BLOCK woken by an XADD on another node: %s", got)
+	}
+	if got := reader.do("XREAD", "BLOCK", "50", "STREAMS", "events", "$"); got != "nil" {
+		t.Fatalf("XREAD BLOCK 50 with nothing new: %s", got)
+	}
+}
