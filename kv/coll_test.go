@@ -272,3 +272,13 @@ func Test_Match_EmptyString(t *testing.T) {
 		}
 	}
 }
+
+// A multi-key write naming a key state.db cannot hold writes none of its
+// keys.
+func Test_Coll_MultiKeyWriteRefusedWhole(t *testing.T) {
+	long := strings.Repeat("k", maxKeyLen+1)
+	runCollCases(t, []collCase{
+		{"mset a 1 " + long + " 2", "-ERR key or field too long"},
+		{"exists a", ":0"},
+	})
+}

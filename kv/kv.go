@@ -249,6 +249,17 @@ func Exec(tx *bolt.Tx, now int64, args [][]byte, write bool) (v Value) {
 	if s.write && !write {
 		return Err("ERR internal: write command on a read path")
 	}
+	if s.write {
+		// Every key a write names is checked before any is written: a
+		// multi-key write (MSET) is refused whole, not half done.
+		if keys, whole := KeysOf(args); !whole {
+			for _, k := range keys {
+				if len(k) > maxKeyLen {
+					return errTooLong
+				}
+			}
+		}
+	}
 	defer func() {
 		if r := recover(); r != nil {
 			b, ok := r.(badKey)
