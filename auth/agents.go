@@ -2,6 +2,7 @@ package auth
 
 import (
 	"crypto/ed25519"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"path"
@@ -137,8 +138,6 @@ type Agent struct {
 	// TokenHash is the SHA-256 of the agent's Redis AUTH token, if it has
 	// one (the token itself is only in the agent's credential).
 	TokenHash []byte `msgpack:"th,omitempty" json:"-"`
-	// RedisToken tells whether TokenHash is set, for display.
-	RedisToken bool `msgpack:"-" json:"redis_token"`
 	// SealKey is the ID of the cluster key that sealed the secret.
 	SealKey   string   `msgpack:"sk,omitempty" json:"seal_key,omitempty"`
 	Caps      []string `msgpack:"c,omitempty" json:"capabilities,omitempty"`
@@ -149,6 +148,17 @@ type Agent struct {
 	Revoked   int64    `msgpack:"rt,omitempty" json:"revoked,omitempty"`
 	RevokedBy string   `msgpack:"rb,omitempty" json:"revoked_by,omitempty"`
 	Reason    string   `msgpack:"rr,omitempty" json:"revoke_reason,omitempty"`
+}
+
+// MarshalJSON shows the record as the admin API does: with redis_token,
+// whether the agent has a Redis token (derived from TokenHash, which is
+// never shown).
+func (a Agent) MarshalJSON() ([]byte, error) {
+	type plain Agent
+	return json.Marshal(struct {
+		plain
+		RedisToken bool `json:"redis_token"`
+	}{plain(a), len(a.TokenHash) > 0})
 }
 
 // Check validates a record before it is stored.

@@ -3,6 +3,7 @@ package auth
 import (
 	"bytes"
 	"crypto/ed25519"
+	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
@@ -80,5 +81,19 @@ func TestClusterKeyFileChecks(t *testing.T) {
 	}
 	if _, err := LoadClusterKey(short); err == nil {
 		t.Fatal("a 3-byte key was accepted")
+	}
+}
+
+func TestAgentJSONShowsTokenNotHash(t *testing.T) {
+	for _, hash := range [][]byte{nil, bytes.Repeat([]byte{1}, 32)} {
+		b, err := json.Marshal(Agent{Name: "cipher", Alg: AlgEd25519, TokenHash: hash, Sealed: []byte("s")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := `"redis_token":` + map[bool]string{true: "true", false: "false"}[hash != nil]
+		if !bytes.Contains(b, []byte(want)) || bytes.Contains(b, []byte(`"name":"cipher"`)) == false ||
+			bytes.Contains(b, []byte("TokenHash")) || bytes.Contains(b, []byte("Sealed")) {
+			t.Fatalf("%s: want %s and no secret material", b, want)
+		}
 	}
 }

@@ -145,7 +145,6 @@ func (a *Admin) listAgents(w http.ResponseWriter, r *http.Request) {
 	agents := []auth.Agent{}
 	err := a.node.Read(func(tx *bolt.Tx) error {
 		return auth.ListAgents(tx, func(ag *auth.Agent) error {
-			ag.RedisToken = len(ag.TokenHash) > 0
 			agents = append(agents, *ag)
 			return nil
 		})
@@ -171,7 +170,6 @@ func (a *Admin) showAgent(w http.ResponseWriter, r *http.Request) {
 	case !ok:
 		adminErr(w, http.StatusNotFound, "not_found", "no agent %q", name)
 	default:
-		rec.RedisToken = len(rec.TokenHash) > 0
 		adminJSON(w, http.StatusOK, rec)
 	}
 }
@@ -263,6 +261,5 @@ func (a *Admin) call(w http.ResponseWriter, r *http.Request, t fsm.MessageType, 
 	}
 	a.log.Info("agent identity changed", "op", map[fsm.MessageType]string{fsm.TypeAgentAdd: "add", fsm.TypeAgentRevoke: "revoke"}[t],
 		"agent", res.Agent.Name, "operator", Operator(r))
-	res.Agent.RedisToken = len(res.Agent.TokenHash) > 0
 	adminJSON(w, status, res.Agent)
 }

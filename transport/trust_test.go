@@ -266,7 +266,7 @@ func TestRateLimit(t *testing.T) {
 		t.Fatalf("%d of 40 requests passed in %v; a limit of 3/s allows 3 to %d", passed, time.Since(start), allowed)
 	}
 	// The connection stays usable once the bucket refills.
-	waitFor(t, func() bool { return a.call("ping", "").op() == "ok" })
+	testcluster.WaitFor(t, waitTime, func() bool { return a.call("ping", "").op() == "ok" })
 }
 
 func TestRevokeClosesConnectionsEverywhere(t *testing.T) {
@@ -276,7 +276,7 @@ func TestRevokeClosesConnectionsEverywhere(t *testing.T) {
 	conns := make([]*signedConn, 3)
 	for i := range conns {
 		// Each node applies the add on its own schedule.
-		waitFor(t, func() bool {
+		testcluster.WaitFor(t, waitTime, func() bool {
 			rc := dialRaw(t, s.c, s.c.Nodes[i].URL)
 			defer rc.ws.Close()
 			rc.sendText(authFrame(t, rc, "cipher", key))
@@ -376,18 +376,6 @@ func TestAdminAPI(t *testing.T) {
 	}
 }
 
-// waitFor polls cond until it holds, failing the test after waitTime.
-func waitFor(t *testing.T, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(waitTime)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not met in time")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // auditRecords fetches node i's audit entries through the admin API,
 // after committing what it applied.
 func (s *secure) auditRecords(i int) []audit.Record {
@@ -450,7 +438,7 @@ func TestAuditOfTrustDecisions(t *testing.T) {
 		{"agent.revoke", "operator:local", "cipher", "ok"},
 	}
 	var recs []audit.Record
-	waitFor(t, func() bool {
+	testcluster.WaitFor(t, waitTime, func() bool {
 		recs = s.auditRecords(0)
 		for _, w := range want {
 			if findAudit(recs, w.kind, w.actor, w.outcome) == nil {
