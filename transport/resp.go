@@ -380,20 +380,26 @@ func (c *respConn) dispatch(args [][]byte) {
 		if last != nil {
 			<-last.done
 		}
-		var v kv.Value
-		err := c.s.node.Read(func(tx *bolt.Tx) error {
-			v = kv.Exec(tx, c.s.node.Now(), args, false)
-			return nil
-		})
-		if err != nil {
-			v = kv.Err("TRYAGAIN " + err.Error())
-		}
+		v := c.read(args)
 		if name == "xread" && kv.WantsBlock(v) {
 			c.enqueue(c.blockXRead(args))
 			return
 		}
 		c.enqueue(ready(v))
 	}
+}
+
+// read runs a read command on this node's applied state; a node that
+// cannot serve reads (it is rebuilding its data) answers TRYAGAIN.
+func (c *respConn) read(args [][]byte) kv.Value {
+	var v kv.Value
+	if err := c.s.node.Read(func(tx *bolt.Tx) error {
+		v = kv.Exec(tx, c.s.node.Now(), args, false)
+		return nil
+	}); err != nil {
+		return kv.Err("TRYAGAIN " + err.Error())
+	}
+	return v
 }
 
 // submitWrite proposes a write; its reply arrives when this node applies

@@ -2,8 +2,6 @@ package transport
 
 import (
 	"math"
-
-	bolt "go.etcd.io/bbolt"
 	"strconv"
 	"strings"
 	"time"
@@ -108,37 +106,51 @@ func isNone(v kv.Value) bool { return v.K == kv.Null || v.K == kv.NullArray }
 // block runs a blocking command; its future resolves when it pops or
 // times out. The connection's next commands wait for it (c.blocked).
 func (c *respConn) block(b *blocking) *respFuture {
-	f := &respFuture{done: make(chan struct{})}
-	c.blocked = f
-	w := make(chan struct{}, 1)
-	keys := make([]string, len(b.keys))
-	for i, k := range b.keys {
-		keys[i] = string(k)
-	}
-	c.s.watch(keys, w)
 	inner := make([][]byte, len(b.inner))
 	for i, a := range b.inner {
 		inner[i] = clone(a)
 	}
+	return c.blockOn(b.keys, b.timeout, b.none, func() (kv.Value, bool) {
+		r := c.submit(&fsm.RedisArgs{Args: inner})
+		<-r.done
+		if r.value.IsErr() || !isNone(r.value) {
+			return b.shape(r.value), true
+		}
+		return kv.Value{}, false
+	})
+}
+
+// blockOn is the wait of every blocking command: attempt runs until it
+// gives the reply, and after each attempt that found nothing the command
+// waits for an applied write naming one of keys (registered before the
+// first attempt, so none is missed), until timeout (0: forever) gives the
+// reply none. The connection's next command waits for the future.
+func (c *respConn) blockOn(keys [][]byte, timeout time.Duration, none kv.Value, attempt func() (kv.Value, bool)) *respFuture {
+	f := &respFuture{done: make(chan struct{})}
+	c.blocked = f
+	w := make(chan struct{}, 1)
+	names := make([]string, len(keys))
+	for i, k := range keys {
+		names[i] = string(k)
+	}
+	c.s.watch(names, w)
 	go func() {
-		defer c.s.unwatch(keys, w)
+		defer c.s.unwatch(names, w)
 		waiting := false
 		defer func() {
 			if waiting {
 				c.s.blockedClients.Add(-1)
 			}
 		}()
-		var timeout <-chan time.Time
-		if b.timeout > 0 {
-			t := time.NewTimer(b.timeout)
+		var deadline <-chan time.Time
+		if timeout > 0 {
+			t := time.NewTimer(timeout)
 			defer t.Stop()
-			timeout = t.C
+			deadline = t.C
 		}
 		for {
-			r := c.submit(&fsm.RedisArgs{Args: inner})
-			<-r.done
-			if r.value.IsErr() || !isNone(r.value) {
-				f.resolve(b.shape(r.value))
+			if v, done := attempt(); done {
+				f.resolve(v)
 				return
 			}
 			if !waiting {
@@ -148,8 +160,8 @@ func (c *respConn) block(b *blocking) *respFuture {
 			}
 			select {
 			case <-w:
-			case <-timeout:
-				f.resolve(b.none)
+			case <-deadline:
+				f.resolve(none)
 				return
 			case <-c.stop:
 				f.resolve(kv.Err("ERR connection closed"))
@@ -224,7 +236,6 @@ func isBlocking(name string) bool {
 // time an applied write names one of its keys, until it finds entries or
 // the BLOCK time passes (null reply).
 func (c *respConn) blockXRead(args [][]byte) *respFuture {
-	f := &respFuture{done: make(chan struct{})}
 	var timeout time.Duration
 	inner := [][]byte{clone(args[0])}
 	streamsAt := 0
@@ -242,65 +253,23 @@ func (c *respConn) blockXRead(args [][]byte) *respFuture {
 	}
 	n := (len(inner) - streamsAt) / 2
 	keys := inner[streamsAt : streamsAt+n]
-	names := make([]string, n)
 	for i, k := range keys {
-		names[i] = string(k)
 		if id := inner[streamsAt+n+i]; string(id) == "$" {
 			inner[streamsAt+n+i] = []byte(c.lastStreamID(k))
 		}
 	}
-	w := make(chan struct{}, 1)
-	c.s.watch(names, w)
-	c.blocked = f
-	c.s.blockedClients.Add(1)
-	go func() {
-		defer c.s.blockedClients.Add(-1)
-		defer c.s.unwatch(names, w)
-		var deadline <-chan time.Time
-		if timeout > 0 {
-			t := time.NewTimer(timeout)
-			defer t.Stop()
-			deadline = t.C
-		}
-		// Read first: an entry added after the read that sent us here
-		// but before the watch was registered is found now.
-		for {
-			var v kv.Value
-			if err := c.s.node.Read(func(tx *bolt.Tx) error {
-				v = kv.Exec(tx, c.s.node.Now(), inner, false)
-				return nil
-			}); err != nil {
-				f.resolve(kv.Err("TRYAGAIN " + err.Error()))
-				return
-			}
-			if !isNone(v) {
-				f.resolve(v)
-				return
-			}
-			select {
-			case <-w:
-			case <-deadline:
-				f.resolve(kv.Value{K: kv.NullArray})
-				return
-			case <-c.stop:
-				f.resolve(kv.Err("ERR connection closed"))
-				return
-			}
-		}
-	}()
-	return f
+	return c.blockOn(keys, timeout, kv.Value{K: kv.NullArray}, func() (kv.Value, bool) {
+		v := c.read(inner)
+		return v, !isNone(v)
+	})
 }
 
 // lastStreamID is the id of a stream's newest entry on this node, or
 // "0-0": what "$" means when a blocking XREAD starts.
 func (c *respConn) lastStreamID(key []byte) string {
-	id := "0-0"
-	_ = c.s.node.Read(func(tx *bolt.Tx) error {
-		v := kv.Exec(tx, c.s.node.Now(), [][]byte{[]byte("XREVRANGE"), key, []byte("+"), []byte("-"), []byte("COUNT"), []byte("1")}, false)
-		if v.K == kv.Array && len(v.A) == 1 && len(v.A[0].A) > 0 {
-			id = string(v.A[0].A[0].S)
-		}
-		return nil
-	})
-	return id
+	v := c.read([][]byte{[]byte("XREVRANGE"), key, []byte("+"), []byte("-"), []byte("COUNT"), []byte("1")})
+	if v.K == kv.Array && len(v.A) == 1 && len(v.A[0].A) > 0 {
+		return string(v.A[0].A[0].S)
+	}
+	return "0-0"
 }

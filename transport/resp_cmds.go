@@ -319,12 +319,7 @@ func (c *respConn) info(args [][]byte) kv.Value {
 	}
 	leader := c.s.node.Leader()
 	section("replication", "role:"+role, "raft_leader:"+leader, "raft_state:"+c.s.node.Raft().State().String())
-	var keys int64
-	_ = c.s.node.Read(func(tx *bolt.Tx) error {
-		v := kv.Exec(tx, c.s.node.Now(), [][]byte{[]byte("dbsize")}, false)
-		keys = v.I
-		return nil
-	})
+	keys := c.read([][]byte{[]byte("dbsize")}).I
 	var ks []string
 	if keys > 0 {
 		ks = append(ks, fmt.Sprintf("db0:keys=%d,expires=0,avg_ttl=0", keys))
