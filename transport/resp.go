@@ -142,7 +142,6 @@ type respConn struct {
 	agentName atomic.Pointer[string]
 
 	out  chan *respFuture // replies in command order
-	done chan struct{}    // closed when the connection ends
 	stop chan struct{}    // closed when the reader ends: blocked commands give up
 	// blocked is a blocking command in progress; the connection's next
 	// command waits for it (reader goroutine only).
@@ -184,7 +183,7 @@ func ready(v kv.Value) *respFuture {
 func (s *RESPServer) newConn(nc net.Conn) *respConn {
 	c := &respConn{
 		s: s, nc: nc, id: s.nextID.Add(1),
-		out: make(chan *respFuture, 1024), done: make(chan struct{}), stop: make(chan struct{}),
+		out: make(chan *respFuture, 1024), stop: make(chan struct{}),
 		pending: map[uint64]*respFuture{},
 		authed:  s.opt.Dev,
 		subs:    respSubs{channels: map[string]bool{}, patterns: map[string]bool{}},
@@ -248,7 +247,6 @@ func (c *respConn) run() {
 	c.omu.Unlock()
 	<-writerDone
 	c.nc.Close()
-	close(c.done)
 	c.s.node.DropConn(c.conn)
 	c.mu.Lock()
 	for _, f := range c.pending {

@@ -225,9 +225,9 @@ func (s *RESPServer) Touch(e queue.Effect) {
 	}
 }
 
-// isBlocking reports whether name is a blocking list command.
+// isBlocking reports whether name (lowercase) is a blocking command.
 func isBlocking(name string) bool {
-	_, ok := blockingArity[strings.ToLower(name)]
+	_, ok := blockingArity[name]
 	return ok
 }
 

@@ -34,7 +34,6 @@ type identity struct {
 type agentLimit struct {
 	mu          sync.Mutex
 	msgs, bytes *rate.Limiter
-	refs        int
 }
 
 func newAgentLimit(l auth.Limits) *agentLimit {
@@ -144,9 +143,6 @@ func (s *Server) track(c *conn, lim auth.Limits) *agentLimit {
 	if !ok {
 		l = newAgentLimit(lim)
 		s.trust.limits[c.agent] = l
-	}
-	if l != nil {
-		l.refs++
 	}
 	return l
 }
