@@ -18,7 +18,7 @@ func Check(args [][]byte) (Value, bool) {
 	if (s.arity > 0 && len(args) != s.arity) || (s.arity < 0 && len(args) < -s.arity) {
 		return ErrArity(name), false
 	}
-	return Value{}, true
+	return checkSub(name, args)
 }
 
 // Info describes a command for COMMAND: its name, arity and whether it
@@ -43,7 +43,11 @@ func Commands() []Info {
 func ExecMulti(tx *bolt.Tx, now int64, cmds [][][]byte) Value {
 	out := make([]Value, len(cmds))
 	for i, args := range cmds {
-		out[i] = Exec(tx, now, args, true)
+		// A blocking read in a transaction does not block, as in Redis:
+		// finding nothing, it answers null.
+		if out[i] = Exec(tx, now, args, true); WantsBlock(out[i]) {
+			out[i] = Value{K: NullArray}
+		}
 	}
 	return ArrayOf(out...)
 }
@@ -61,6 +65,7 @@ var keySpecs = map[string]keySpec{
 	"lmove": {1, 2, 1, 0}, "rpoplpush": {1, 2, 1, 0}, "blmove": {1, 2, 1, 0}, "brpoplpush": {1, 2, 1, 0},
 	"blpop": {1, -2, 1, 0}, "brpop": {1, -2, 1, 0},
 	"lmpop": {0, 0, 0, 1}, "blmpop": {0, 0, 0, 2},
+	"xgroup": {2, 2, 1, 0}, "xinfo": {2, 2, 1, 0},
 }
 
 // wholeKeyspace are the commands that read every key.
@@ -73,8 +78,12 @@ func KeysOf(args [][]byte) (keys [][]byte, whole bool) {
 	if wholeKeyspace[name] {
 		return nil, true
 	}
-	if name == "xread" {
-		return xreadKeys(args), false
+	if name == "xread" || name == "xreadgroup" {
+		p, bad := parseReadGroup(args, name == "xreadgroup")
+		if bad != nil {
+			return nil, false
+		}
+		return p.keys, false
 	}
 	ks, ok := keySpecs[name]
 	if !ok {

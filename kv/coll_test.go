@@ -18,7 +18,7 @@ const collNow = int64(1_700_000_000_000)
 
 func mustCollDB(t testing.TB) *bolt.DB {
 	t.Helper()
-	db, err := bolt.Open(filepath.Join(t.TempDir(), "state.db"), 0o600, nil)
+	db, err := bolt.Open(filepath.Join(t.TempDir(), "state.db"), 0o600, &bolt.Options{NoSync: true}) // nothing here survives a crash
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -207,13 +207,15 @@ func checkColls(t testing.TB, db *bolt.DB) {
 	}
 }
 
-// FuzzCollCommands runs lines of space-separated commands (hash, list and
-// key commands) and checks that nothing panics and the buckets stay
-// consistent.
+// FuzzCollCommands runs lines of space-separated commands (hash, list,
+// stream, consumer group and key commands) and checks that nothing panics
+// and the buckets stay consistent.
 func FuzzCollCommands(f *testing.F) {
 	f.Add("rpush l a b c\nlinsert l before b x\nlrem l -1 c\nlmove l l left right\nltrim l 1 -1")
 	f.Add("hset h a 1 b 2\nhincrby h a 9223372036854775807\nhdel h a b\nhsetnx h c 3")
 	f.Add("lpush l a\npexpire l 1\nlmpop 2 m l right count 5\nset l x\nlpos l a rank -1 count 0")
+	f.Add("xadd s 1-0 a b\nxgroup create s g 0\nxreadgroup group g c streams s >\nxdel s 1-0\nxautoclaim s g d 0 0\nxack s g 1-0")
+	f.Add("xgroup create s g $ mkstream\nxadd s * f v\nxreadgroup group g c count 1 streams s >\nxclaim s g d 0 0-1 1-0 force\nxgroup delconsumer s g c\nxgroup setid s g 0\ndel s")
 	db := mustCollDB(f)
 	f.Fuzz(func(t *testing.T, script string) {
 		for i, line := range strings.Split(script, "\n") {
@@ -228,7 +230,9 @@ func FuzzCollCommands(f *testing.F) {
 			collExec(t, db, collNow+int64(i), args...)
 		}
 		checkColls(t, db)
-		collExec(t, db, collNow, "del", "l", "m", "h", "a", "b")
+		checkStreams(t, db)
+		checkGroups(t, db)
+		collExec(t, db, collNow, "del", "l", "m", "h", "a", "b", "s")
 	})
 }
 

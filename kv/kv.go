@@ -27,13 +27,15 @@ var (
 	bucketList  = []byte("kvlist")  // coll(key) pos(8, sign bit flipped) -> element
 	bucketLMeta = []byte("kvlmeta") // dbKey(key) -> head(8) tail(8)
 
-	// A stream: its entries by id, and its counters (stream.go).
+	// A stream: its entries by id, and its counters (stream.go); its
+	// consumer groups are in stream_groups.go.
 	bucketStream = []byte("kvstream") // coll(key) ms(8) seq(8) -> fields
 	bucketXMeta  = []byte("kvxmeta")  // dbKey(key) -> last(16) length(8) added(8) max_deleted(16) first(16)
 )
 
 // Buckets lists them for CreateBuckets and dumps.
-var Buckets = [][]byte{bucketMeta, bucketStr, bucketExp, bucketHash, bucketHOrd, bucketHMeta, bucketList, bucketLMeta, bucketStream, bucketXMeta}
+var Buckets = [][]byte{bucketMeta, bucketStr, bucketExp, bucketHash, bucketHOrd, bucketHMeta, bucketList, bucketLMeta, bucketStream, bucketXMeta,
+	bucketXGroup, bucketXPEL, bucketXCons, bucketXCPEL}
 
 // CreateBuckets makes sure every bucket exists.
 func CreateBuckets(tx *bolt.Tx) error {
@@ -156,6 +158,7 @@ func (c *ctx) del(key []byte, m meta) {
 		must(c.tx.Bucket(bucketLMeta).Delete(dbKey(key)))
 	case TypeStream:
 		deletePrefix(c.tx.Bucket(bucketStream), collKey(key))
+		deleteGroups(c.tx, collKey(key))
 		must(c.tx.Bucket(bucketXMeta).Delete(dbKey(key)))
 	}
 	if m.expire != 0 {
@@ -245,6 +248,9 @@ func Exec(tx *bolt.Tx, now int64, args [][]byte, write bool) (v Value) {
 	}
 	if (s.arity > 0 && len(args) != s.arity) || (s.arity < 0 && len(args) < -s.arity) {
 		return ErrArity(name)
+	}
+	if v, ok := checkSub(name, args); !ok {
+		return v
 	}
 	if s.write && !write {
 		return Err("ERR internal: write command on a read path")

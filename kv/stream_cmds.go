@@ -6,7 +6,8 @@ import (
 )
 
 // The stream commands: XADD XLEN XRANGE XREVRANGE XDEL XTRIM and XREAD
-// (without BLOCK).
+// (whose BLOCK the transport implements); the consumer groups' are in
+// stream_group_cmds.go.
 
 func init() {
 	commands["xadd"] = spec{-5, true, cmdXAdd}
@@ -298,62 +299,27 @@ func cmdXTrim(c *ctx, a [][]byte) Value {
 }
 
 // cmdXRead: XREAD [COUNT n] [BLOCK ms] STREAMS key [key ...] id [id ...],
-// without blocking: with BLOCK and nothing to read it answers an error.
-// RESP3 gets a map of key to entries, RESP2 an array of [key, entries].
+// without blocking: with BLOCK and nothing to read it answers an error,
+// and the transport waits. RESP3 gets a map of key to entries, RESP2 an
+// array of [key, entries].
 func cmdXRead(c *ctx, a [][]byte) Value {
-	var count int64
-	block := false
-	streamsAt := 0
-	for i := 1; i < len(a) && streamsAt == 0; i++ {
-		more := len(a) - i - 1
-		switch {
-		case isOpt(a[i], "block") && more > 0:
-			i++
-			n, ok := parseInt(a[i])
-			if !ok {
-				return Err("ERR timeout is not an integer or out of range")
-			}
-			if n < 0 {
-				return Err("ERR timeout is negative")
-			}
-			block = true
-		case isOpt(a[i], "count") && more > 0:
-			i++
-			n, ok := parseInt(a[i])
-			if !ok {
-				return errNotInt
-			}
-			count = max(n, 0)
-		case isOpt(a[i], "streams") && more > 0:
-			streamsAt = i + 1
-			if (len(a)-streamsAt)%2 != 0 {
-				return errXReadBalance
-			}
-		case isOpt(a[i], "group") && more >= 2:
-			return Err("ERR The GROUP option is only supported by XREADGROUP. You called XREAD instead.")
-		case isOpt(a[i], "noack"):
-			return Err("ERR The NOACK option is only supported by XREADGROUP. You called XREAD instead.")
-		default:
-			return errSyntax
-		}
+	p, bad := parseReadGroup(a, false)
+	if bad != nil {
+		return *bad
 	}
-	if streamsAt == 0 {
-		return errSyntax
-	}
-	n := (len(a) - streamsAt) / 2
-	keys, after := a[streamsAt:streamsAt+n], make([]streamID, n)
+	n := len(p.keys)
 	streams := make([]*stream, n)
-	for i, key := range keys {
+	for i, key := range p.keys {
 		s, wrong := c.openStream(key, false)
 		if wrong {
 			return errWrongType
 		}
 		streams[i] = s
-		arg := a[streamsAt+n+i]
+		arg := a[len(a)-n+i]
 		switch string(cstr(arg)) {
 		case "$":
 			if s != nil {
-				after[i] = s.last
+				p.ids[i] = s.last
 			}
 			continue
 		case ">":
@@ -363,52 +329,35 @@ func cmdXRead(c *ctx, a [][]byte) Value {
 		if !ok {
 			return errStreamID
 		}
-		after[i] = id
+		p.ids[i] = id
 	}
 	out := Value{K: PairMap, A: []Value{}}
 	for i, s := range streams {
 		if s == nil || s.length == 0 {
 			continue
 		}
-		from, ok := after[i].incr()
+		from, ok := p.ids[i].incr()
 		if !ok {
 			continue
 		}
-		entries := s.rangeOf(from, maxStreamID, count, false)
+		entries := s.rangeOf(from, maxStreamID, p.count, false)
 		if len(entries) == 0 {
 			continue
 		}
-		out.A = append(out.A, BulkOf(bytes.Clone(keys[i])), ArrayOf(entries...))
+		out.A = append(out.A, BulkOf(bytes.Clone(p.keys[i])), ArrayOf(entries...))
 	}
 	if len(out.A) > 0 {
 		return out
 	}
-	if block {
+	if p.block {
 		return errXReadBlock
 	}
 	return Value{K: NullArray}
 }
 
-// xreadKeys returns the keys of an XREAD: the first half of the
-// arguments after STREAMS (none when they do not pair up).
-func xreadKeys(a [][]byte) [][]byte {
-	for i := 1; i < len(a)-1; i++ {
-		switch {
-		case isOpt(a[i], "streams"):
-			rest := a[i+1:]
-			if len(rest)%2 != 0 {
-				return nil
-			}
-			return rest[:len(rest)/2]
-		case isOpt(a[i], "count"), isOpt(a[i], "block"):
-			i++
-		}
-	}
-	return nil
-}
-
-// WantsBlock reports whether v is XREAD's answer to a valid BLOCK read
-// that found nothing: the caller (the transport) then waits for entries.
+// WantsBlock reports whether v is the answer of XREAD or XREADGROUP to a
+// valid BLOCK read that found nothing: the caller (the transport) then
+// waits for entries.
 func WantsBlock(v Value) bool {
 	return v.K == Error && string(v.S) == string(errXReadBlock.S)
 }

@@ -5,6 +5,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/mcpd/mcpd/kv"
 )
 
 // The pieces of the Redis differential test that need no server.
@@ -197,15 +199,20 @@ func Test_RedisDiff_Scripts(t *testing.T) {
 	if total < 400 {
 		t.Errorf("%d commands in %d scripts, want at least 400", total, len(scripts))
 	}
-	for _, name := range redisDiffCommands {
+	names := slices.Clone(redisDiffCommands)
+	for _, c := range kv.Commands() {
+		names = append(names, strings.ToUpper(c.Name))
+	}
+	for _, name := range names {
 		if seen[name] == 0 {
 			t.Errorf("no script runs %s", name)
 		}
 	}
 }
 
-// redisDiffCommands are the commands mcpd's Redis face implements, each of
-// which the scripts must exercise.
+// redisDiffCommands are the connection commands mcpd's Redis face
+// implements; the scripts must exercise each of them and each keyspace
+// command (kv.Commands).
 var redisDiffCommands = []string{
 	"PING", "ECHO", "HELLO", "SELECT", "QUIT",
 	"GET", "SET", "SETNX", "GETDEL", "INCR", "INCRBY", "DECR", "DECRBY", "MGET", "MSET",

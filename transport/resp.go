@@ -366,9 +366,12 @@ func (c *respConn) dispatch(args [][]byte) {
 			return
 		}
 	}
+	inner, keys, ms, blocks := kv.ReadBlock(args)
 	switch {
 	case !known:
 		c.enqueue(ready(kv.ErrUnknown(string(args[0]), args[1:])))
+	case blocks && write:
+		c.enqueue(c.blockRead(inner, keys, ms))
 	case write:
 		c.enqueue(c.submitWrite(args))
 	default:
@@ -379,8 +382,8 @@ func (c *respConn) dispatch(args [][]byte) {
 			<-last.done
 		}
 		v := c.read(args)
-		if name == "xread" && kv.WantsBlock(v) {
-			c.enqueue(c.blockXRead(args))
+		if blocks && kv.WantsBlock(v) {
+			c.enqueue(c.blockRead(inner, keys, ms))
 			return
 		}
 		c.enqueue(ready(v))

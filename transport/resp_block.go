@@ -231,31 +231,25 @@ func isBlocking(name string) bool {
 	return ok
 }
 
-// blockXRead waits for XREAD BLOCK: its "$" ids are fixed at the streams'
-// current last ids, then the read runs again on this node's state each
-// time an applied write names one of its keys, until it finds entries or
-// the BLOCK time passes (null reply).
-func (c *respConn) blockXRead(args [][]byte) *respFuture {
-	var timeout time.Duration
-	inner := [][]byte{clone(args[0])}
-	streamsAt := 0
-	for i := 1; i < len(args); i++ {
-		switch {
-		case streamsAt == 0 && strings.EqualFold(string(args[i]), "block") && i+1 < len(args):
-			ms, _ := strconv.ParseInt(string(args[i+1]), 10, 64)
-			timeout = time.Duration(ms) * time.Millisecond
-			i++
-			continue
-		case streamsAt == 0 && strings.EqualFold(string(args[i]), "streams"):
-			streamsAt = len(inner) + 1
-		}
-		inner = append(inner, clone(args[i]))
+// blockRead waits for XREAD BLOCK or XREADGROUP BLOCK (inner is the
+// command without its BLOCK option, which kv.ReadBlock gives). XREAD's
+// "$" ids are fixed at the streams' current last ids, then the read runs
+// again on this node's state each time an applied write names one of its
+// keys, until it finds entries or the BLOCK time passes (null reply).
+// XREADGROUP, which changes its group, goes through the log each time.
+func (c *respConn) blockRead(inner, keys [][]byte, ms int64) *respFuture {
+	timeout := time.Duration(ms) * time.Millisecond
+	if strings.EqualFold(string(inner[0]), "xreadgroup") {
+		return c.blockOn(keys, timeout, kv.Value{K: kv.NullArray}, func() (kv.Value, bool) {
+			r := c.submit(&fsm.RedisArgs{Args: inner})
+			<-r.done
+			return r.value, r.value.IsErr() || !isNone(r.value)
+		})
 	}
-	n := (len(inner) - streamsAt) / 2
-	keys := inner[streamsAt : streamsAt+n]
+	n := len(keys)
 	for i, k := range keys {
-		if id := inner[streamsAt+n+i]; string(id) == "$" {
-			inner[streamsAt+n+i] = []byte(c.lastStreamID(k))
+		if id := inner[len(inner)-n+i]; string(id) == "$" {
+			inner[len(inner)-n+i] = []byte(c.lastStreamID(k))
 		}
 	}
 	return c.blockOn(keys, timeout, kv.Value{K: kv.NullArray}, func() (kv.Value, bool) {
