@@ -420,6 +420,19 @@ func (f *FSM) applyEntry(tx *bolt.Tx, now int64, e *Entry, effects []queue.Effec
 			panic(fmt.Sprintf("fsm: dispatch after command type %d: %v", c.Type, err))
 		}
 	}
+	// Redis clients blocked on a queue's stream wake when a message of
+	// it becomes ready, whoever enqueued it.
+	if names := t.Readied(); len(names) > 0 {
+		keys := make([][]byte, 0, len(names))
+		for _, n := range names {
+			if !auth.IsInbox(n) {
+				keys = append(keys, kv.QueueKey(n))
+			}
+		}
+		if len(keys) > 0 {
+			t.Effects = append(t.Effects, &RedisTouched{Keys: keys})
+		}
+	}
 	return t.Effects, replies
 }
 

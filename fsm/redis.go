@@ -88,6 +88,15 @@ func init() {
 		if len(a.Args) == 0 || len(a.Args) > maxRedisArgs {
 			return badArg("args", "must name a command")
 		}
+		if strings.EqualFold(string(a.Args[0]), "xadd") && a.Env != nil {
+			if len(a.Args) < 2 {
+				return badArg("args", "XADD names a key")
+			}
+			if _, ok := kv.QueueOf(a.Args[1]); !ok {
+				return badArg("args", "an envelope goes with an XADD to a queue key only")
+			}
+			return checkSender(a.From, a.ID, a.Env)
+		}
 		if strings.EqualFold(string(a.Args[0]), "publish") {
 			if len(a.Args) != 3 {
 				return badArg("args", "PUBLISH takes a channel and a message")
@@ -108,14 +117,25 @@ func init() {
 		return nil
 	}, func(t *queue.Tx, a *RedisArgs) (any, error) {
 		if a.Multi != nil {
-			v := kv.ExecMulti(t.Bolt(), t.Now(), a.Multi)
+			out := make([]kv.Value, len(a.Multi))
+			for i, c := range a.Multi {
+				// A blocking read in a transaction does not block, as in
+				// Redis: finding nothing, it answers null.
+				if out[i] = kv.ExecFace(t.Bolt(), t, t.Now(), c, true, nil); kv.WantsBlock(out[i]) {
+					out[i] = kv.Value{K: kv.NullArray}
+				}
+			}
 			touched(t, a.Multi...)
-			return &RedisResult{Value: v}, nil
+			return &RedisResult{Value: kv.ArrayOf(out...)}, nil
 		}
 		if strings.EqualFold(string(a.Args[0]), "publish") {
 			return publishRedis(t, a)
 		}
-		v := kv.Exec(t.Bolt(), t.Now(), a.Args, true)
+		var env *kv.QueueEnv
+		if a.Env != nil {
+			env = &kv.QueueEnv{Env: a.Env, From: a.From, ID: a.ID, Hash: a.Hash}
+		}
+		v := kv.ExecFace(t.Bolt(), t, t.Now(), a.Args, true, env)
 		if !v.IsErr() {
 			touched(t, a.Args)
 		}

@@ -1,10 +1,6 @@
 package kv
 
-import (
-	"strings"
-
-	bolt "go.etcd.io/bbolt"
-)
+import "strings"
 
 // Check tells whether args would be accepted as a command: a known name
 // with the right number of arguments. It returns Redis's error reply
@@ -36,20 +32,6 @@ func Commands() []Info {
 		out = append(out, Info{Name: name, Arity: s.arity, Write: s.write})
 	}
 	return out
-}
-
-// ExecMulti runs the commands of a transaction one after the other on
-// the write transaction of one log entry: nothing else runs between them.
-func ExecMulti(tx *bolt.Tx, now int64, cmds [][][]byte) Value {
-	out := make([]Value, len(cmds))
-	for i, args := range cmds {
-		// A blocking read in a transaction does not block, as in Redis:
-		// finding nothing, it answers null.
-		if out[i] = Exec(tx, now, args, true); WantsBlock(out[i]) {
-			out[i] = Value{K: NullArray}
-		}
-	}
-	return ArrayOf(out...)
 }
 
 // keySpec says where a command's keys are: from first to last (negative:

@@ -437,53 +437,73 @@ func cmdXAck(c *ctx, a [][]byte) Value {
 	return Integer(n)
 }
 
+// pendingArgs are XPENDING's arguments after key and group; summary
+// is the short form.
+type pendingArgs struct {
+	summary     bool
+	start, end  streamID
+	count, idle int64
+	consumer    []byte // nil: every consumer
+}
+
+// parsePending reads XPENDING's arguments in Redis's order of checks; on
+// an error it returns the reply.
+func parsePending(a [][]byte) (pendingArgs, *Value) {
+	fail := func(v Value) (pendingArgs, *Value) { return pendingArgs{}, &v }
+	if len(a) != 3 && (len(a) < 6 || len(a) > 9) {
+		return fail(errSyntax)
+	}
+	p := pendingArgs{summary: len(a) == 3}
+	if p.summary {
+		return p, nil
+	}
+	at := 3
+	if isOpt(a[3], "idle") {
+		n, ok := parseInt(a[4])
+		if !ok {
+			return fail(errNotInt)
+		}
+		p.idle = n
+		if len(a) < 8 {
+			return fail(errSyntax)
+		}
+		at += 2
+	}
+	n, ok := parseInt(a[at+2])
+	if !ok {
+		return fail(errNotInt)
+	}
+	p.count = max(n, 0)
+	var excl bool
+	if p.start, excl, ok = parseRangeID(a[at], 0); !ok {
+		return fail(errStreamID)
+	}
+	if excl {
+		if p.start, ok = p.start.incr(); !ok {
+			return fail(Err("ERR invalid start ID for the interval"))
+		}
+	}
+	if p.end, excl, ok = parseRangeID(a[at+1], math.MaxUint64); !ok {
+		return fail(errStreamID)
+	}
+	if excl {
+		if p.end, ok = p.end.decr(); !ok {
+			return fail(Err("ERR invalid end ID for the interval"))
+		}
+	}
+	if at+3 < len(a) {
+		p.consumer = a[at+3]
+	}
+	return p, nil
+}
+
 // cmdXPending: XPENDING key group [[IDLE ms] start end count [consumer]].
 func cmdXPending(c *ctx, a [][]byte) Value {
-	if len(a) != 3 && (len(a) < 6 || len(a) > 9) {
-		return errSyntax
+	p, bad := parsePending(a)
+	if bad != nil {
+		return *bad
 	}
-	var start, end streamID
-	var count, minIdle int64
-	var name []byte
-	if len(a) >= 6 {
-		at := 3
-		if isOpt(a[3], "idle") {
-			n, ok := parseInt(a[4])
-			if !ok {
-				return errNotInt
-			}
-			minIdle = n
-			if len(a) < 8 {
-				return errSyntax
-			}
-			at += 2
-		}
-		n, ok := parseInt(a[at+2])
-		if !ok {
-			return errNotInt
-		}
-		count = max(n, 0)
-		var excl bool
-		if start, excl, ok = parseRangeID(a[at], 0); !ok {
-			return errStreamID
-		}
-		if excl {
-			if start, ok = start.incr(); !ok {
-				return Err("ERR invalid start ID for the interval")
-			}
-		}
-		if end, excl, ok = parseRangeID(a[at+1], math.MaxUint64); !ok {
-			return errStreamID
-		}
-		if excl {
-			if end, ok = end.decr(); !ok {
-				return Err("ERR invalid end ID for the interval")
-			}
-		}
-		if at+3 < len(a) {
-			name = a[at+3]
-		}
-	}
+	start, end, count, minIdle, name := p.start, p.end, p.count, p.idle, p.consumer
 	s, wrong := c.openStream(a[1], false)
 	if wrong {
 		return errWrongType

@@ -98,28 +98,13 @@ func (t *Tx) dispatch(name string) error {
 
 // lease hands message seq (already out of the ready set) to consumer c.
 func (t *Tx) lease(name string, q *queueRec, seq, cid uint64, c *consumerRec) error {
-	k := qkey(name, seq)
-	m := &msgRec{}
-	if ok, err := get(t.b(bucketMsgs), k, m); err != nil || !ok {
-		return fmt.Errorf("ready message %s/%d has no record (%v)", name, seq, err)
+	m, err := t.leaseTo(name, q, seq, cid, c.Conn, c.LeaseMs)
+	if err != nil {
+		return err
 	}
-	m.State = StateInflight
-	m.Attempts++
-	m.Consumer = cid
-	m.Conn = c.Conn
-	m.LeaseUntil = t.now + c.LeaseMs
 	c.Inflight++
-	q.Inflight++
-	if err := put(t.b(bucketMsgs), k, m); err != nil {
-		return err
-	}
-	if err := t.b(bucketTimers).Put(timerKey(m.LeaseUntil, name, seq), nil); err != nil {
-		return err
-	}
-	if err := t.b(bucketByConn).Put(connKey(c.Conn, name, seq), nil); err != nil {
-		return err
-	}
 	if t.isLocal(c.Conn) {
+		k := qkey(name, seq)
 		body := t.b(bucketBodies).Get(k)
 		t.Effects = append(t.Effects, &Delivery{
 			Conn: c.Conn, Consumer: cid, Queue: name, Seq: seq, Attempt: m.Attempts,
@@ -127,6 +112,30 @@ func (t *Tx) lease(name string, q *queueRec, seq, cid uint64, c *consumerRec) er
 		})
 	}
 	return nil
+}
+
+// leaseTo makes message seq (already out of the ready set) inflight,
+// held by conn (for consumer cid, 0 for none) until now + leaseMs.
+func (t *Tx) leaseTo(name string, q *queueRec, seq, cid uint64, conn string, leaseMs int64) (*msgRec, error) {
+	k := qkey(name, seq)
+	m := &msgRec{}
+	if ok, err := get(t.b(bucketMsgs), k, m); err != nil || !ok {
+		return nil, fmt.Errorf("ready message %s/%d has no record (%v)", name, seq, err)
+	}
+	m.State = StateInflight
+	m.Attempts++
+	m.Consumer = cid
+	m.Conn = conn
+	m.LeasedAt = t.now
+	m.LeaseUntil = t.now + leaseMs
+	q.Inflight++
+	if err := put(t.b(bucketMsgs), k, m); err != nil {
+		return nil, err
+	}
+	if err := t.b(bucketTimers).Put(timerKey(m.LeaseUntil, name, seq), nil); err != nil {
+		return nil, err
+	}
+	return m, t.b(bucketByConn).Put(connKey(conn, name, seq), nil)
 }
 
 // SettleArgs names one delivery: ack, nack, reject and extend use it.
@@ -179,7 +188,7 @@ func (t *Tx) unlease(name string, q *queueRec, seq uint64, m *msgRec) error {
 		t.markDirty(c.Queue)
 	}
 	q.Inflight--
-	m.Consumer, m.Conn, m.LeaseUntil = 0, "", 0
+	m.Consumer, m.Conn, m.LeaseUntil, m.LeasedAt = 0, "", 0, 0
 	return nil
 }
 

@@ -108,6 +108,7 @@ func (t *Tx) makeWaiting(name string, q *queueRec, seq uint64, m *msgRec, delayM
 			return err
 		}
 		t.markDirty(name)
+		t.markReadied(name)
 	}
 	return put(t.b(bucketMsgs), qkey(name, seq), m)
 }

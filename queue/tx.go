@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 
@@ -52,8 +53,11 @@ type Tx struct {
 	now   int64
 	local string
 	dirty map[string]struct{}
-	rc    *recCache
-	actor string
+	// readied names the queues where a message became ready during the
+	// transaction, for Readied.
+	readied []string
+	rc      *recCache
+	actor   string
 
 	// Effects collects deliveries and events for connections of the local
 	// node, in the order they were produced.
@@ -92,6 +96,22 @@ func (t *Tx) markDirty(queue string) {
 		t.dirty = make(map[string]struct{})
 	}
 	t.dirty[queue] = struct{}{}
+}
+
+func (t *Tx) markReadied(queue string) {
+	if len(t.readied) == 0 || t.readied[len(t.readied)-1] != queue {
+		t.readied = append(t.readied, queue)
+	}
+}
+
+// Readied returns, and forgets, the queues where a message became ready
+// since the last call, each once, in name order: the Redis face wakes
+// the clients waiting on them.
+func (t *Tx) Readied() []string {
+	out := t.readied
+	t.readied = nil
+	slices.Sort(out)
+	return slices.Compact(out)
 }
 
 // Finish ends one command: queues whose ready set or consumer capacity

@@ -100,6 +100,7 @@ type msgRec struct {
 	Failures   int       `msgpack:"f"`
 	Due        int64     `msgpack:"d,omitempty"` // delayed: when it becomes ready
 	LeaseUntil int64     `msgpack:"l,omitempty"`
+	LeasedAt   int64     `msgpack:"la,omitempty"` // when the current lease began
 	Consumer   uint64    `msgpack:"c,omitempty"`
 	Conn       string    `msgpack:"cn,omitempty"`
 	Enqueued   int64     `msgpack:"e"`

@@ -2,6 +2,9 @@ package transport
 
 import (
 	"bufio"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -372,6 +375,8 @@ func (c *respConn) dispatch(args [][]byte) {
 		c.enqueue(ready(kv.ErrUnknown(string(args[0]), args[1:])))
 	case blocks && write:
 		c.enqueue(c.blockRead(inner, keys, ms))
+	case write && name == "xadd" && kv.NamesQueue(args):
+		c.enqueue(c.enqueueXAdd(args))
 	case write:
 		c.enqueue(c.submitWrite(args))
 	default:
@@ -395,12 +400,40 @@ func (c *respConn) dispatch(args [][]byte) {
 func (c *respConn) read(args [][]byte) kv.Value {
 	var v kv.Value
 	if err := c.s.node.Read(func(tx *bolt.Tx) error {
-		v = kv.Exec(tx, c.s.node.Now(), args, false)
+		v = kv.ExecFace(tx, nil, c.s.node.Now(), args, false, nil)
 		return nil
 	}); err != nil {
 		return kv.Err("TRYAGAIN " + err.Error())
 	}
 	return v
+}
+
+// enqueueXAdd proposes an XADD to a queue key with the envelope of the
+// message it enqueues, made here as a PUBLISH's is: a fresh id, the
+// agent as sender, this node's cluster time, and the fields as a JSON
+// object for body.
+func (c *respConn) enqueueXAdd(args [][]byte) *respFuture {
+	fv, _, bad := kv.XAddQueue(args)
+	if bad != nil {
+		return ready(*bad)
+	}
+	body, _ := kv.QueueBody(fv)
+	from := "redis"
+	if c.agent != nil {
+		from = c.agent.Name
+	}
+	id := make([]byte, 16)
+	_, _ = rand.Read(id)
+	env, _ := json.Marshal(map[string]any{"id": "redis-" + hex.EncodeToString(id), "from": from, "ts": c.s.node.Now(), "body": body})
+	e, err := auth.ParseEnvelope(env)
+	if err != nil {
+		return ready(kv.Err("ERR " + err.Error()))
+	}
+	a := make([][]byte, len(args))
+	for i, x := range args {
+		a[i] = clone(x)
+	}
+	return c.submit(&fsm.RedisArgs{Args: a, Env: env, From: e.From, ID: e.ID, Hash: e.Hash})
 }
 
 // submitWrite proposes a write; its reply arrives when this node applies

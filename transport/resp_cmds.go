@@ -52,6 +52,13 @@ func (c *respConn) queueInMulti(name string, args [][]byte) bool {
 		c.enqueue(ready(v))
 		return true
 	}
+	if name == "xadd" && kv.NamesQueue(args) {
+		// Its envelope is made when it is proposed, which a queued
+		// command is not.
+		c.multi.failed = true
+		c.enqueue(ready(kv.Err("ERR XADD to an mcpd queue cannot be part of a transaction")))
+		return true
+	}
 	cp := make([][]byte, len(args))
 	for i, a := range args {
 		cp[i] = clone(a)
@@ -396,6 +403,9 @@ func (c *respConn) allowKeys(args [][]byte) (kv.Value, bool) {
 		return kv.Value{}, true
 	}
 	keys, whole := kv.KeysOf(args)
+	if v, ok, done := c.allowQueueKeys(args, keys); done {
+		return v, ok
+	}
 	if whole {
 		for _, p := range c.agent.ACL.Keys {
 			if p == "*" {
@@ -412,4 +422,40 @@ func (c *respConn) allowKeys(args [][]byte) (kv.Value, bool) {
 		}
 	}
 	return kv.Value{}, true
+}
+
+// allowQueueKeys checks a command naming queue keys ("mcp:NAME") against
+// the agent's queue grants rather than its key grants: XADD needs
+// enqueue, XREADGROUP and XACK consume, the other commands (reads, and
+// XGROUP CREATE, which makes the queue as an enqueue or consume would)
+// either. done is false when the command names no queue key.
+func (c *respConn) allowQueueKeys(args [][]byte, keys [][]byte) (v kv.Value, ok, done bool) {
+	var queues []string
+	for _, k := range keys {
+		if q, isQueue := kv.QueueOf(k); isQueue {
+			queues = append(queues, q)
+		}
+	}
+	if len(queues) == 0 {
+		return kv.Value{}, true, false
+	}
+	ops := []string{auth.OpEnqueue, auth.OpConsume}
+	switch strings.ToLower(string(args[0])) {
+	case "xadd":
+		ops = ops[:1]
+	case "xreadgroup", "xack":
+		ops = ops[1:]
+	}
+	for _, k := range keys {
+		q, isQueue := kv.QueueOf(k)
+		allowed := false
+		for _, op := range ops {
+			allowed = allowed || (isQueue && c.agent.ACL.Allows(op, q)) || (!isQueue && c.agent.ACL.Allows(auth.OpKeys, string(k)))
+		}
+		if !allowed {
+			c.record(fsm.AuthEventArgs{Kind: "denied", Agent: c.agent.Name, Subject: "redis key " + string(k), Code: "forbidden"})
+			return kv.Err("NOPERM this user has no permissions to access one of the keys used as arguments"), false, true
+		}
+	}
+	return kv.Value{}, true, true
 }
