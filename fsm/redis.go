@@ -1,6 +1,7 @@
 package fsm
 
 import (
+	"bytes"
 	"strings"
 
 	"github.com/mcpd/mcpd/kv"
@@ -20,6 +21,11 @@ type RedisArgs struct {
 	From  string     `msgpack:"f,omitempty"`
 	ID    string     `msgpack:"i,omitempty"`
 	Hash  [32]byte   `msgpack:"h,omitempty"`
+	// Watch and Sums are the keys an EXEC's connection watched and their
+	// digests (kv.Digest) when it watched them: the transaction runs only
+	// if every one is unchanged when it is applied.
+	Watch [][]byte `msgpack:"w,omitempty"`
+	Sums  [][]byte `msgpack:"ws,omitempty"`
 }
 
 // Published is the effect of a publish on every node, for the Redis
@@ -71,6 +77,14 @@ const maxRedisArgs = 1 << 20
 
 func init() {
 	register(TypeRedis, func(a *RedisArgs) error {
+		if len(a.Watch) != len(a.Sums) || len(a.Watch) > maxRedisArgs || (a.Watch != nil && a.Multi == nil) {
+			return badArg("watch", "must pair each watched key of a transaction with its digest")
+		}
+		for i, k := range a.Watch {
+			if _, q := kv.QueueOf(k); q || len(a.Sums[i]) != 32 {
+				return badArg("watch", "must name keyspace keys with 32-byte digests")
+			}
+		}
 		if a.Multi != nil {
 			if len(a.Args) != 0 || len(a.Multi) > maxRedisArgs {
 				return badArg("multi", "must be a list of commands")
@@ -117,6 +131,12 @@ func init() {
 		return nil
 	}, func(t *queue.Tx, a *RedisArgs) (any, error) {
 		if a.Multi != nil {
+			for i, k := range a.Watch {
+				if d := kv.Digest(t.Bolt(), t.Now(), k); !bytes.Equal(d[:], a.Sums[i]) {
+					// A watched key changed: nothing runs, EXEC answers null.
+					return &RedisResult{Value: kv.Value{K: kv.NullArray}}, nil
+				}
+			}
 			out := make([]kv.Value, len(a.Multi))
 			for i, c := range a.Multi {
 				// A blocking read in a transaction does not block, as in

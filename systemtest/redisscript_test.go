@@ -214,7 +214,8 @@ func Test_RedisDiff_Scripts(t *testing.T) {
 // implements; the scripts must exercise each of them and each keyspace
 // command (kv.Commands).
 var redisDiffCommands = []string{
-	"PING", "ECHO", "HELLO", "SELECT", "QUIT",
+	"PING", "ECHO", "HELLO", "SELECT", "QUIT", "MULTI", "EXEC", "DISCARD", "WATCH", "UNWATCH",
+	"BLPOP", "BRPOP", "BLMOVE", "BRPOPLPUSH", "BLMPOP",
 	"GET", "SET", "SETNX", "GETDEL", "INCR", "INCRBY", "DECR", "DECRBY", "MGET", "MSET",
 	"DEL", "UNLINK", "EXISTS", "TYPE", "KEYS", "DBSIZE",
 	"EXPIRE", "PEXPIRE", "TTL", "PTTL", "PERSIST",

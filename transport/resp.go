@@ -162,6 +162,8 @@ type respConn struct {
 
 	// A transaction being queued (MULTI ... EXEC), reader goroutine only.
 	multi *respMulti
+	// The keys WATCH watches and their digests, reader goroutine only.
+	watched []watchedKey
 }
 
 // respFuture is one command's reply, ready when done is closed.
@@ -341,6 +343,17 @@ func (c *respConn) dispatch(args [][]byte) {
 		return
 	}
 	switch name {
+	case "watch":
+		c.enqueue(ready(c.watch(args)))
+		return
+	case "unwatch":
+		if len(args) != 1 {
+			c.enqueue(ready(kv.ErrArity(name)))
+			return
+		}
+		c.watched = nil
+		c.enqueue(ready(kv.OK))
+		return
 	case "subscribe", "unsubscribe", "psubscribe", "punsubscribe":
 		c.subscribe(name, args)
 		return
@@ -547,6 +560,7 @@ func (c *respConn) connCommand(name string, args [][]byte) (*respFuture, bool) {
 		c.dropSubs()
 		c.subs = respSubs{channels: map[string]bool{}, patterns: map[string]bool{}}
 		c.multi = nil
+		c.watched = nil
 		c.name.Store(nil)
 		c.proto.Store(2)
 		c.authed = c.s.opt.Dev

@@ -1,9 +1,11 @@
 package transport
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"crypto/subtle"
 	"fmt"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -19,8 +21,72 @@ import (
 // once, in their places.
 type respMulti struct {
 	cmds   [][][]byte
-	slots  []*kv.Value // nil: the next keyspace reply; else this reply
-	failed bool        // a command was refused while queueing: EXECABORT
+	shapes []func(kv.Value) kv.Value // per command: its reply's shape (a blocking command's), or nil
+	slots  []*kv.Value               // nil: the next keyspace reply; else this reply
+	failed bool                      // a command was refused while queueing: EXECABORT
+}
+
+// watchedKey is a key WATCH watches, with its digest then.
+type watchedKey struct {
+	key []byte
+	sum [32]byte
+}
+
+// watch answers WATCH key [key ...]: it takes each key's digest on this
+// node's state after the connection's own writes; EXEC then runs only if
+// they are unchanged when it is applied (fsm.RedisArgs.Watch).
+func (c *respConn) watch(args [][]byte) kv.Value {
+	if len(args) < 2 {
+		return kv.ErrArity("watch")
+	}
+	if c.multi != nil {
+		return kv.Err("ERR WATCH inside MULTI is not allowed")
+	}
+	for _, k := range args[1:] {
+		if _, q := kv.QueueOf(k); q {
+			return kv.Err("ERR WATCH does not apply to an mcpd queue (the 'mcp:' keys, docs/redis.md)")
+		}
+		if c.agent != nil && !c.agent.ACL.Allows(auth.OpKeys, string(k)) {
+			c.record(fsm.AuthEventArgs{Kind: "denied", Agent: c.agent.Name, Subject: "redis key " + string(k), Code: "forbidden"})
+			return kv.Err("NOPERM this user has no permissions to access one of the keys used as arguments")
+		}
+	}
+	c.mu.Lock()
+	last := c.last
+	c.mu.Unlock()
+	if last != nil {
+		<-last.done
+	}
+	err := c.s.node.Read(func(tx *bolt.Tx) error {
+		now := c.s.node.Now()
+	keys:
+		for _, k := range args[1:] {
+			for _, w := range c.watched {
+				if bytes.Equal(w.key, k) {
+					continue keys // the first WATCH of a key counts
+				}
+			}
+			c.watched = append(c.watched, watchedKey{key: clone(k), sum: kv.Digest(tx, now, k)})
+		}
+		return nil
+	})
+	if err != nil {
+		return kv.Err("TRYAGAIN " + err.Error())
+	}
+	return kv.OK
+}
+
+// watchChanged reports whether a watched key differs on this node now.
+func (c *respConn) watchChanged(ws []watchedKey) bool {
+	changed := false
+	_ = c.s.node.Read(func(tx *bolt.Tx) error {
+		now := c.s.node.Now()
+		for _, w := range ws {
+			changed = changed || kv.Digest(tx, now, w.key) != w.sum
+		}
+		return nil
+	})
+	return changed
 }
 
 // queueInMulti queues a command inside MULTI and answers QUEUED; it
@@ -28,8 +94,19 @@ type respMulti struct {
 // QUIT, RESET).
 func (c *respConn) queueInMulti(name string, args [][]byte) bool {
 	switch name {
-	case "exec", "discard", "multi", "quit", "reset":
+	case "exec", "discard", "multi", "quit", "reset", "watch":
 		return false
+	case "unwatch":
+		// Queued, it runs after EXEC checked the watched keys: a no-op.
+		v := kv.OK
+		if len(args) != 1 {
+			c.multi.failed = true
+			c.enqueue(ready(kv.ErrArity(name)))
+			return true
+		}
+		c.multi.slots = append(c.multi.slots, &v)
+		c.enqueue(ready(kv.Str("QUEUED")))
+		return true
 	case "ping", "echo":
 		f, _ := c.connCommand(name, args)
 		v := f.value
@@ -41,6 +118,25 @@ func (c *respConn) queueInMulti(name string, args [][]byte) bool {
 		c.multi.slots = append(c.multi.slots, &v)
 		c.enqueue(ready(kv.Str("QUEUED")))
 		return true
+	}
+	var shape func(kv.Value) kv.Value
+	if isBlocking(name) {
+		// In a transaction a blocking command does not block, as in
+		// Redis: it runs its non-blocking form and answers null when
+		// there is nothing.
+		b, v, ok := parseBlocking(name, args)
+		if !ok {
+			if v.IsErr() && strings.HasPrefix(string(v.S), "ERR wrong number of arguments") {
+				c.multi.failed = true
+				c.enqueue(ready(v))
+				return true
+			}
+			// A bad timeout is the command's own error inside EXEC.
+			c.multi.slots = append(c.multi.slots, &v)
+			c.enqueue(ready(kv.Str("QUEUED")))
+			return true
+		}
+		args, shape = b.inner, b.shape
 	}
 	if v, ok := kv.Check(args); !ok {
 		c.multi.failed = true
@@ -64,6 +160,7 @@ func (c *respConn) queueInMulti(name string, args [][]byte) bool {
 		cp[i] = clone(a)
 	}
 	c.multi.cmds = append(c.multi.cmds, cp)
+	c.multi.shapes = append(c.multi.shapes, shape)
 	c.multi.slots = append(c.multi.slots, nil)
 	c.enqueue(ready(kv.Str("QUEUED")))
 	return true
@@ -88,29 +185,40 @@ func (c *respConn) transaction(name string, args [][]byte) *respFuture {
 		if c.multi == nil {
 			return ready(kv.Err("ERR DISCARD without MULTI"))
 		}
-		c.multi = nil
+		c.multi, c.watched = nil, nil
 		return ready(kv.OK)
 	}
 	m := c.multi
 	if m == nil {
 		return ready(kv.Err("ERR EXEC without MULTI"))
 	}
-	c.multi = nil
+	watched := c.watched
+	c.multi, c.watched = nil, nil
 	if m.failed {
 		return ready(kv.Err("EXECABORT Transaction discarded because of previous errors."))
 	}
 	if len(m.cmds) == 0 {
+		// Nothing to apply: the watched keys are checked here.
+		if len(watched) > 0 && c.watchChanged(watched) {
+			return ready(kv.Value{K: kv.NullArray})
+		}
 		out := make([]kv.Value, len(m.slots))
 		for i, s := range m.slots {
 			out[i] = *s
 		}
 		return ready(kv.ArrayOf(out...))
 	}
-	inner := c.submit(&fsm.RedisArgs{Multi: m.cmds})
-	if len(m.cmds) == len(m.slots) {
+	body := &fsm.RedisArgs{Multi: m.cmds}
+	for _, w := range watched {
+		body.Watch = append(body.Watch, w.key)
+		body.Sums = append(body.Sums, bytes.Clone(w.sum[:]))
+	}
+	inner := c.submit(body)
+	if len(m.cmds) == len(m.slots) && !slices.ContainsFunc(m.shapes, func(f func(kv.Value) kv.Value) bool { return f != nil }) {
 		return inner
 	}
-	// Put the connection commands' replies back in their places.
+	// Put the connection commands' replies back in their places, and
+	// the blocking commands' replies in their shapes.
 	f := &respFuture{done: make(chan struct{})}
 	go func() {
 		<-inner.done
@@ -124,10 +232,14 @@ func (c *respConn) transaction(name string, args [][]byte) *respFuture {
 		for _, s := range m.slots {
 			if s != nil {
 				out = append(out, *s)
-			} else {
-				out = append(out, v.A[next])
-				next++
+				continue
 			}
+			r := v.A[next]
+			if shape := m.shapes[next]; shape != nil && !r.IsErr() {
+				r = shape(r)
+			}
+			out = append(out, r)
+			next++
 		}
 		f.resolve(kv.ArrayOf(out...))
 	}()
@@ -256,6 +368,7 @@ var connCommandNames = []struct {
 	{"ping", -1}, {"echo", 2}, {"hello", -1}, {"select", 2}, {"quit", -1}, {"reset", 1},
 	{"multi", 1}, {"exec", 1}, {"discard", 1}, {"client", -2}, {"command", -1}, {"info", -1},
 	{"subscribe", -2}, {"unsubscribe", -1}, {"psubscribe", -2}, {"punsubscribe", -1}, {"publish", 3}, {"pubsub", -2},
+	{"watch", -2}, {"unwatch", 1},
 }
 
 // commandInfo is one COMMAND entry: name, arity, flags, first key, last
