@@ -43,11 +43,13 @@ func redisClients(t *testing.T, c *faultCluster) []*redis.Client {
 
 // go-redis writers on every node while the leader is killed: every write
 // acknowledged is on every node afterwards. A third of the writers SET
-// keys, a third RPUSH elements to one list, a third XADD entries to one
-// stream (pushes and appends are retried after an unknown outcome, so one
-// may be there twice: at least once is the promise).
+// keys, a quarter RPUSH elements to one list, a quarter XADD entries to
+// one stream, a quarter XADD to a broker queue's stream "mcp:queued"
+// (pushes and appends are retried after an unknown outcome, so one may be
+// there twice: at least once is the promise).
 func Test_Fault_RedisLeaderKill(t *testing.T) {
-	const writers, perWriter = 6, 150 // writers: a multiple of 3
+	const kinds = 4
+	const writers, perWriter = 8, 110 // writers: a multiple of kinds
 	c := newFaultCluster(t, 3, clusterOpts{})
 	c.waitAllReady(30 * time.Second)
 	clients := redisClients(t, c)
@@ -57,6 +59,7 @@ func Test_Fault_RedisLeaderKill(t *testing.T) {
 	var acked sync.Map    // key -> value
 	var pushed sync.Map   // element -> true
 	var appended sync.Map // stream entry value -> true
+	var queued sync.Map   // queue message value -> true
 	var nacked, done atomic.Int64
 	var wg sync.WaitGroup
 	for w := range writers {
@@ -70,23 +73,27 @@ func Test_Fault_RedisLeaderKill(t *testing.T) {
 					cl := clients[(w+try)%len(clients)]
 					wctx, wcancel := context.WithTimeout(ctx, 12*time.Second)
 					var err error
-					switch w % 3 {
+					switch w % kinds {
 					case 0:
 						err = cl.Set(wctx, key, val, 0).Err()
 					case 1:
 						err = cl.RPush(wctx, "pushed", val).Err()
-					default:
+					case 2:
 						err = cl.XAdd(wctx, &redis.XAddArgs{Stream: "appended", Values: []any{"v", val}}).Err()
+					default:
+						err = cl.XAdd(wctx, &redis.XAddArgs{Stream: "mcp:queued", Values: []any{"v", val}}).Err()
 					}
 					wcancel()
 					if err == nil {
-						switch w % 3 {
+						switch w % kinds {
 						case 0:
 							acked.Store(key, val)
 						case 1:
 							pushed.Store(val, true)
-						default:
+						case 2:
 							appended.Store(val, true)
+						default:
+							queued.Store(val, true)
 						}
 						break
 					}
@@ -100,7 +107,7 @@ func Test_Fault_RedisLeaderKill(t *testing.T) {
 		}()
 	}
 	waitFor(t, 60*time.Second, "a third of the writes", func() error {
-		if done.Load() < writers*perWriter/3 {
+		if done.Load() < writers*perWriter/kinds {
 			return errorString("not yet")
 		}
 		return nil
@@ -147,25 +154,27 @@ func Test_Fault_RedisLeaderKill(t *testing.T) {
 			}
 			return true
 		})
-		entries, err := cl.XRange(ctx, "appended", "-", "+").Result()
-		if err != nil {
-			t.Fatalf("n%d XRANGE: %v", i+1, err)
-		}
-		inStream := map[string]bool{}
-		for _, e := range entries {
-			if v, ok := e.Values["v"].(string); ok {
-				inStream[v] = true
+		for stream, added := range map[string]*sync.Map{"appended": &appended, "mcp:queued": &queued} {
+			entries, err := cl.XRange(ctx, stream, "-", "+").Result()
+			if err != nil {
+				t.Fatalf("n%d XRANGE %s: %v", i+1, stream, err)
 			}
-		}
-		appended.Range(func(k, _ any) bool {
-			n++
-			if !inStream[k.(string)] {
-				if lost++; lost <= 10 {
-					t.Errorf("acknowledged XADD %s missing on n%d", k, i+1)
+			inStream := map[string]bool{}
+			for _, e := range entries {
+				if v, ok := e.Values["v"].(string); ok {
+					inStream[v] = true
 				}
 			}
-			return true
-		})
+			added.Range(func(k, _ any) bool {
+				n++
+				if !inStream[k.(string)] {
+					if lost++; lost <= 10 {
+						t.Errorf("acknowledged XADD %s missing from %s on n%d", k, stream, i+1)
+					}
+				}
+				return true
+			})
+		}
 	}
 	if lost > 0 {
 		for i, cl := range clients {
@@ -177,7 +186,7 @@ func Test_Fault_RedisLeaderKill(t *testing.T) {
 		t.Fatalf("%d acknowledged writes missing or wrong on some node", lost)
 	}
 	// n counts SETs once, RPUSHes and XADDs once per node.
-	if want := writers/3*perWriter + 2*writers/3*perWriter*len(clients); n != want {
+	if want := writers/kinds*perWriter + 3*writers/kinds*perWriter*len(clients); n != want {
 		t.Fatalf("%d acknowledged writes checked, want %d", n, want)
 	}
 	t.Logf("%d acknowledged writes on every node; %d attempts failed and were retried", n, nacked.Load())
