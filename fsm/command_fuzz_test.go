@@ -126,6 +126,19 @@ func fzEntries(tb testing.TB) []*fsm.Entry {
 			cmd(fsm.TypeRedis, conn, 26, &fsm.RedisArgs{Args: [][]byte{[]byte("LPOP"), []byte("h"), []byte("0")}}),
 			cmd(fsm.TypeRedis, conn, 27, &fsm.RedisArgs{Args: [][]byte{[]byte("SET"), []byte("l2"), []byte("s")}}),
 		}},
+		{Time: 1_700_000_000_700, Cmds: []fsm.Command{
+			cmd(fsm.TypeRedis, conn, 28, &fsm.RedisArgs{Args: bs("XADD", "s", "1-1", "f", "v")}),
+			cmd(fsm.TypeRedis, conn, 29, &fsm.RedisArgs{Args: bs("XGROUP", "CREATE", "s", "g", "0")}),
+			cmd(fsm.TypeRedis, conn, 30, &fsm.RedisArgs{Args: bs("XREADGROUP", "GROUP", "g", "c", "STREAMS", "s", ">")}),
+			cmd(fsm.TypeRedis, conn, 31, &fsm.RedisArgs{Args: bs("XAUTOCLAIM", "s", "g", "d", "0", "0")}),
+			cmd(fsm.TypeRedis, conn, 32, &fsm.RedisArgs{Multi: [][][]byte{bs("XACK", "s", "g", "1-1"), bs("XGROUP", "DELCONSUMER", "s", "g", "d")},
+				Watch: [][]byte{[]byte("s")}, Sums: [][]byte{make([]byte, 32)}}),
+			cmd(fsm.TypeRedis, conn, 33, &fsm.RedisArgs{Args: bs("XGROUP", "CREATE", "mcp:jobs", "mcp", "$", "MKSTREAM")}),
+			cmd(fsm.TypeRedis, conn, 34, &fsm.RedisArgs{Args: bs("XADD", "mcp:jobs", "*", "task", "t"),
+				Env: []byte(`{"id":"redis-1","from":"redis","ts":1700000000700,"body":{"task":"t"}}`), From: "redis", ID: "redis-1"}),
+			cmd(fsm.TypeRedis, conn, 35, &fsm.RedisArgs{Args: bs("XREADGROUP", "GROUP", "mcp", "w", "COUNT", "1", "STREAMS", "mcp:jobs", ">")}),
+			cmd(fsm.TypeRedis, conn, 36, &fsm.RedisArgs{Args: bs("XACK", "mcp:jobs", "mcp", "1700000000700-1")}),
+		}},
 		{Time: -1, Cmds: nil},
 		{Time: 0, Cmds: []fsm.Command{{Type: 200, Body: msgpack.RawMessage{0xc0}}}},
 	}
@@ -511,4 +524,12 @@ func FuzzDecodeReplies(f *testing.F) {
 			}
 		}
 	})
+}
+
+func bs(args ...string) [][]byte {
+	out := make([][]byte, len(args))
+	for i, a := range args {
+		out[i] = []byte(a)
+	}
+	return out
 }
