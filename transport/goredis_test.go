@@ -193,3 +193,227 @@ func TestGoRedisStreamGroups(t *testing.T) {
 		t.Fatalf("XREADGROUP BLOCK in MULTI: %v %v", err, read.Err())
 	}
 }
+
+// A go-redis client blocked in BLPOP, BRPOPLPUSH or BLMOVE on a
+// follower's Redis listener is woken by an RPUSH through another node:
+// the write reaches the follower through the log, and the follower runs
+// the pop again. Each case first waits until INFO clients on the
+// blocked client's own listener counts it as blocked, so the push
+// always comes after the client blocked.
+func TestGoRedisBlockingPopAcrossNodes(t *testing.T) {
+	_, leader, followers := startThree(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*waitTime)
+	defer cancel()
+	client := func(addr string) *redis.Client {
+		c := redis.NewClient(&redis.Options{Addr: addr, Protocol: 3, MaxRetries: -1})
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	// blockThenPush starts pop on a fresh listener of the first follower,
+	// waits until that listener reports one blocked client, pushes
+	// values to key through the other node's listener, and returns what
+	// pop answered.
+	blockThenPush := func(t *testing.T, other *testcluster.Node, key string, pop func(*redis.Client) (any, error), values ...any) any {
+		t.Helper()
+		addr := startRESP(t, followers[0])
+		blocked, observer := client(addr), client(addr)
+		type result struct {
+			v   any
+			err error
+		}
+		res := make(chan result, 1)
+		go func() {
+			v, err := pop(blocked)
+			res <- result{v, err}
+		}()
+		testcluster.WaitFor(t, waitTime, func() bool {
+			select {
+			case r := <-res:
+				t.Fatalf("the pop answered before any push: %v %v", r.v, r.err)
+			default:
+			}
+			info, err := observer.Info(ctx, "clients").Result()
+			return err == nil && strings.Contains(info, "blocked_clients:1\r\n")
+		})
+		if n, err := client(startRESP(t, other)).RPush(ctx, key, values...).Result(); err != nil || n != int64(len(values)) {
+			t.Fatalf("RPUSH %s: %d %v", key, n, err)
+		}
+		var r result
+		select {
+		case r = <-res:
+		case <-ctx.Done():
+			t.Fatalf("the blocked client was not woken by the push on %s", key)
+		}
+		if r.err != nil {
+			t.Fatalf("blocking pop on %s: %v", key, r.err)
+		}
+		testcluster.WaitFor(t, waitTime, func() bool {
+			info, err := observer.Info(ctx, "clients").Result()
+			return err == nil && strings.Contains(info, "blocked_clients:0\r\n")
+		})
+		return r.v
+	}
+
+	t.Run("BLPOP", func(t *testing.T) {
+		got := blockThenPush(t, followers[1], "bq", func(c *redis.Client) (any, error) {
+			return c.BLPop(ctx, waitTime, "bq-empty", "bq").Result()
+		}, "first", "second")
+		if kv := got.([]string); len(kv) != 2 || kv[0] != "bq" || kv[1] != "first" {
+			t.Fatalf("BLPOP answered %q, want [bq first]", kv)
+		}
+		// The element not popped stays, on every node.
+		if v, err := client(startRESP(t, leader)).LRange(ctx, "bq", 0, -1).Result(); err != nil || len(v) != 1 || v[0] != "second" {
+			t.Fatalf("LRANGE bq after BLPOP: %q %v", v, err)
+		}
+	})
+	t.Run("BRPOPLPUSH", func(t *testing.T) {
+		got := blockThenPush(t, leader, "src1", func(c *redis.Client) (any, error) {
+			return c.BRPopLPush(ctx, "src1", "dst1", waitTime).Result()
+		}, "x", "y")
+		if got.(string) != "y" {
+			t.Fatalf("BRPOPLPUSH answered %q, want y", got)
+		}
+		l := client(startRESP(t, leader))
+		testcluster.WaitFor(t, waitTime, func() bool {
+			dst, err1 := l.LRange(ctx, "dst1", 0, -1).Result()
+			src, err2 := l.LRange(ctx, "src1", 0, -1).Result()
+			return err1 == nil && err2 == nil && len(dst) == 1 && dst[0] == "y" && len(src) == 1 && src[0] == "x"
+		})
+	})
+	t.Run("BLMOVE", func(t *testing.T) {
+		got := blockThenPush(t, followers[1], "src2", func(c *redis.Client) (any, error) {
+			return c.BLMove(ctx, "src2", "dst2", "LEFT", "RIGHT", waitTime).Result()
+		}, "p", "q")
+		if got.(string) != "p" {
+			t.Fatalf("BLMOVE answered %q, want p", got)
+		}
+		f := client(startRESP(t, followers[1]))
+		testcluster.WaitFor(t, waitTime, func() bool {
+			dst, err1 := f.LRange(ctx, "dst2", 0, -1).Result()
+			src, err2 := f.LRange(ctx, "src2", 0, -1).Result()
+			return err1 == nil && err2 == nil && len(dst) == 1 && dst[0] == "p" && len(src) == 1 && src[0] == "q"
+		})
+	})
+	// A blocking pop that nothing wakes answers nil at its timeout.
+	t.Run("timeout", func(t *testing.T) {
+		c := client(startRESP(t, followers[0]))
+		if v, err := c.BLPop(ctx, 100*time.Millisecond, "never").Result(); err != redis.Nil {
+			t.Fatalf("BLPOP on a key nobody pushes: %q %v, want redis.Nil", v, err)
+		}
+	})
+}
+
+// Pub/sub across nodes with go-redis, in RESP2 and RESP3: a client
+// subscribed on a follower's listener to two channels and a pattern
+// receives what PUBLISH sends through the leader's listener, once per
+// matching subscription, with the channel, the pattern and the payload.
+func TestGoRedisPubSubAcrossNodes(t *testing.T) {
+	_, leader, followers := startThree(t)
+	for _, proto := range []int{2, 3} {
+		t.Run("RESP"+strconv.Itoa(proto), func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), waitTime)
+			defer cancel()
+			newClient := func(addr string) *redis.Client {
+				c := redis.NewClient(&redis.Options{Addr: addr, Protocol: proto, MaxRetries: -1})
+				t.Cleanup(func() { c.Close() })
+				return c
+			}
+			p := "p" + strconv.Itoa(proto) + "."
+			room, sports, pattern := p+"chat:room", p+"news.sports", p+"news.*"
+			sub := newClient(startRESP(t, followers[0]))
+			pub := newClient(startRESP(t, leader))
+
+			ps := sub.Subscribe(ctx, room, sports)
+			t.Cleanup(func() { ps.Close() })
+			if err := ps.PSubscribe(ctx, pattern); err != nil {
+				t.Fatal(err)
+			}
+			// The three confirmations, in order: the subscriptions are in
+			// place on the follower before anything is published.
+			want := []redis.Subscription{
+				{Kind: "subscribe", Channel: room, Count: 1},
+				{Kind: "subscribe", Channel: sports, Count: 2},
+				{Kind: "psubscribe", Channel: pattern, Count: 3},
+			}
+			for _, w := range want {
+				m, err := ps.ReceiveTimeout(ctx, waitTime)
+				if err != nil {
+					t.Fatalf("waiting for %s %s: %v", w.Kind, w.Channel, err)
+				}
+				if s, ok := m.(*redis.Subscription); !ok || *s != w {
+					t.Fatalf("confirmation %#v, want %+v", m, w)
+				}
+			}
+			ch := ps.Channel()
+			receive := func(n int) []redis.Message {
+				t.Helper()
+				var got []redis.Message
+				for len(got) < n {
+					select {
+					case m, ok := <-ch:
+						if !ok {
+							t.Fatalf("the subscription's channel closed after %v", got)
+						}
+						got = append(got, *m)
+					case <-ctx.Done():
+						t.Fatalf("received %v, want %d messages", got, n)
+					}
+				}
+				return got
+			}
+
+			if err := pub.Publish(ctx, room, "hello").Err(); err != nil {
+				t.Fatal(err)
+			}
+			if got := receive(1); got[0].Channel != room || got[0].Pattern != "" || got[0].Payload != "hello" {
+				t.Fatalf("message on %s: %+v", room, got[0])
+			}
+			// news.sports matches the channel and the pattern: two messages.
+			if err := pub.Publish(ctx, sports, "goal").Err(); err != nil {
+				t.Fatal(err)
+			}
+			got := receive(2)
+			var direct, matched int
+			for _, m := range got {
+				switch {
+				case m.Channel == sports && m.Pattern == "" && m.Payload == "goal":
+					direct++
+				case m.Channel == sports && m.Pattern == pattern && m.Payload == "goal":
+					matched++
+				default:
+					t.Fatalf("unexpected message %+v", m)
+				}
+			}
+			if direct != 1 || matched != 1 {
+				t.Fatalf("messages for %s: %+v, want one on the channel and one on the pattern", sports, got)
+			}
+			// Only the pattern matches news.weather.
+			if err := pub.Publish(ctx, p+"news.weather", "rain").Err(); err != nil {
+				t.Fatal(err)
+			}
+			if got := receive(1); got[0].Channel != p+"news.weather" || got[0].Pattern != pattern || got[0].Payload != "rain" {
+				t.Fatalf("message on %snews.weather: %+v", p, got[0])
+			}
+			// After UNSUBSCRIBE of the room, a message to it is not
+			// delivered: the next message is the one published after it.
+			if err := ps.Unsubscribe(ctx, room); err != nil {
+				t.Fatal(err)
+			}
+			testcluster.WaitFor(t, waitTime, func() bool {
+				n, err := sub.PubSubNumSub(ctx, room).Result()
+				return err == nil && n[room] == 0
+			})
+			if err := pub.Publish(ctx, room, "nobody").Err(); err != nil {
+				t.Fatal(err)
+			}
+			if err := pub.Publish(ctx, sports, "last").Err(); err != nil {
+				t.Fatal(err)
+			}
+			for _, m := range receive(2) {
+				if m.Channel != sports || m.Payload != "last" {
+					t.Fatalf("after UNSUBSCRIBE %s: %+v", room, m)
+				}
+			}
+		})
+	}
+}
