@@ -256,6 +256,20 @@ func Test_Redis_CLIInteractive(t *testing.T) {
 		t.Fatalf("redis-cli started with %q, want only its prompt %q", lines, cli.prompt)
 	}
 
+	// Its hints: typing a command name shows the command's arguments
+	// (redis-cli's own help, which it uses as COMMAND DOCS answers an
+	// error); Ctrl-U clears the line again.
+	if _, err := io.WriteString(cli.stdin, "lrange "); err != nil {
+		t.Fatal(err)
+	}
+	cli.waitScreen("the hint for LRANGE", func(lines []string) bool {
+		return strings.HasPrefix(lines[len(lines)-1], cli.prompt+"lrange ") && strings.Contains(lines[len(lines)-1], "key start stop")
+	})
+	if _, err := io.WriteString(cli.stdin, "\x15"); err != nil {
+		t.Fatal(err)
+	}
+	cli.waitScreen("an empty prompt", cli.ready(0))
+
 	session := []struct {
 		line string
 		want []string

@@ -354,8 +354,10 @@ func commandReply(args [][]byte) kv.Value {
 		}
 		return kv.ArrayOf(out...)
 	case "docs":
-		// No documentation: clients fall back to their own hints.
-		return kv.Value{K: kv.Map}
+		// mcpd keeps no command documentation. An error, not an empty
+		// map, is what makes redis-cli fall back to the help it was built
+		// with, so that it shows its argument hints.
+		return kv.Err("ERR COMMAND DOCS is not supported: mcpd keeps no command documentation")
 	}
 	return kv.Err("ERR unknown subcommand '" + string(args[1]) + "'. Try COMMAND HELP.")
 }
