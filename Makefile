@@ -47,7 +47,7 @@ chaos: deps
 # A crasher is saved under the package's testdata/fuzz/ and replays with
 # make test from then on.
 FUZZTIME  ?= 30s
-FUZZ_PKGS := ./transport/ ./client/ ./auth/ ./fsm/ ./cluster/ ./pki/ ./internal/mpack/
+FUZZ_PKGS := ./transport/ ./kv/ ./client/ ./auth/ ./fsm/ ./cluster/ ./pki/ ./internal/mpack/
 
 fuzz:
 	@set -e; for p in $(FUZZ_PKGS); do \
