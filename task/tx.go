@@ -1,0 +1,285 @@
+package task
+
+import (
+	"bytes"
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"strconv"
+
+	"github.com/mcpd/mcpd/route"
+	"github.com/vmihailenco/msgpack/v5"
+	bolt "go.etcd.io/bbolt"
+)
+
+// Buckets of state.db this package owns.
+var (
+	bucketTasks      = []byte("task.tasks")      // id -> Task
+	bucketReady      = []byte("task.ready")      // capability 0 seq(8) -> id: routable tasks, oldest first
+	bucketDependents = []byte("task.dependents") // dep 0 id -> nil
+	bucketLineage    = []byte("task.lineage")    // ancestor 0 id -> nil: the tasks a graph or task reaches
+	bucketTimers     = []byte("task.timers")     // at(8) id -> nil: lease ends and retry times
+	bucketCounters   = []byte("task.counters")   // name -> uint64
+	bucketSensitive  = []byte("task.sensitive")  // capability -> operator: tasks held for approval
+)
+
+// Buckets lists them for CreateBuckets and dumps.
+var Buckets = [][]byte{bucketTasks, bucketReady, bucketDependents, bucketLineage, bucketTimers, bucketCounters, bucketSensitive}
+
+// CreateBuckets makes sure every bucket exists.
+func CreateBuckets(tx *bolt.Tx) error {
+	for _, b := range Buckets {
+		if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+			return fmt.Errorf("create bucket %s: %w", b, err)
+		}
+	}
+	return nil
+}
+
+// Effect is something a command produced for a connection (or, with an
+// empty target, for every node). It matches package queue's Effect.
+type Effect interface{ Target() string }
+
+// Tx is one command's view: the bbolt write transaction, the stamped
+// time, the local node, and the effects produced.
+type Tx struct {
+	tx    *bolt.Tx
+	now   int64
+	local string
+	dirty map[string]bool // capabilities with tasks or room to route
+	cache map[string]*Task
+	order []string // ids in cache, in load order
+
+	Effects []Effect
+}
+
+// NewTx wraps a bbolt write transaction at time now on node local.
+func NewTx(tx *bolt.Tx, now int64, local string) *Tx {
+	return &Tx{tx: tx, now: now, local: local, dirty: map[string]bool{}, cache: map[string]*Task{}}
+}
+
+func (t *Tx) b(name []byte) *bolt.Bucket { return t.tx.Bucket(name) }
+
+func (t *Tx) isLocal(conn string) bool {
+	if t.local == "" {
+		return false
+	}
+	i := bytes.IndexByte([]byte(conn), '/')
+	return i >= 0 && conn[:i] == t.local
+}
+
+func (t *Tx) next(counter string) (uint64, error) {
+	b := t.b(bucketCounters)
+	var n uint64
+	if v := b.Get([]byte(counter)); len(v) == 8 {
+		n = binary.BigEndian.Uint64(v)
+	}
+	n++
+	return n, b.Put([]byte(counter), binary.BigEndian.AppendUint64(nil, n))
+}
+
+func (t *Tx) newID(prefix string) (string, error) {
+	n, err := t.next(prefix)
+	return prefix + strconv.FormatUint(n, 10), err
+}
+
+// load returns a task, or nil. Loaded tasks are written back by flush.
+func (t *Tx) load(id string) (*Task, error) {
+	if k, ok := t.cache[id]; ok {
+		return k, nil
+	}
+	raw := t.b(bucketTasks).Get([]byte(id))
+	if raw == nil {
+		return nil, nil
+	}
+	k := &Task{}
+	if err := msgpack.Unmarshal(raw, k); err != nil {
+		return nil, fmt.Errorf("decode task %q: %w", id, err)
+	}
+	t.cache[id] = k
+	t.order = append(t.order, id)
+	return k, nil
+}
+
+// keep adds a new task to the ones flush writes.
+func (t *Tx) keep(k *Task) {
+	if _, ok := t.cache[k.ID]; !ok {
+		t.order = append(t.order, k.ID)
+	}
+	t.cache[k.ID] = k
+}
+
+// changed records a task's change for the watchers.
+func (t *Tx) changed(k *Task) {
+	cp := *k
+	t.Effects = append(t.Effects, &Updated{Task: &cp})
+}
+
+func (t *Tx) flush() error {
+	for _, id := range t.order {
+		raw, err := msgpack.Marshal(t.cache[id])
+		if err != nil {
+			return err
+		}
+		if err := t.b(bucketTasks).Put([]byte(id), raw); err != nil {
+			return err
+		}
+	}
+	t.order = t.order[:0]
+	clear(t.cache)
+	return nil
+}
+
+func readyKey(capName string, seq uint64) []byte {
+	return binary.BigEndian.AppendUint64(append([]byte(capName), 0), seq)
+}
+
+func pairKey(a, b string) []byte { return append(append([]byte(a), 0), b...) }
+
+func timerKey(at int64, id string) []byte {
+	return append(binary.BigEndian.AppendUint64(nil, uint64(at)), id...)
+}
+
+// children lists the ids stored under prefix a in a pair bucket.
+func (t *Tx) pairs(bucket []byte, a string) []string {
+	var out []string
+	p := append([]byte(a), 0)
+	c := t.b(bucket).Cursor()
+	for k, _ := c.Seek(p); k != nil && bytes.HasPrefix(k, p); k, _ = c.Next() {
+		out = append(out, string(k[len(p):]))
+	}
+	return out
+}
+
+// makeReady puts a task in its capability's routing queue.
+func (t *Tx) makeReady(k *Task) error {
+	seq, err := t.next("ready")
+	if err != nil {
+		return err
+	}
+	k.State, k.NotBefore = StateReady, 0
+	t.dirty[k.Capability] = true
+	return t.b(bucketReady).Put(readyKey(k.Capability, seq), []byte(k.ID))
+}
+
+// unready takes a task out of its capability's routing queue.
+func (t *Tx) unready(k *Task) error {
+	p := append([]byte(k.Capability), 0)
+	c := t.b(bucketReady).Cursor()
+	for key, v := c.Seek(p); key != nil && bytes.HasPrefix(key, p); key, v = c.Next() {
+		if string(v) == k.ID {
+			return c.Delete()
+		}
+	}
+	return nil
+}
+
+// Finish routes what a command made routable: for each capability that
+// gained ready tasks or an agent with room, in name order, the oldest
+// ready tasks go to the agents route.Pick chooses until either runs out.
+// Then the changed tasks are written.
+func (t *Tx) Finish() error {
+	for len(t.dirty) > 0 {
+		caps := make([]string, 0, len(t.dirty))
+		for c := range t.dirty {
+			caps = append(caps, c)
+		}
+		slices.Sort(caps)
+		clear(t.dirty)
+		for _, c := range caps {
+			if err := t.route(c); err != nil {
+				return err
+			}
+		}
+	}
+	return t.flush()
+}
+
+func (t *Tx) route(capName string) error {
+	p := append([]byte(capName), 0)
+	for {
+		c := t.b(bucketReady).Cursor()
+		key, v := c.Seek(p)
+		if key == nil || !bytes.HasPrefix(key, p) {
+			return nil
+		}
+		a, err := route.Pick(t.tx, capName)
+		if err != nil || a == nil {
+			return err
+		}
+		if err := c.Delete(); err != nil {
+			return err
+		}
+		k, err := t.load(string(v))
+		if err != nil {
+			return err
+		}
+		if k == nil || k.State != StateReady {
+			return fmt.Errorf("ready entry for task %q in state %v", v, k)
+		}
+		if err := t.assign(k, a); err != nil {
+			return err
+		}
+	}
+}
+
+// assign leases a ready task to an agent and pushes it to the agent's
+// connection.
+func (t *Tx) assign(k *Task, a *route.Agent) error {
+	if err := route.Assigned(t.tx, t.now, a.Name, k.Capability); err != nil {
+		return err
+	}
+	k.State, k.Attempt = StateAssigned, k.Attempt+1
+	k.Agent, k.Conn, k.LeaseUntil = a.Name, a.Conn(), t.now+k.TimeoutMs
+	k.log(t.now, "assigned", a.Name, k.Attempt, "")
+	if err := t.b(bucketTimers).Put(timerKey(k.LeaseUntil, k.ID), nil); err != nil {
+		return err
+	}
+	t.changed(k)
+	if t.isLocal(k.Conn) {
+		deps := make(map[string]json.RawMessage, len(k.Deps))
+		for i, d := range k.Deps {
+			dk, err := t.load(d)
+			if err != nil {
+				return err
+			}
+			if dk != nil {
+				deps[k.DepRefs[i]] = dk.Output
+			}
+		}
+		cp := *k
+		t.Effects = append(t.Effects, &Push{Conn: k.Conn, Task: &cp, DepsOutput: deps})
+	}
+	return nil
+}
+
+// Bolt is the underlying write transaction (for package route, which
+// shares it).
+func (t *Tx) Bolt() *bolt.Tx { return t.tx }
+
+// Get reads a task, or nil, from any transaction.
+func Get(tx *bolt.Tx, id string) (*Task, error) {
+	raw := tx.Bucket(bucketTasks).Get([]byte(id))
+	if raw == nil {
+		return nil, nil
+	}
+	k := &Task{}
+	if err := msgpack.Unmarshal(raw, k); err != nil {
+		return nil, fmt.Errorf("decode task %q: %w", id, err)
+	}
+	return k, nil
+}
+
+// Reached lists the tasks a graph or task id reaches (what was
+// submitted in the graph, or delegated under the task), in id order of
+// the index.
+func Reached(tx *bolt.Tx, id string) []string {
+	var out []string
+	p := append([]byte(id), 0)
+	c := tx.Bucket(bucketLineage).Cursor()
+	for k, _ := c.Seek(p); k != nil && bytes.HasPrefix(k, p); k, _ = c.Next() {
+		out = append(out, string(k[len(p):]))
+	}
+	return out
+}
