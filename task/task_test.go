@@ -467,7 +467,9 @@ func Test_Task_Approval(t *testing.T) {
 	if s := w.get(res.IDs["a"]).State; s != "held" || len(w.pushes["x"]) != 0 {
 		t.Fatalf("approval task: %s, %d pushes", s, len(w.pushes["x"]))
 	}
-	if err := w.do(func(tx *task.Tx) error { return tx.Decide(task.DecideArgs{Task: res.IDs["b"], Operator: "alice", Approve: true}) }); !errors.Is(err, task.ErrConflict) {
+	if err := w.do(func(tx *task.Tx) error {
+		return tx.Decide(task.DecideArgs{Task: res.IDs["b"], Operator: "alice", Approve: true})
+	}); !errors.Is(err, task.ErrConflict) {
 		t.Fatalf("approving a waiting task: %v", err)
 	}
 	w.must(func(tx *task.Tx) error {

@@ -121,7 +121,7 @@ type Task struct {
 	Conn       string `msgpack:"cn,omitempty" json:"-"`
 	LeaseUntil int64  `msgpack:"lu,omitempty" json:"lease_until,omitempty"`
 	NotBefore  int64  `msgpack:"nb,omitempty" json:"not_before,omitempty"` // a retry's time
-	Fanout     int    `msgpack:"fo,omitempty" json:"-"`                     // sub-tasks submitted under it
+	Fanout     int    `msgpack:"fo,omitempty" json:"-"`                    // sub-tasks submitted under it
 
 	Output json.RawMessage `msgpack:"out,omitempty" json:"output,omitempty"`
 	Error  string          `msgpack:"err,omitempty" json:"error,omitempty"`
