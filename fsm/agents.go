@@ -20,7 +20,7 @@ type AgentResult struct{ Agent auth.Agent }
 
 func init() {
 	register(TypeAgentAdd, func(a *AgentAddArgs) error { return nil },
-		func(t *queue.Tx, a *AgentAddArgs) (any, error) {
+		func(t *Tx, a *AgentAddArgs) (any, error) {
 			rec, err := auth.AddAgent(t.Bolt(), a.Agent, t.Now())
 			if err != nil {
 				return nil, agentErr(err)
@@ -35,7 +35,7 @@ func init() {
 			return badArg("reason", fmt.Sprintf("must be at most %d bytes", queue.MaxReasonLen))
 		}
 		return nil
-	}, func(t *queue.Tx, a *AgentRevokeArgs) (any, error) {
+	}, func(t *Tx, a *AgentRevokeArgs) (any, error) {
 		rec, err := auth.RevokeAgent(t.Bolt(), a.Name, t.Actor(), a.Reason, t.Now())
 		if err != nil {
 			return nil, agentErr(err)
@@ -51,7 +51,7 @@ func init() {
 			return badArg("auth event", "has a field out of range")
 		}
 		return nil
-	}, func(t *queue.Tx, a *AuthEventArgs) (any, error) { return nil, nil })
+	}, func(t *Tx, a *AuthEventArgs) (any, error) { return nil, nil })
 }
 
 // agentErr maps identity errors to the business errors of every command.

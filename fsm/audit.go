@@ -9,6 +9,8 @@ import (
 
 	"github.com/mcpd/mcpd/audit"
 	"github.com/mcpd/mcpd/queue"
+	"github.com/mcpd/mcpd/route"
+	"github.com/mcpd/mcpd/task"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -90,6 +92,27 @@ func auditEvent(now int64, c *Command, args, res any, err error) audit.Event {
 		}
 	case *AuditCheckpointArgs:
 		ev.Kind, ev.Subject = audit.KindCheckpoint, audit.CheckpointSubject(a.Seq)
+	case *route.RegisterArgs:
+		ev.Kind, ev.Subject = "register", a.Agent
+	case *task.SubmitArgs:
+		ev.Kind, ev.Subject = "task.submit", a.Parent
+		if r, ok := res.(*SubmitResult); ok && r != nil {
+			ev.Subject = r.Root
+		}
+	case *task.SettleArgs:
+		ev.Kind, ev.Subject = "task.done", a.Task+"/"+strconv.Itoa(a.Attempt)
+		if c.Type == TypeTaskFail {
+			ev.Kind = "task.fail"
+		}
+	case *task.CancelArgs:
+		ev.Kind, ev.Subject = "task.cancel", a.Task
+	case *task.DecideArgs:
+		ev.Kind, ev.Subject = "task.deny", a.Task
+		if a.Approve {
+			ev.Kind = "task.approve"
+		}
+	case *CapSensitiveArgs:
+		ev.Kind, ev.Subject = "capability.sensitive", a.Cap
 	}
 	if ev.Kind == "" {
 		// A type added without a case above still gets a stable kind.
@@ -108,6 +131,7 @@ var errorCodes = []struct {
 	{queue.ErrFull, "full"},
 	{queue.ErrConflict, "conflict"},
 	{queue.ErrBadRequest, "bad_request"},
+	{ErrCycle, "cycle"},
 	{queue.ErrForbidden, "forbidden"},
 }
 
@@ -131,7 +155,7 @@ func init() {
 			return badArg("checkpoint", "has a field out of range")
 		}
 		return nil
-	}, func(t *queue.Tx, a *AuditCheckpointArgs) (any, error) {
+	}, func(t *Tx, a *AuditCheckpointArgs) (any, error) {
 		// ed25519.Verify is deterministic: every replica agrees.
 		err := audit.AddCheckpoint(t.Bolt(), audit.Checkpoint{Seq: a.Seq, Hash: [32]byte(a.Hash), Public: a.Public, Sig: a.Sig})
 		switch {

@@ -17,6 +17,8 @@ import (
 	"github.com/mcpd/mcpd/fsm"
 	"github.com/mcpd/mcpd/internal/mpack"
 	"github.com/mcpd/mcpd/queue"
+	"github.com/mcpd/mcpd/route"
+	"github.com/mcpd/mcpd/task"
 	"github.com/vmihailenco/msgpack/v5"
 )
 
@@ -60,6 +62,18 @@ func fzArgs(t fsm.MessageType) any {
 		return &fsm.AuthEventArgs{}
 	case fsm.TypeRedis:
 		return &fsm.RedisArgs{}
+	case fsm.TypeRegister:
+		return &route.RegisterArgs{}
+	case fsm.TypeTaskSubmit:
+		return &task.SubmitArgs{}
+	case fsm.TypeTaskDone, fsm.TypeTaskFail:
+		return &task.SettleArgs{}
+	case fsm.TypeTaskCancel:
+		return &task.CancelArgs{}
+	case fsm.TypeTaskDecide:
+		return &task.DecideArgs{}
+	case fsm.TypeCapSensitive:
+		return &fsm.CapSensitiveArgs{}
 	}
 	return nil
 }
@@ -334,6 +348,14 @@ func FuzzApplyCommand(f *testing.F) {
 	f.Add(uint8(fsm.TypeDeclare), "jobs", "", "", "", int64(0), int64(0), uint64(0), uint8(1<<3), int64(0))
 	f.Add(uint8(fsm.TypeConsume), "a\x00b", "n1/1/\x00", "", "", int64(0), int64(0), uint64(0), uint8(0), int64(0))
 	f.Add(uint8(fsm.TypeEnqueue), "jobs", "n1/1/1", "alice", "m2", int64(queue.MaxDelayMs), int64(0), uint64(0), uint8(0), int64(math.MaxInt64))
+	f.Add(uint8(15), "work", "n1/1/1", "worker", "", int64(2), int64(0), uint64(0), uint8(0), int64(1_700_000_000_010))
+	f.Add(uint8(16), "work", `{"id":"x","from":"origin","ts":1,"body":1}`, "origin", "t1", int64(2), int64(1000), uint64(3), uint8(1<<3), int64(1_700_000_000_011))
+	f.Add(uint8(16), "work", `{}`, "origin", "t1", int64(1), int64(0), uint64(0), uint8(1<<1), int64(1_700_000_000_012))
+	f.Add(uint8(17), "", "1", "worker", "t1", int64(1), int64(10), uint64(0), uint8(0), int64(1_700_000_000_013))
+	f.Add(uint8(18), "boom", "", "worker", "t2", int64(1), int64(0), uint64(0), uint8(1), int64(1_700_000_000_014))
+	f.Add(uint8(19), "why", "", "origin", "g1", int64(0), int64(0), uint64(0), uint8(0), int64(1_700_000_000_015))
+	f.Add(uint8(20), "ok", "", "alice", "t3", int64(0), int64(0), uint64(0), uint8(1), int64(1_700_000_000_016))
+	f.Add(uint8(21), "work", "", "alice", "", int64(0), int64(0), uint64(0), uint8(1), int64(1_700_000_000_017))
 	st, err := fsm.Open(filepath.Join(f.TempDir(), "state.db"), "n1")
 	if err != nil {
 		f.Fatal(err)
@@ -341,7 +363,7 @@ func FuzzApplyCommand(f *testing.F) {
 	f.Cleanup(func() { st.Close() })
 	var index uint64
 	f.Fuzz(func(t *testing.T, typ uint8, name, conn, from, id string, n1, n2 int64, n3 uint64, flags uint8, at int64) {
-		mt := fsm.MessageType((typ-1)%uint8(fsm.TypeNodeDown) + 1) // 1 to 14, the seeds' own type
+		mt := fzTypes[int(typ)%len(fzTypes)]
 		index++
 		cmd, err := fsm.NewCommand(mt, "n1/1/1", index, fzBody(mt, name, conn, from, id, n1, n2, n3, flags))
 		if err != nil {
@@ -364,6 +386,17 @@ func FuzzApplyCommand(f *testing.F) {
 		fzCheckReplies(t, e, out)
 	})
 }
+
+// fzTypes are the command types FuzzApplyCommand builds: the queue
+// commands and the delegation commands (the others have fuzz entries of
+// their own in fzEntries).
+var fzTypes = []fsm.MessageType{
+	0, fsm.TypeEnqueue, fsm.TypeConsume, fsm.TypeAck, fsm.TypeNack, fsm.TypeReject, fsm.TypeExtend, fsm.TypeCancel,
+	fsm.TypeDeclare, fsm.TypePublish, fsm.TypeSubscribe, fsm.TypeUnsubscribe, fsm.TypeConnClosed, fsm.TypeNodeStarted, fsm.TypeNodeDown,
+	fsm.TypeRegister, fsm.TypeTaskSubmit, fsm.TypeTaskDone, fsm.TypeTaskFail, fsm.TypeTaskCancel, fsm.TypeTaskDecide, fsm.TypeCapSensitive,
+}
+
+func init() { fzTypes[0] = fsm.TypeNodeDown }
 
 // fzBody fills the argument type of mt from fuzzed values; flags chooses
 // which optional fields are present.
@@ -408,6 +441,30 @@ func fzBody(mt fsm.MessageType, name, conn, from, id string, n1, n2 int64, n3 ui
 		return &fsm.ConnClosedArgs{Conn: conn}
 	case fsm.TypeNodeStarted:
 		return &fsm.NodeStartedArgs{Node: name, Epoch: n3}
+	case fsm.TypeRegister:
+		return &route.RegisterArgs{Agent: from, Conn: conn, Caps: []route.Cap{{Name: name, MaxInflight: int(n1)}}}
+	case fsm.TypeTaskSubmit:
+		a := &task.SubmitArgs{From: from, Tasks: []task.Spec{{Ref: name, Capability: name, Input: []byte(conn), MaxAttempts: int(n1), TimeoutMs: n2, Approval: opt(1)}},
+			Limits: task.Limits{MaxDepth: int(n3 % 16), MaxFanout: int(n1), AllowRepeat: opt(2)}}
+		if opt(0) {
+			a.Parent = id
+		}
+		if opt(3) {
+			a.Tasks = append(a.Tasks, task.Spec{Ref: id, Capability: name, Input: []byte(conn), Deps: []string{name}})
+		}
+		return a
+	case fsm.TypeTaskDone, fsm.TypeTaskFail:
+		return &task.SettleArgs{Task: id, Attempt: int(n1), Agent: from, Output: []byte(conn), Error: name, Retry: opt(0), MaxOutput: n2}
+	case fsm.TypeTaskCancel:
+		a := &task.CancelArgs{Task: id, Agent: from, Reason: name}
+		if opt(0) {
+			a.Agent, a.Operator = "", from
+		}
+		return a
+	case fsm.TypeTaskDecide:
+		return &task.DecideArgs{Task: id, Operator: from, Approve: opt(0), Reason: name}
+	case fsm.TypeCapSensitive:
+		return &fsm.CapSensitiveArgs{Cap: name, Operator: from, On: opt(0)}
 	default:
 		return &fsm.NodeDownArgs{Node: name}
 	}

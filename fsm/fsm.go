@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -18,6 +19,8 @@ import (
 	"github.com/mcpd/mcpd/auth"
 	"github.com/mcpd/mcpd/kv"
 	"github.com/mcpd/mcpd/queue"
+	"github.com/mcpd/mcpd/route"
+	"github.com/mcpd/mcpd/task"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -113,6 +116,12 @@ func (f *FSM) open() error {
 		if err := audit.CreateBuckets(tx); err != nil {
 			return err
 		}
+		if err := route.CreateBuckets(tx); err != nil {
+			return err
+		}
+		if err := task.CreateBuckets(tx); err != nil {
+			return err
+		}
 		return queue.CreateBuckets(tx)
 	})
 	if err != nil {
@@ -205,7 +214,7 @@ func (f *FSM) NextDeadline() int64 { return f.deadline.Load() }
 
 func (f *FSM) refreshDeadline() {
 	_ = f.db.View(func(tx *bolt.Tx) error {
-		f.deadline.Store(queue.NextDeadline(tx))
+		f.deadline.Store(nextDeadline(tx))
 		return nil
 	})
 }
@@ -281,7 +290,7 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []interface{} {
 	effects, err := func() (effects []queue.Effect, err error) {
 		defer func() {
 			if r := recover(); r != nil {
-				err = fmt.Errorf("%v", r)
+				err = fmt.Errorf("%v\n%s", r, debug.Stack())
 			}
 		}()
 		return f.applyLocked(logs, out)
@@ -366,7 +375,7 @@ func (f *FSM) applyLocked(logs []*raft.Log, out []interface{}) ([]queue.Effect, 
 		return nil, err
 	}
 	f.txLogs += len(logs)
-	f.deadline.Store(queue.NextDeadline(tx))
+	f.deadline.Store(nextDeadline(tx))
 	f.applied.Store(last.Index)
 	return effects, nil
 }
@@ -375,17 +384,20 @@ func (f *FSM) applyLocked(logs []*raft.Log, out []interface{}) ([]queue.Effect, 
 // audit entry (audit.go). Expiries due at the entry's time run first, so
 // every replica sees them at the same point.
 func (f *FSM) applyEntry(tx *bolt.Tx, now int64, e *Entry, effects []queue.Effect) ([]queue.Effect, []*Reply) {
-	t := queue.NewTx(tx, now, f.local)
+	t := &Tx{Tx: queue.NewTx(tx, now, f.local), Tasks: task.NewTx(tx, now, f.local)}
 	t.Effects = effects
 	if err := t.Expire(); err != nil {
 		panic(fmt.Sprintf("fsm: expire at %d: %v", now, err))
+	}
+	if err := t.Tasks.Expire(); err != nil {
+		panic(fmt.Sprintf("fsm: expire tasks at %d: %v", now, err))
 	}
 	// Redis keys whose time has come, a bounded number per entry (reads
 	// treat an expired key as absent whether or not it is removed yet).
 	if err := kv.Expire(tx, now, 256); err != nil {
 		panic(fmt.Sprintf("fsm: expire keys at %d: %v", now, err))
 	}
-	if err := t.Finish(); err != nil {
+	if err := t.finish(); err != nil {
 		panic(fmt.Sprintf("fsm: dispatch at %d: %v", now, err))
 	}
 	var replies []*Reply
@@ -416,7 +428,7 @@ func (f *FSM) applyEntry(tx *bolt.Tx, now int64, e *Entry, effects []queue.Effec
 				t.Effects = append(t.Effects, r)
 			}
 		}
-		if err := t.Finish(); err != nil {
+		if err := t.finish(); err != nil {
 			panic(fmt.Sprintf("fsm: dispatch after command type %d: %v", c.Type, err))
 		}
 	}
@@ -436,8 +448,17 @@ func (f *FSM) applyEntry(tx *bolt.Tx, now int64, e *Entry, effects []queue.Effec
 	return t.Effects, replies
 }
 
+// nextDeadline is the earliest timer of the queues and the tasks, or 0.
+func nextDeadline(tx *bolt.Tx) int64 {
+	q, k := queue.NextDeadline(tx), task.NextDeadline(tx)
+	if q == 0 || (k != 0 && k < q) {
+		return k
+	}
+	return q
+}
+
 func isBusiness(err error) bool {
-	for _, s := range []error{queue.ErrNotFound, queue.ErrFull, queue.ErrConflict, queue.ErrBadRequest, queue.ErrForbidden} {
+	for _, s := range []error{queue.ErrNotFound, queue.ErrFull, queue.ErrConflict, queue.ErrBadRequest, queue.ErrForbidden, ErrCycle} {
 		if errors.Is(err, s) {
 			return true
 		}

@@ -7,6 +7,7 @@ import (
 	"github.com/mcpd/mcpd/auth"
 	"github.com/mcpd/mcpd/internal/mpack"
 	"github.com/mcpd/mcpd/queue"
+	"github.com/mcpd/mcpd/task"
 )
 
 // Reply is the outcome of a client's command, for the node that holds the
@@ -39,18 +40,26 @@ type (
 	DeclareResult = queue.Settings
 )
 
+// Tx is one command's view of the state: the queue transaction (which
+// the queue, Redis, agent and audit commands use through its promoted
+// methods) and the task transaction of the same bbolt transaction.
+type Tx struct {
+	*queue.Tx
+	Tasks *task.Tx
+}
+
 // handler applies one decoded command. It returns the result for the
 // reply, the decoded arguments (for the audit entry) and a business error;
 // anything else it cannot handle is a bug and panics in the caller.
-type handler func(t *queue.Tx, body []byte) (res, args any, err error)
+type handler func(t *Tx, body []byte) (res, args any, err error)
 
 var handlers = map[MessageType]handler{}
 
 // register adds a typed handler to the dispatch table. check validates the
 // decoded arguments before fn sees them: a command that fails it is
 // answered with its ErrBadRequest and changes nothing.
-func register[A any](mt MessageType, check func(a *A) error, fn func(t *queue.Tx, a *A) (any, error)) {
-	handlers[mt] = func(t *queue.Tx, body []byte) (any, any, error) {
+func register[A any](mt MessageType, check func(a *A) error, fn func(t *Tx, a *A) (any, error)) {
+	handlers[mt] = func(t *Tx, body []byte) (any, any, error) {
 		a := new(A)
 		if err := mpack.Unmarshal(body, a); err != nil {
 			panic(fmt.Sprintf("fsm: cannot decode command type %d: %v", mt, err))
@@ -64,36 +73,36 @@ func register[A any](mt MessageType, check func(a *A) error, fn func(t *queue.Tx
 }
 
 func init() {
-	register(TypeEnqueue, checkEnqueue, func(t *queue.Tx, a *queue.EnqueueArgs) (any, error) {
+	register(TypeEnqueue, checkEnqueue, func(t *Tx, a *queue.EnqueueArgs) (any, error) {
 		r, err := t.Enqueue(*a)
 		return &r, err
 	})
-	register(TypeConsume, checkConsume, func(t *queue.Tx, a *queue.ConsumeArgs) (any, error) {
+	register(TypeConsume, checkConsume, func(t *Tx, a *queue.ConsumeArgs) (any, error) {
 		id, err := t.Consume(*a)
 		return &ConsumeResult{Consumer: id}, err
 	})
-	register(TypeAck, checkSettle(TypeAck), func(t *queue.Tx, a *queue.SettleArgs) (any, error) {
+	register(TypeAck, checkSettle(TypeAck), func(t *Tx, a *queue.SettleArgs) (any, error) {
 		return nil, t.Ack(*a)
 	})
-	register(TypeNack, checkSettle(TypeNack), func(t *queue.Tx, a *queue.SettleArgs) (any, error) {
+	register(TypeNack, checkSettle(TypeNack), func(t *Tx, a *queue.SettleArgs) (any, error) {
 		return nil, t.Nack(*a)
 	})
-	register(TypeReject, checkSettle(TypeReject), func(t *queue.Tx, a *queue.SettleArgs) (any, error) {
+	register(TypeReject, checkSettle(TypeReject), func(t *Tx, a *queue.SettleArgs) (any, error) {
 		return nil, t.Reject(*a)
 	})
-	register(TypeExtend, checkSettle(TypeExtend), func(t *queue.Tx, a *queue.SettleArgs) (any, error) {
+	register(TypeExtend, checkSettle(TypeExtend), func(t *Tx, a *queue.SettleArgs) (any, error) {
 		until, err := t.Extend(*a)
 		return &ExtendResult{LeaseUntil: until}, err
 	})
 	register(TypeCancel, func(a *queue.CancelArgs) error { return checkConn("conn", a.Conn) },
-		func(t *queue.Tx, a *queue.CancelArgs) (any, error) {
+		func(t *Tx, a *queue.CancelArgs) (any, error) {
 			return nil, t.Cancel(*a)
 		})
-	register(TypeDeclare, checkDeclare, func(t *queue.Tx, a *queue.DeclareArgs) (any, error) {
+	register(TypeDeclare, checkDeclare, func(t *Tx, a *queue.DeclareArgs) (any, error) {
 		s, err := t.Declare(*a)
 		return &s, err
 	})
-	register(TypePublish, checkPublish, func(t *queue.Tx, a *queue.PublishArgs) (any, error) {
+	register(TypePublish, checkPublish, func(t *Tx, a *queue.PublishArgs) (any, error) {
 		r, err := t.Publish(*a)
 		if err == nil && !r.Dup {
 			// Redis subscribers of the same channel get the envelope.
@@ -101,25 +110,37 @@ func init() {
 		}
 		return &r, err
 	})
-	register(TypeSubscribe, checkSubscribe, func(t *queue.Tx, a *queue.SubscribeArgs) (any, error) {
+	register(TypeSubscribe, checkSubscribe, func(t *Tx, a *queue.SubscribeArgs) (any, error) {
 		id, err := t.Subscribe(*a)
 		return &SubscribeResult{Sub: id}, err
 	})
 	register(TypeUnsubscribe, func(a *UnsubscribeArgs) error { return checkConn("conn", a.Conn) },
-		func(t *queue.Tx, a *UnsubscribeArgs) (any, error) {
+		func(t *Tx, a *UnsubscribeArgs) (any, error) {
 			return nil, t.Unsubscribe(a.Sub, a.Conn)
 		})
 	register(TypeConnClosed, func(a *ConnClosedArgs) error { return checkConn("conn", a.Conn) },
-		func(t *queue.Tx, a *ConnClosedArgs) (any, error) {
-			return nil, t.ConnClosed(a.Conn)
+		func(t *Tx, a *ConnClosedArgs) (any, error) {
+			if err := t.ConnClosed(a.Conn); err != nil {
+				return nil, err
+			}
+			return nil, t.endRegistrations(func(c string) bool { return c == a.Conn })
 		})
 	register(TypeNodeStarted, func(a *NodeStartedArgs) error { return checkNode("node", a.Node) },
-		func(t *queue.Tx, a *NodeStartedArgs) (any, error) {
-			return nil, t.NodeStarted(a.Node, a.Epoch)
+		func(t *Tx, a *NodeStartedArgs) (any, error) {
+			if err := t.NodeStarted(a.Node, a.Epoch); err != nil {
+				return nil, err
+			}
+			current := fmt.Sprintf("%s/%d/", a.Node, a.Epoch)
+			return nil, t.endRegistrations(func(c string) bool {
+				return queue.ConnNode(c) == a.Node && !strings.HasPrefix(c, current)
+			})
 		})
 	register(TypeNodeDown, func(a *NodeDownArgs) error { return checkNode("node", a.Node) },
-		func(t *queue.Tx, a *NodeDownArgs) (any, error) {
-			return nil, t.NodeDown(a.Node)
+		func(t *Tx, a *NodeDownArgs) (any, error) {
+			if err := t.NodeDown(a.Node); err != nil {
+				return nil, err
+			}
+			return nil, t.endRegistrations(func(c string) bool { return queue.ConnNode(c) == a.Node })
 		})
 }
 

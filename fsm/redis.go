@@ -57,7 +57,7 @@ type RedisTouched struct{ Keys [][]byte }
 func (*RedisTouched) Target() string { return "" }
 
 // touched appends the keys of cmds to the transaction's effects.
-func touched(t *queue.Tx, cmds ...[][]byte) {
+func touched(t *Tx, cmds ...[][]byte) {
 	var keys [][]byte
 	for _, c := range cmds {
 		if known, write := kv.Lookup(strings.ToLower(string(c[0]))); !known || !write {
@@ -129,7 +129,7 @@ func init() {
 			return badArg("args", "must be a Redis write command")
 		}
 		return nil
-	}, func(t *queue.Tx, a *RedisArgs) (any, error) {
+	}, func(t *Tx, a *RedisArgs) (any, error) {
 		if a.Multi != nil {
 			for i, k := range a.Watch {
 				if d := kv.Digest(t.Bolt(), t.Now(), k); !bytes.Equal(d[:], a.Sums[i]) {
@@ -141,7 +141,7 @@ func init() {
 			for i, c := range a.Multi {
 				// A blocking read in a transaction does not block, as in
 				// Redis: finding nothing, it answers null.
-				if out[i] = kv.ExecFace(t.Bolt(), t, t.Now(), c, true, nil); kv.WantsBlock(out[i]) {
+				if out[i] = kv.ExecFace(t.Bolt(), t.Tx, t.Now(), c, true, nil); kv.WantsBlock(out[i]) {
 					out[i] = kv.Value{K: kv.NullArray}
 				}
 			}
@@ -155,7 +155,7 @@ func init() {
 		if a.Env != nil {
 			env = &kv.QueueEnv{Env: a.Env, From: a.From, ID: a.ID, Hash: a.Hash}
 		}
-		v := kv.ExecFace(t.Bolt(), t, t.Now(), a.Args, true, env)
+		v := kv.ExecFace(t.Bolt(), t.Tx, t.Now(), a.Args, true, env)
 		if !v.IsErr() {
 			touched(t, a.Args)
 		}
@@ -168,7 +168,7 @@ func init() {
 // subscribers of every node (the Published effect). The reply is the
 // number of WebSocket subscriptions reached; the node adds its Redis
 // subscribers.
-func publishRedis(t *queue.Tx, a *RedisArgs) (any, error) {
+func publishRedis(t *Tx, a *RedisArgs) (any, error) {
 	var receivers int64
 	if a.Env != nil {
 		res, err := t.Publish(queue.PublishArgs{Topic: string(a.Args[1]), From: a.From, ID: a.ID, Hash: a.Hash, Env: a.Env})

@@ -20,6 +20,7 @@ var businessErrors = map[string]error{
 	"conflict":    queue.ErrConflict,
 	"bad_request": queue.ErrBadRequest,
 	"forbidden":   queue.ErrForbidden,
+	"cycle":       ErrCycle,
 }
 
 type wireReply struct {
@@ -51,6 +52,10 @@ func newResult(t MessageType) any {
 		return &AgentResult{}
 	case TypeRedis:
 		return &RedisResult{}
+	case TypeTaskSubmit:
+		return &SubmitResult{}
+	case TypeTaskCancel:
+		return &CancelResult{}
 	}
 	return nil
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/gorilla/websocket"
 	"github.com/mcpd/mcpd/queue"
+	"github.com/mcpd/mcpd/task"
 )
 
 // conn is one client connection: a reader goroutine (run) that decodes and
@@ -50,6 +51,9 @@ type conn struct {
 	mu      sync.Mutex
 	pending map[uint64]json.RawMessage // request seq -> rid
 	reqSeq  uint64
+
+	watchMu  sync.Mutex
+	watching map[uint64]string // task.watch id -> the task or graph watched
 }
 
 // frame is a rendered frame, or a close request when close is set.
@@ -131,6 +135,8 @@ func queuedSize(v any) int64 {
 		return int64(len(e.Msg)) + 160
 	case *queue.Event:
 		return int64(len(e.Msg)) + 64
+	case *task.Push:
+		return int64(len(e.Task.Input)) + 512
 	}
 	return 64
 }
@@ -212,6 +218,7 @@ func (c *conn) run() {
 		c.shutdown(websocket.CloseNormalClosure, "")
 		if c.authed.Load() {
 			c.s.untrack(c)
+			c.dropWatches()
 			c.s.node.DropConn(c.id)
 		}
 	}()

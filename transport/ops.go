@@ -46,6 +46,16 @@ func init() {
 		"subscribe":     (*conn).opSubscribe,
 		"unsubscribe":   (*conn).opUnsubscribe,
 		"agent.key":     (*conn).opAgentKey,
+		// Delegation (tasks.go).
+		"register":     (*conn).opRegister,
+		"agents":       (*conn).opAgents,
+		"task.submit":  (*conn).opTaskSubmit,
+		"task.done":    taskSettleOp(fsm.TypeTaskDone),
+		"task.fail":    taskSettleOp(fsm.TypeTaskFail),
+		"task.get":     (*conn).opTaskGet,
+		"task.cancel":  (*conn).opTaskCancel,
+		"task.watch":   (*conn).opTaskWatch,
+		"task.unwatch": (*conn).opTaskUnwatch,
 	}
 }
 
@@ -119,6 +129,8 @@ func errorCode(err error) (string, string) {
 		return "full", "queue is at its max_len"
 	case errors.Is(err, queue.ErrConflict):
 		return "conflict", err.Error()
+	case errors.Is(err, fsm.ErrCycle):
+		return "cycle", err.Error()
 	case errors.Is(err, cluster.ErrUnavailable), errors.Is(err, cluster.ErrUnknown), errors.Is(err, cluster.ErrShutdown):
 		return "unavailable", err.Error()
 	default:

@@ -6,6 +6,7 @@ import (
 
 	"github.com/mcpd/mcpd/fsm"
 	"github.com/mcpd/mcpd/queue"
+	"github.com/mcpd/mcpd/task"
 )
 
 // sendOK queues {"op":"ok","rid":R, k1:v1, ...}.
@@ -59,6 +60,12 @@ func (c *conn) render(v any) []byte {
 		b = append(b, `","msg":`...)
 		b = append(b, e.Msg...)
 		return append(b, '}')
+	case *task.Push:
+		return renderTaskPush(e)
+	case *task.Revoked:
+		return renderTaskRevoked(e)
+	case *taskUpdate:
+		return renderTaskUpdate(e)
 	case *fsm.Reply:
 		rid, ok := c.takePending(e.Req)
 		if !ok {
@@ -107,6 +114,10 @@ func renderResult(rid json.RawMessage, res any) []byte {
 		b = append(b, `,"dup":`...)
 		b = strconv.AppendBool(b, r.Dup)
 		return append(b, '}')
+	case *fsm.SubmitResult:
+		return okFrame(rid, "ids", r.IDs, "root", r.Root)
+	case *fsm.CancelResult:
+		return okFrame(rid, "cancelled", r.Cancelled)
 	case *fsm.ConsumeResult:
 		return okFrame(rid, "consumer", "c"+strconv.FormatUint(r.Consumer, 10))
 	case *fsm.SubscribeResult:

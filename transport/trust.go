@@ -9,6 +9,7 @@ import (
 	"github.com/mcpd/mcpd/auth"
 	"github.com/mcpd/mcpd/fsm"
 	"github.com/mcpd/mcpd/queue"
+	"github.com/mcpd/mcpd/task"
 	bolt "go.etcd.io/bbolt"
 	"golang.org/x/time/rate"
 )
@@ -117,6 +118,10 @@ func (n nodeSink) Push(e queue.Effect) {
 		for _, h := range revokeHooks {
 			h(r.Agent)
 		}
+		return
+	}
+	if u, ok := e.(*task.Updated); ok {
+		n.s.taskUpdated(u)
 		return
 	}
 	for _, h := range effectHooks {

@@ -23,6 +23,7 @@ import (
 	"github.com/gorilla/websocket"
 	"github.com/mcpd/mcpd/auth"
 	"github.com/mcpd/mcpd/cluster"
+	"github.com/mcpd/mcpd/task"
 )
 
 // WebSocket close codes used by mcpd beyond the standard ones.
@@ -57,6 +58,9 @@ type Options struct {
 	// ClusterKey opens the sealed secrets of hmac-sha256 agents; without
 	// it only ed25519 agents (and dev connections) can authenticate.
 	ClusterKey *auth.ClusterKey
+	// TaskLimits is the delegation budget this node applies to the task
+	// graphs its agents submit (task.DefaultLimits when zero).
+	TaskLimits task.Limits
 	Logger     *slog.Logger
 }
 
@@ -66,6 +70,9 @@ const DefaultMaxConns = 20000
 func (o *Options) defaults() {
 	if o.MaxFrame == 0 {
 		o.MaxFrame = 1 << 20
+	}
+	if o.TaskLimits == (task.Limits{}) {
+		o.TaskLimits = task.DefaultLimits
 	}
 	if o.PingInterval == 0 {
 		o.PingInterval = 15 * time.Second
@@ -113,8 +120,9 @@ type Server struct {
 	slowClosed atomic.Int64 // connections closed as slow consumers
 	lastWarn   atomic.Int64 // unix ms of the last "at the limit" warning
 
-	trust trust
-	audit auditor
+	trust   trust
+	audit   auditor
+	watches taskWatches
 
 	peakMu sync.Mutex // the largest send queue of a closed connection
 	peak   int

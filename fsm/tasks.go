@@ -1,0 +1,163 @@
+package fsm
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/mcpd/mcpd/auth"
+	"github.com/mcpd/mcpd/queue"
+	"github.com/mcpd/mcpd/route"
+	"github.com/mcpd/mcpd/task"
+)
+
+// Delegation commands (docs/delegation.md): presence, task graphs and
+// their attempts, operator decisions.
+const (
+	TypeRegister     MessageType = 20 // an agent registers capabilities on a connection
+	TypeTaskSubmit   MessageType = 21 // a graph of tasks
+	TypeTaskDone     MessageType = 22 // an attempt's output
+	TypeTaskFail     MessageType = 23 // an attempt's failure
+	TypeTaskCancel   MessageType = 24 // a task or graph cancelled
+	TypeTaskDecide   MessageType = 25 // an operator approves or denies a held task
+	TypeCapSensitive MessageType = 26 // an operator marks a capability sensitive or not
+)
+
+// ErrCycle answers a task graph whose dependencies form a cycle.
+var ErrCycle = errors.New("cycle")
+
+// CancelResult answers task.cancel: how many tasks it ended.
+type CancelResult struct {
+	Cancelled int `msgpack:"n"`
+}
+
+// SubmitResult answers task.submit.
+type SubmitResult = task.SubmitResult
+
+// CapSensitiveArgs marks a capability sensitive (its tasks wait for an
+// operator's approval), or clears the mark.
+type CapSensitiveArgs struct {
+	Cap      string `msgpack:"c"`
+	Operator string `msgpack:"op"`
+	On       bool   `msgpack:"on"`
+}
+
+// taskErr turns the errors of packages task and route into the business
+// errors replies carry, keeping their messages.
+func taskErr(err error) error {
+	for _, m := range []struct{ from, to error }{
+		{task.ErrCycle, ErrCycle}, {task.ErrNotFound, queue.ErrNotFound}, {task.ErrForbidden, queue.ErrForbidden},
+		{task.ErrConflict, queue.ErrConflict}, {task.ErrBadRequest, queue.ErrBadRequest}, {route.ErrBadRequest, queue.ErrBadRequest},
+	} {
+		if errors.Is(err, m.from) {
+			return fmt.Errorf("%w%s", m.to, trimSentinel(err, m.from))
+		}
+	}
+	return err
+}
+
+// trimSentinel is an error's message after its sentinel's ("bad request:
+// x" -> ": x").
+func trimSentinel(err, sentinel error) string {
+	msg, s := err.Error(), sentinel.Error()
+	if len(msg) >= len(s) && msg[:len(s)] == s {
+		return msg[len(s):]
+	}
+	return ": " + msg
+}
+
+func checkAgentName(field, name string) error {
+	if !auth.ValidAgentName(name) {
+		return badArg(field, "is not an agent name")
+	}
+	return nil
+}
+
+func init() {
+	register(TypeRegister, func(a *route.RegisterArgs) error {
+		return firstErr(checkAgentName("agent", a.Agent), checkConn("conn", a.Conn), taskErr(a.Check()))
+	}, func(t *Tx, a *route.RegisterArgs) (any, error) {
+		if _, err := route.Register(t.Bolt(), t.Now(), *a); err != nil {
+			return nil, taskErr(err)
+		}
+		ag, err := route.Load(t.Bolt(), a.Agent)
+		if err != nil {
+			return nil, err
+		}
+		t.Tasks.AgentChanged(ag)
+		return nil, nil
+	})
+	register(TypeTaskSubmit, func(a *task.SubmitArgs) error {
+		return firstErr(checkAgentName("from", a.From), taskErr(a.Check()))
+	}, func(t *Tx, a *task.SubmitArgs) (any, error) {
+		res, err := t.Tasks.Submit(*a)
+		return res, taskErr(err)
+	})
+	settle := func(a *task.SettleArgs) error {
+		if a.Task == "" || a.Attempt < 1 {
+			return badArg("task", "names a task and an attempt")
+		}
+		return checkAgentName("agent", a.Agent)
+	}
+	register(TypeTaskDone, settle, func(t *Tx, a *task.SettleArgs) (any, error) {
+		return nil, taskErr(t.Tasks.Done(*a))
+	})
+	register(TypeTaskFail, settle, func(t *Tx, a *task.SettleArgs) (any, error) {
+		return nil, taskErr(t.Tasks.Fail(*a))
+	})
+	register(TypeTaskCancel, func(a *task.CancelArgs) error {
+		if a.Task == "" || (a.Agent == "") == (a.Operator == "") {
+			return badArg("task", "names a task and who cancels it")
+		}
+		return nil
+	}, func(t *Tx, a *task.CancelArgs) (any, error) {
+		n, err := t.Tasks.Cancel(*a)
+		if err != nil {
+			return nil, taskErr(err)
+		}
+		return &CancelResult{Cancelled: n}, nil
+	})
+	register(TypeTaskDecide, func(a *task.DecideArgs) error {
+		if a.Task == "" || a.Operator == "" {
+			return badArg("task", "names a task and the operator deciding")
+		}
+		return nil
+	}, func(t *Tx, a *task.DecideArgs) (any, error) {
+		return nil, taskErr(t.Tasks.Decide(*a))
+	})
+	register(TypeCapSensitive, func(a *CapSensitiveArgs) error {
+		if !route.ValidCapName(a.Cap) || a.Operator == "" {
+			return badArg("capability", "names a capability and the operator")
+		}
+		return nil
+	}, func(t *Tx, a *CapSensitiveArgs) (any, error) {
+		return nil, taskErr(t.Tasks.SetSensitive(a.Cap, a.Operator, a.On))
+	})
+}
+
+// endRegistrations ends the registrations of the connections that match
+// (closed, or of a node that went down or restarted): an agent whose
+// last one ends goes offline; its tasks' leases run out on their own.
+func (t *Tx) endRegistrations(match func(conn string) bool) error {
+	for _, c := range route.Conns(t.Bolt(), match) {
+		if _, err := route.ConnClosed(t.Bolt(), t.Now(), c); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// finish ends a command: queues hand out deliveries, tasks are routed,
+// and the task effects join the queue effects, in that order.
+func (t *Tx) finish() error {
+	if err := t.Finish(); err != nil {
+		return err
+	}
+	if err := t.Tasks.Finish(); err != nil {
+		return err
+	}
+	for _, e := range t.Tasks.Effects {
+		t.Effects = append(t.Effects, e)
+	}
+	t.Tasks.Effects = t.Tasks.Effects[:0]
+	return nil
+}
