@@ -113,6 +113,18 @@ func auditEvent(now int64, c *Command, args, res any, err error) audit.Event {
 		}
 	case *CapSensitiveArgs:
 		ev.Kind, ev.Subject = "capability.sensitive", a.Cap
+		if !a.On {
+			ev.Kind = "capability.plain"
+		}
+	case *ScheduleAddArgs:
+		ev.Kind, ev.Subject = "schedule.add", a.Schedule.Name
+	case *ScheduleSetArgs:
+		ev.Kind, ev.Subject = "schedule."+a.What, a.Name
+	case *ScheduleFireArgs:
+		ev.Kind, ev.Subject = "schedule.fire", a.Name+"@"+strconv.FormatInt(a.Tick, 10)
+		if a.Skip {
+			ev.Kind = "schedule.skip"
+		}
 	}
 	if ev.Kind == "" {
 		// A type added without a case above still gets a stable kind.

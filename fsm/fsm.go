@@ -20,6 +20,7 @@ import (
 	"github.com/mcpd/mcpd/kv"
 	"github.com/mcpd/mcpd/queue"
 	"github.com/mcpd/mcpd/route"
+	"github.com/mcpd/mcpd/schedule"
 	"github.com/mcpd/mcpd/task"
 	bolt "go.etcd.io/bbolt"
 )
@@ -120,6 +121,9 @@ func (f *FSM) open() error {
 			return err
 		}
 		if err := task.CreateBuckets(tx); err != nil {
+			return err
+		}
+		if err := schedule.CreateBuckets(tx); err != nil {
 			return err
 		}
 		return queue.CreateBuckets(tx)

@@ -56,6 +56,8 @@ func newResult(t MessageType) any {
 		return &SubmitResult{}
 	case TypeTaskCancel:
 		return &CancelResult{}
+	case TypeScheduleFire:
+		return &FireResult{}
 	}
 	return nil
 }

@@ -35,6 +35,7 @@ type serveFlags struct {
 	pprof                            bool
 	noSync                           bool // --test-unsafe-no-fsync
 	trust                            trustFlags
+	tasks                            taskFlags
 }
 
 func runServe(args []string) error {
@@ -61,6 +62,7 @@ func runServe(args []string) error {
 	fs.DurationVar(&f.election, "raft-election-timeout", time.Second, "Raft election timeout")
 	fs.DurationVar(&f.nodeDownAfter, "node-down-after", 15*time.Second, "how long a leader waits on an unreachable peer before ending its clients' consumers and leases")
 	fs.DurationVar(&f.clockOffset, "test-clock-offset", 0, "shift this node's clock (fault-injection tests only)")
+	f.tasks.register(fs)
 	fs.Uint64Var(&f.snapEvery, "test-snapshot-threshold", 0, "snapshot every this many entries, checked every second, keeping as many (tests only)")
 	fs.BoolVar(&f.noSync, "test-unsafe-no-fsync", false, "never fsync the Raft log or state.db: loses acknowledged messages on power loss (the fault suite's self-test only)")
 	f.trust.register(fs)
@@ -124,7 +126,7 @@ func runServe(args []string) error {
 		return err
 	}
 	f.maxConns = checkFileLimit(f.maxConns, log)
-	ws := transport.NewServer(node, transport.Options{Dev: f.dev || f.authNone, ClusterKey: clusterKey, MaxFrame: f.maxFrame, MaxConns: f.maxConns, Logger: log})
+	ws := transport.NewServer(node, transport.Options{Dev: f.dev || f.authNone, ClusterKey: clusterKey, MaxFrame: f.maxFrame, MaxConns: f.maxConns, TaskLimits: f.tasks.limits, Logger: log})
 	wsLn, err := net.Listen("tcp", net.JoinHostPort(f.bind, strconv.Itoa(f.port)))
 	if err != nil {
 		node.Shutdown()
@@ -154,6 +156,8 @@ func runServe(args []string) error {
 	defer admin.close()
 	stopCheckpoints := startCheckpoints(&f, node, clusterKey)
 	defer stopCheckpoints()
+	stopSchedules := startSchedules(&f, node)
+	defer stopSchedules()
 	resp, err := startRESP(&f, node, ws, tlsConf, log, errc)
 	if err != nil {
 		wsLn.Close()
