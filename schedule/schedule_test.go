@@ -130,7 +130,11 @@ func Test_ClaimOnce(t *testing.T) {
 		}
 	}
 	var h []schedule.Firing
-	_ = db.View(func(tx *bolt.Tx) error { h, _ = schedule.History(tx, "r", 0); s, _ = schedule.Load(tx, "r"); return nil })
+	_ = db.View(func(tx *bolt.Tx) error {
+		h, _ = schedule.History(tx, "r", 0)
+		s, _ = schedule.Load(tx, "r")
+		return nil
+	})
 	if len(h) != schedule.MaxHistory || h[0].Tick != base+61_000+5000 || s.Fired != int64(schedule.MaxHistory+6) {
 		t.Fatalf("history %d from +%d, fired %d", len(h), h[0].Tick-base, s.Fired)
 	}
