@@ -21,6 +21,7 @@ var commands = []command{
 	{"recv", runRecv, "consume messages and print them as JSON lines"},
 	{"bench", runBench, "measure enqueue and consume throughput and latency"},
 	{"agent", runAgent, "add, list, show or revoke agent identities (add prints the credential once)"},
+	{"schedule", runSchedule, "add, list, pause, resume or delete recurring schedules, and show their history"},
 	{"keygen", runKeygen, "create a cluster key file (--cluster-key-file)"},
 	{"tls", runTLS, "create TLS material (tls init)"},
 	{"check", runCheck, "verify a stopped node's data directory (checksums of log, snapshots, state.db)"},
