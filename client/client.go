@@ -62,8 +62,9 @@ type Options struct {
 	// so VerifyAlways does not suit a --dev server.
 	VerifySenders Verification
 	// OnPush receives pushes other than deliver and event (task,
-	// task.update), as the whole frame. It runs on the reader goroutine
-	// and must not block.
+	// task.revoked, task.update), as the whole frame, after the client
+	// handled them itself (Register, WatchTasks). It runs on the reader
+	// goroutine and must not block.
 	OnPush func(op string, frame []byte)
 	// OnConnect, if set, is called after every successful (re)connect with
 	// the node id from hello. It must not block.
@@ -107,6 +108,7 @@ type Client struct {
 	next       int           // index of the URL to dial next
 	streams    map[*stream]struct{}
 	reconnects int
+	tk         taskState // registration and assigned tasks (tasks.go)
 }
 
 // Dial connects to the first reachable URL, authenticates, and returns a
@@ -230,6 +232,7 @@ func (c *Client) Close() error {
 	for _, st := range streams {
 		st.stop(ErrClosed)
 	}
+	c.closeTasks()
 	c.wg.Wait()
 	return nil
 }
@@ -293,6 +296,7 @@ func (c *Client) install(cn *conn) bool {
 	for st := range c.streams {
 		c.reattachLocked(st, cn)
 	}
+	c.reregisterLocked(cn)
 	c.mu.Unlock()
 	if c.opts.OnConnect != nil {
 		c.opts.OnConnect(cn.node)

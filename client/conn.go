@@ -323,12 +323,23 @@ func (cn *conn) dispatch(f *inFrame) {
 		if st := cn.route(kindSub, f.Sub); st != nil {
 			st.push(cn, f)
 		}
-	default:
-		if h := cn.cl.opts.OnPush; h != nil {
-			h(f.Op, json.RawMessage(f.raw))
-		} else {
-			cn.log.Debug("ignoring push", "op", f.Op)
+	case "task.update":
+		if st := cn.route(kindWatch, f.Watch); st != nil {
+			st.push(cn, f)
 		}
+		cn.onPush(f)
+	case "task", "task.revoked":
+		cn.cl.taskPush(cn, f)
+		cn.onPush(f)
+	default:
+		cn.onPush(f)
+	}
+}
+
+// onPush hands a push to Options.OnPush.
+func (cn *conn) onPush(f *inFrame) {
+	if h := cn.cl.opts.OnPush; h != nil {
+		h(f.Op, json.RawMessage(f.raw))
 	}
 }
 

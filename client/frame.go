@@ -109,6 +109,7 @@ type inFrame struct {
 
 	Consumer   string    `json:"consumer"`
 	Sub        string    `json:"sub"`
+	Watch      string    `json:"watch"`
 	Queue      string    `json:"queue"`
 	Topic      string    `json:"topic"`
 	Seq        uint64    `json:"seq"`

@@ -15,6 +15,7 @@ type streamKind uint8
 const (
 	kindConsumer streamKind = iota + 1
 	kindSub
+	kindWatch
 )
 
 // sink receives what a stream's server side pushes.
@@ -45,10 +46,19 @@ func (st *stream) dropFrom(cn *conn)         { st.sink.dropFrom(cn) }
 func (st *stream) stop(err error)            { st.sink.halt(err) }
 
 func (st *stream) idOf(f *inFrame) string {
-	if st.kind == kindConsumer {
+	switch st.kind {
+	case kindConsumer:
 		return f.Consumer
+	case kindWatch:
+		return f.Watch
 	}
 	return f.Sub
+}
+
+// opener is a sink that wants to know when its stream is open on a
+// connection (first or again): a task watch reads the current state then.
+type opener interface {
+	opened(cn *conn)
 }
 
 func (st *stream) closeFrame(id string) *frame {
@@ -73,6 +83,9 @@ func (c *Client) onOpened(st *stream, cn *conn, initial bool) func(*inFrame) {
 		st.registered = true
 		c.streams[st] = struct{}{}
 		cn.setRoute(st.kind, id, st)
+		if o, ok := st.sink.(opener); ok {
+			o.opened(cn)
+		}
 		if c.cur != nil && c.cur != cn {
 			// cn was replaced while the request was in flight.
 			c.reattachLocked(st, c.cur)
