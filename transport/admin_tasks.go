@@ -1,0 +1,237 @@
+package transport
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/mcpd/mcpd/fsm"
+	"github.com/mcpd/mcpd/queue"
+	"github.com/mcpd/mcpd/route"
+	"github.com/mcpd/mcpd/task"
+	bolt "go.etcd.io/bbolt"
+)
+
+// The operator's side of delegation on the admin API
+// (docs/delegation-cli.md): reading tasks, approving or denying held
+// ones, cancelling, marking capabilities sensitive, and the presence of
+// the agents. Decisions record the operator the request came from
+// (Operator: operator:local on the socket, operator:token on the port).
+
+// AdminDecision is the body of POST /v1/tasks/{id}/approve, /deny and
+// /cancel; a denial needs a reason.
+type AdminDecision struct {
+	Reason string `json:"reason,omitempty"`
+}
+
+// AdminTaskGet is the answer of GET /v1/tasks/{id}: the task, or every
+// task of the graph the id names (as task.get answers on WebSocket).
+type AdminTaskGet struct {
+	Task  *task.Task   `json:"task,omitempty"`
+	Graph string       `json:"graph,omitempty"`
+	Tasks []*task.Task `json:"tasks,omitempty"`
+}
+
+// AdminSensitive answers PUT and DELETE /v1/capabilities/{name}/sensitive.
+type AdminSensitive struct {
+	Capability string `json:"capability"`
+	Sensitive  bool   `json:"sensitive"`
+	Operator   string `json:"operator"`
+}
+
+func (a *Admin) routeTasks() {
+	a.mux.HandleFunc("GET /v1/presence", a.presence)
+	a.mux.HandleFunc("GET /v1/tasks/{id}", a.getTask)
+	a.mux.HandleFunc("POST /v1/tasks/{id}/approve", a.decideTask(true))
+	a.mux.HandleFunc("POST /v1/tasks/{id}/deny", a.decideTask(false))
+	a.mux.HandleFunc("POST /v1/tasks/{id}/cancel", a.cancelTask)
+	a.mux.HandleFunc("PUT /v1/capabilities/{name}/sensitive", a.setSensitive(true))
+	a.mux.HandleFunc("DELETE /v1/capabilities/{name}/sensitive", a.setSensitive(false))
+}
+
+// presence answers GET /v1/presence: every agent that ever registered
+// capabilities, online or not, with its load and recent outcomes (the
+// agents op's list). GET /v1/agents stays the list of identities.
+func (a *Admin) presence(w http.ResponseWriter, r *http.Request) {
+	var list []agentView
+	if err := a.node.Read(func(tx *bolt.Tx) (err error) {
+		list, err = AgentViews(tx)
+		return err
+	}); err != nil {
+		adminFail(w, err)
+		return
+	}
+	adminJSON(w, http.StatusOK, map[string]any{"agents": list})
+}
+
+// readTaskOrGraph reads a task, or the tasks of the graph id names; ok
+// is false when it names neither.
+func (a *Admin) readTaskOrGraph(id string) (res AdminTaskGet, ok bool, err error) {
+	err = a.node.Read(func(tx *bolt.Tx) error {
+		k, err := task.Get(tx, id)
+		if err != nil || k != nil {
+			res.Task, ok = k, k != nil
+			return err
+		}
+		for _, tid := range task.Reached(tx, id) {
+			t, err := task.Get(tx, tid)
+			if err != nil {
+				return err
+			}
+			if t != nil && t.Graph == id {
+				res.Tasks = append(res.Tasks, t)
+			}
+		}
+		if len(res.Tasks) > 0 {
+			res.Graph, ok = id, true
+		}
+		return nil
+	})
+	return res, ok, err
+}
+
+func (a *Admin) getTask(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	res, ok, err := a.readTaskOrGraph(id)
+	switch {
+	case err != nil:
+		adminFail(w, err)
+	case !ok:
+		adminErr(w, http.StatusNotFound, "not_found", "no task or graph %q", id)
+	default:
+		adminJSON(w, http.StatusOK, res)
+	}
+}
+
+// decodeDecision reads an optional body with a reason.
+func decodeDecision(w http.ResponseWriter, r *http.Request) (AdminDecision, bool) {
+	var d AdminDecision
+	if r.ContentLength != 0 {
+		if err := decodeBody(r, &d); err != nil {
+			adminErr(w, http.StatusBadRequest, "bad_request", "%v", err)
+			return d, false
+		}
+	}
+	if len(d.Reason) > task.MaxReasonLen {
+		adminErr(w, http.StatusBadRequest, "bad_request", "reason: at most %d bytes", task.MaxReasonLen)
+		return d, false
+	}
+	return d, true
+}
+
+// proposeTask runs a delegation command as the operator and returns its
+// result; on an error it has answered.
+func (a *Admin) proposeTask(w http.ResponseWriter, r *http.Request, t fsm.MessageType, body any) (any, bool) {
+	ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)
+	defer cancel()
+	rep, err := a.node.Call(ctx, t, Operator(r), body)
+	if err == nil {
+		err = rep.Err
+	}
+	if err != nil {
+		taskAdminFail(w, err)
+		return nil, false
+	}
+	return rep.Result, true
+}
+
+// taskAdminFail answers an error of a delegation command with the
+// message of package task (the generic mapping names queue errors).
+func taskAdminFail(w http.ResponseWriter, err error) {
+	trim := func(sentinel error) string {
+		msg := err.Error()
+		if rest, ok := strings.CutPrefix(msg, sentinel.Error()+": "); ok {
+			return rest
+		}
+		return msg
+	}
+	switch {
+	case errors.Is(err, queue.ErrNotFound):
+		adminErr(w, http.StatusNotFound, "not_found", "%s", trim(queue.ErrNotFound))
+	case errors.Is(err, queue.ErrConflict):
+		adminErr(w, http.StatusConflict, "conflict", "%s", trim(queue.ErrConflict))
+	case errors.Is(err, queue.ErrBadRequest):
+		adminErr(w, http.StatusBadRequest, "bad_request", "%s", trim(queue.ErrBadRequest))
+	default:
+		adminFail(w, err)
+	}
+}
+
+// decideTask answers POST /v1/tasks/{id}/approve and /deny with the task
+// as it is after the decision.
+func (a *Admin) decideTask(approve bool) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		id := r.PathValue("id")
+		d, ok := decodeDecision(w, r)
+		if !ok {
+			return
+		}
+		if !approve && strings.TrimSpace(d.Reason) == "" {
+			adminErr(w, http.StatusBadRequest, "bad_request", "a denial needs a reason (the agents and the audit log see it)")
+			return
+		}
+		// The state machine answers a task that is not held with a
+		// conflict; one that does not exist is told apart here.
+		if _, found, err := a.readTaskOrGraph(id); err != nil || !found {
+			if err != nil {
+				adminFail(w, err)
+			} else {
+				adminErr(w, http.StatusNotFound, "not_found", "no task %q", id)
+			}
+			return
+		}
+		args := &task.DecideArgs{Task: id, Operator: Operator(r), Approve: approve, Reason: d.Reason}
+		if _, ok := a.proposeTask(w, r, fsm.TypeTaskDecide, args); !ok {
+			return
+		}
+		verb := map[bool]string{true: "approved", false: "denied"}[approve]
+		a.log.Info("held task "+verb, "task", id, "operator", Operator(r), "reason", d.Reason)
+		res, _, err := a.readTaskOrGraph(id)
+		if err != nil {
+			adminFail(w, err)
+			return
+		}
+		adminJSON(w, http.StatusOK, res)
+	}
+}
+
+// cancelTask answers POST /v1/tasks/{id}/cancel: the operator cancels a
+// task or a graph, whoever submitted it.
+func (a *Admin) cancelTask(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	d, ok := decodeDecision(w, r)
+	if !ok {
+		return
+	}
+	res, ok := a.proposeTask(w, r, fsm.TypeTaskCancel, &task.CancelArgs{Task: id, Operator: Operator(r), Reason: d.Reason})
+	if !ok {
+		return
+	}
+	n := 0
+	if cr, ok := res.(*fsm.CancelResult); ok {
+		n = cr.Cancelled
+	}
+	a.log.Info("tasks cancelled", "task", id, "cancelled", n, "operator", Operator(r))
+	adminJSON(w, http.StatusOK, map[string]any{"task": id, "cancelled": n})
+}
+
+// setSensitive answers PUT and DELETE /v1/capabilities/{name}/sensitive:
+// tasks of a sensitive capability wait for an operator's approval once
+// their dependencies succeeded (tasks already ready or running are not
+// affected).
+func (a *Admin) setSensitive(on bool) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		name := r.PathValue("name")
+		if !route.ValidCapName(name) {
+			adminErr(w, http.StatusBadRequest, "bad_request", "%q is not a capability name: dot-separated parts of [A-Za-z0-9_-]", name)
+			return
+		}
+		if _, ok := a.proposeTask(w, r, fsm.TypeCapSensitive, &fsm.CapSensitiveArgs{Cap: name, Operator: Operator(r), On: on}); !ok {
+			return
+		}
+		a.log.Info("capability sensitivity changed", "capability", name, "sensitive", on, "operator", Operator(r))
+		adminJSON(w, http.StatusOK, AdminSensitive{Capability: name, Sensitive: on, Operator: Operator(r)})
+	}
+}
