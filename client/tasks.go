@@ -768,8 +768,11 @@ type TaskWatch struct {
 }
 
 // WatchTasks watches a task or a graph: C delivers first the current
-// state of the task (or of every task of the graph), then every change
-// of it and of the tasks delegated under it, until Stop or Close.
+// state of the task (or of every task of the graph, one update each),
+// then every change of it and of the tasks delegated under it, until
+// Stop or Close. To know when a whole graph has ended, read its tasks
+// with GetTask after WatchTasks returns and wait for each of them (and
+// for the sub-tasks that appear).
 func (c *Client) WatchTasks(ctx context.Context, id string) (*TaskWatch, error) {
 	w := &TaskWatch{ID: id, box: newMailbox[*TaskUpdate](0), seen: map[string]int64{}}
 	w.st = stream{c: c, kind: kindWatch, open: newFrame("task.watch").str("task", id),

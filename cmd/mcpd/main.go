@@ -21,6 +21,9 @@ var commands = []command{
 	{"recv", runRecv, "consume messages and print them as JSON lines"},
 	{"bench", runBench, "measure enqueue and consume throughput and latency"},
 	{"agent", runAgent, "add, list, show or revoke agent identities (add prints the credential once)"},
+	{"agents", runAgents, "list the agents that registered capabilities: online, load, recent outcomes"},
+	{"task", runTask, "submit, get, watch or cancel delegated tasks; approve, deny or show them as the operator"},
+	{"capability", runCapability, "mark a capability sensitive (its tasks wait for approval) or plain"},
 	{"schedule", runSchedule, "add, list, pause, resume or delete recurring schedules, and show their history"},
 	{"keygen", runKeygen, "create a cluster key file (--cluster-key-file)"},
 	{"tls", runTLS, "create TLS material (tls init)"},
@@ -31,7 +34,7 @@ var commands = []command{
 func usage() {
 	fmt.Fprintln(os.Stderr, "usage: mcpd <command> [flags]\n\ncommands:")
 	for _, c := range commands {
-		fmt.Fprintf(os.Stderr, "  %-8s %s\n", c.name, c.usage)
+		fmt.Fprintf(os.Stderr, "  %-10s %s\n", c.name, c.usage)
 	}
 	fmt.Fprintln(os.Stderr, "\nRun 'mcpd <command> -h' for a command's flags.")
 }

@@ -1,0 +1,112 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/mcpd/mcpd/client"
+)
+
+const agentsUsage = "usage: mcpd agents [--json] [--server URL[,URL]] [--ca FILE] [--cred FILE | --agent NAME]"
+
+// runAgents handles "mcpd agents": the agents that registered
+// capabilities, online or not, with their load, as an agent sees them.
+func runAgents(args []string) error { return agentsCmd(args, os.Stdout) }
+
+func agentsCmd(args []string, stdout io.Writer) error {
+	fs := flag.NewFlagSet("agents", flag.ContinueOnError)
+	var cf connFlags
+	cf.register(fs, "cli", 30*time.Second, "how long to wait for the answer")
+	asJSON := fs.Bool("json", false, "print the list as JSON")
+	setUsage(fs, agentsUsage)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return &usageError{fmt.Sprintf("unexpected argument %q", fs.Arg(0))}
+	}
+	return withClient(&cf, func(ctx context.Context, c *client.Client) error {
+		list, err := c.Agents(ctx)
+		if err != nil {
+			return err
+		}
+		if *asJSON {
+			return printJSON(stdout, map[string]any{"agents": list})
+		}
+		return printAgents(stdout, list)
+	})
+}
+
+func printAgents(w io.Writer, list []client.AgentInfo) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NAME\tONLINE\tNODES\tCAPABILITIES (INFLIGHT/MAX)\tRECENT OK/FAILED")
+	for _, a := range list {
+		online := "yes"
+		if !a.Online {
+			online = "no"
+			if a.OfflineSince > 0 {
+				online = "no, since " + msTime(a.OfflineSince)
+			}
+		}
+		var caps []string
+		for _, k := range a.Capabilities {
+			if k.MaxInflight == 0 {
+				caps = append(caps, fmt.Sprintf("%s %d (withdrawn)", k.Name, k.Inflight))
+				continue
+			}
+			caps = append(caps, fmt.Sprintf("%s %d/%d", k.Name, k.Inflight, k.MaxInflight))
+		}
+		nodes := strings.Join(a.Nodes, ",")
+		if nodes == "" {
+			nodes = "-"
+		}
+		capText := strings.Join(caps, ", ")
+		if capText == "" {
+			capText = "-"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d/%d\n", a.Name, online, nodes, capText, a.RecentSucceeded, a.RecentFailed)
+	}
+	return tw.Flush()
+}
+
+// withClient connects with the flags and runs fn with a context that
+// ends on Ctrl-C or after --timeout.
+func withClient(cf *connFlags, fn func(ctx context.Context, c *client.Client) error) error {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	c, err := cf.dial(ctx)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	rctx, cancel := cf.withTimeout(ctx)
+	defer cancel()
+	if err := fn(rctx, c); err != nil {
+		return fmt.Errorf("%w%s", err, delegationHint(err))
+	}
+	return nil
+}
+
+// delegationHint is errHint for the delegation commands.
+func delegationHint(err error) string {
+	if client.IsCode(err, "forbidden") {
+		return "\nhint: the agent's ACL does not allow it ('mcpd agent show NAME': allow-submit, allow-register), or the task is not its own (only its origin or submitter cancels it; only agents that took part read it)"
+	}
+	return errHint(err)
+}
+
+// printJSON writes v as one JSON document.
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false)
+	return enc.Encode(v)
+}

@@ -1,0 +1,48 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"io"
+	"net/url"
+	"os"
+
+	"github.com/mcpd/mcpd/transport"
+)
+
+// runCapability handles "mcpd capability sensitive|plain NAME": whether
+// the tasks of a capability wait for an operator's approval.
+func runCapability(args []string) error { return capabilityCmd(args, os.Stdout) }
+
+func capabilityCmd(args []string, stdout io.Writer) error {
+	if len(args) == 0 || (args[0] != "sensitive" && args[0] != "plain") {
+		return &usageError{"expected 'mcpd capability sensitive NAME' or 'mcpd capability plain NAME'"}
+	}
+	on := args[0] == "sensitive"
+	fs := flag.NewFlagSet("capability "+args[0], flag.ContinueOnError)
+	var af adminFlags
+	af.register(fs)
+	setUsage(fs, "usage: mcpd capability "+args[0]+" NAME [--data-dir DIR | --admin-socket PATH | --admin-url URL --admin-token-file FILE]")
+	name, err := parseOne(fs, args[1:], "capability NAME")
+	if err != nil {
+		return err
+	}
+	c, err := af.client()
+	if err != nil {
+		return err
+	}
+	method := "PUT"
+	if !on {
+		method = "DELETE"
+	}
+	var res transport.AdminSensitive
+	if err := c.do(method, "/v1/capabilities/"+url.PathEscape(name)+"/sensitive", nil, &res); err != nil {
+		return err
+	}
+	if res.Sensitive {
+		fmt.Fprintf(stdout, "capability %s is sensitive: its new tasks wait for an operator's approval ('mcpd task approve ID')\n", res.Capability)
+	} else {
+		fmt.Fprintf(stdout, "capability %s is plain: its tasks run without approval (tasks already held still wait)\n", res.Capability)
+	}
+	return nil
+}
