@@ -199,6 +199,18 @@ func New(cfg Config) (*Node, error) {
 	return n, nil
 }
 
+// raftDBOptions are the options raft.db is opened with. Each StoreLogs is
+// one bbolt transaction, whose commit costs two fdatasyncs (the data
+// pages, then the meta page) unless noSync (tests of the fault suite
+// only).
+func raftDBOptions(path string, noSync bool) raftboltdb.Options {
+	return raftboltdb.Options{
+		Path:        path,
+		NoSync:      noSync,
+		BoltOptions: &bolt.Options{Timeout: 5 * time.Second, NoFreelistSync: true, InitialMmapSize: 256 << 20, NoGrowSync: noSync},
+	}
+}
+
 func (n *Node) start() error {
 	if err := os.MkdirAll(n.cfg.DataDir, 0o700); err != nil {
 		return err
@@ -214,11 +226,7 @@ func (n *Node) start() error {
 	}
 	// raft.db first: a state.db without a raft.db beside it means the
 	// raft data was lost (repairDataDir).
-	store, err := raftboltdb.New(raftboltdb.Options{
-		Path:        filepath.Join(raftDir, "raft.db"),
-		NoSync:      n.cfg.UnsafeNoSync,
-		BoltOptions: &bolt.Options{Timeout: 5 * time.Second, NoFreelistSync: true, InitialMmapSize: 256 << 20, NoGrowSync: n.cfg.UnsafeNoSync},
-	})
+	store, err := raftboltdb.New(raftDBOptions(filepath.Join(raftDir, "raft.db"), n.cfg.UnsafeNoSync))
 	if err != nil {
 		return fmt.Errorf("open raft log: %w", err)
 	}
