@@ -448,13 +448,29 @@ func (c *Client) Register(ctx context.Context, caps []Capability, meta any) erro
 func (c *Client) Unregister(ctx context.Context) error {
 	c.mu.Lock()
 	c.tk.reg = nil
+	cn := c.cur
 	c.mu.Unlock()
+	if cn == nil {
+		return nil // registrations end with their connection
+	}
 	c.tk.regMu.Lock()
 	defer c.tk.regMu.Unlock()
-	if _, err := c.request(ctx, newFrame("register").raw("capabilities", []byte("[]")), true); err != nil {
-		return fmt.Errorf("register: %w", err)
+	var b backoff
+	b.min, b.max = c.opts.MinBackoff/2, c.opts.MaxBackoff
+	for {
+		_, err := cn.do(ctx, newFrame("register").raw("capabilities", []byte("[]")), nil, nil)
+		switch {
+		case err == nil || errors.Is(err, ErrDisconnected):
+			return nil
+		case c.ctx.Err() != nil:
+			return ErrClosed
+		case ctx.Err() != nil || !retryable(err):
+			return fmt.Errorf("register: %w", err)
+		}
+		if !sleepCtx(ctx, cn.done, b.next()) && ctx.Err() != nil {
+			return fmt.Errorf("register: %w", ctx.Err())
+		}
 	}
-	return nil
 }
 
 func registerFrame(caps []Capability, meta any) (*frame, error) {

@@ -453,3 +453,72 @@ func TestTasksWorkerSurvivesReconnect(t *testing.T) {
 		return err == nil && g.Task.State == client.TaskSucceeded && string(g.Task.Output) == `"second done"`
 	})
 }
+
+// Register and Tasks without Work, and a sub-task delegated under a task:
+// it inherits the intent and extends the chain.
+func TestTasksRegisterAndDelegate(t *testing.T) {
+	c := testcluster.Start(t, 1, testcluster.Options{})
+	editor, checker, origin := c.Dial("editor"), c.Dial("checker"), c.Dial("origin")
+	ctx := longCtx(t)
+
+	work(t, editor, []client.Capability{{Name: "edit"}}, func(ctx context.Context, a *client.TaskAssignment) (any, error) {
+		ids, _, err := a.Delegate(ctx, client.SubmitRequest{Tasks: []client.TaskSpec{{Ref: "fc", Capability: "factcheck", Input: "tides are lunar"}}})
+		if err != nil {
+			return nil, err
+		}
+		return ids["fc"], nil
+	})
+	if err := checker.Register(ctx, []client.Capability{{Name: "factcheck", MaxInflight: 3}}, map[string]int{"v": 2}); err != nil {
+		t.Fatal(err)
+	}
+	info := waitOnline(t, origin, "checker", "factcheck")
+	if string(info.Meta) != `{"v":2}` || info.Capabilities[0].MaxInflight != 3 {
+		t.Fatalf("the checker: %+v", info)
+	}
+	waitOnline(t, origin, "editor", "edit")
+
+	ids, _, err := origin.SubmitTasks(ctx, client.SubmitRequest{Intent: "a correct article", Tasks: []client.TaskSpec{{Ref: "e", Capability: "edit", Input: "draft it"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var a *client.TaskAssignment
+	select {
+	case a = <-checker.Tasks():
+	case <-ctx.Done():
+		t.Fatal("no task reached the checker")
+	}
+	env, err := a.Envelope()
+	if err != nil || env.From != "editor" || string(a.Body()) != `"tides are lunar"` || a.Parent != ids["e"] ||
+		a.Intent != "a correct article" || a.Origin != "origin" || !slices.Equal(a.Chain, []string{"origin", "editor"}) {
+		t.Fatalf("the delegated task: %+v (%v)", a, err)
+	}
+	if err := a.Done(ctx, json.RawMessage(`{"verdict":true}`)); err != nil {
+		t.Fatal(err)
+	}
+	if a.Context().Err() == nil {
+		t.Fatal("the assignment's context is still live after Done")
+	}
+	// Settling again: the same outcome is taken as done (a retry after a
+	// lost reply looks the same), another is refused.
+	if err := a.Done(ctx, 1); err != nil {
+		t.Fatalf("a second Done: %v", err)
+	}
+	if err := a.Fail(ctx, "too late", false); !client.IsCode(err, "not_found") {
+		t.Fatalf("a Fail after Done: %v", err)
+	}
+	g, err := origin.GetTask(ctx, ids["e"])
+	if err != nil || g.Task.State != client.TaskSucceeded || string(g.Task.Output) != `"`+a.ID+`"` {
+		t.Fatalf("the editor's task: %+v %v", g, err)
+	}
+	fc, err := checker.GetTask(ctx, a.ID)
+	if err != nil || fc.Task.State != client.TaskSucceeded || len(fc.Task.Hops) != 2 || fc.Task.Hops[1].Agent != "editor" {
+		t.Fatalf("the fact check: %+v %v", fc, err)
+	}
+	if err := checker.Unregister(ctx); err != nil {
+		t.Fatal(err)
+	}
+	testcluster.WaitFor(t, 10*time.Second, func() bool {
+		list, err := origin.Agents(ctx)
+		return err == nil && slices.ContainsFunc(list, func(x client.AgentInfo) bool { return x.Name == "checker" && len(x.Capabilities) == 0 })
+	})
+}
