@@ -268,6 +268,8 @@ func (s *fakeServer) handle(fc *fakeConn, op string, req map[string]json.RawMess
 		ok(map[string]any{"agent": str(req["agent"])})
 	case "ping":
 		ok(map[string]any{"node": "fake1", "leader": nil, "time": time.Now().UnixMilli()})
+	case "register", "task.done", "task.fail":
+		ok(nil)
 	case "agent.key":
 		s.mu.Lock()
 		k, found := s.keys[str(req["agent"])]

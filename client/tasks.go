@@ -684,6 +684,10 @@ func (c *Client) taskPush(cn *conn, f *inFrame) {
 	if c.closed {
 		box = nil
 	} else if box != nil && registered {
+		if c.tk.held[taskKey{a.ID, a.Attempt}] != nil {
+			c.mu.Unlock()
+			return // pushed again (after a reconnect, say): it is being worked on
+		}
 		c.tk.held[taskKey{a.ID, a.Attempt}] = a
 	}
 	c.mu.Unlock()
