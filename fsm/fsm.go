@@ -138,10 +138,14 @@ func (f *FSM) open() error {
 	return nil
 }
 
-// Commit intervals of the pending write transaction.
+// Commit intervals of the pending write transaction: its age, or the
+// entries (or, when more, the commands) it holds. The count keeps a write
+// transaction from growing large in a busy interval: bbolt splits its
+// nodes only at commit, so every insertion into a long-pending node (a
+// list that grows at its head) moves the whole node.
 const (
 	flushInterval = 100 * time.Millisecond
-	flushLogs     = 4096
+	flushLogs     = 1024
 )
 
 // flusher commits the pending transaction once it is flushInterval old,
@@ -266,7 +270,7 @@ func (f *FSM) Apply(l *raft.Log) interface{} {
 // the []*Reply of its client commands (nil when it has none): the leader
 // returns them to followers that forwarded the entry. Entries are applied to a write
 // transaction that also records the applied index; the transaction is
-// committed every flushInterval or flushLogs entries (and before a
+// committed every flushInterval or flushLogs entries or commands (and before a
 // snapshot or a read), not per batch: the Raft log already holds every
 // committed entry durably, and after a crash the entries after the
 // committed applied index are applied again from it. Entries at or below
@@ -351,6 +355,7 @@ func (f *FSM) applyLocked(logs []*raft.Log, out []interface{}) ([]queue.Effect, 
 		now = int64(binary.BigEndian.Uint64(v))
 	}
 	var effects []queue.Effect
+	cmds := 0
 	for i, l := range logs {
 		if l.Index <= applied || l.Type != raft.LogCommand {
 			continue
@@ -361,6 +366,7 @@ func (f *FSM) applyLocked(logs []*raft.Log, out []interface{}) ([]queue.Effect, 
 			return nil, fmt.Errorf("log entry %d: %v", l.Index, err)
 		}
 		now = max(now, e.Time)
+		cmds += len(e.Cmds)
 		var replies []*Reply
 		effects, replies = f.applyEntry(tx, now, e, effects)
 		if replies != nil {
@@ -378,7 +384,7 @@ func (f *FSM) applyLocked(logs []*raft.Log, out []interface{}) ([]queue.Effect, 
 	if err := meta.Put(keyNow, ts[:]); err != nil {
 		return nil, err
 	}
-	f.txLogs += len(logs)
+	f.txLogs += max(len(logs), cmds)
 	f.deadline.Store(nextDeadline(tx))
 	f.applied.Store(last.Index)
 	return effects, nil
