@@ -2,7 +2,6 @@ package fsm
 
 import (
 	"errors"
-	"fmt"
 	"strconv"
 
 	"github.com/mcpd/mcpd/queue"
@@ -54,7 +53,7 @@ func schedErr(err error) error {
 		{schedule.ErrNotFound, queue.ErrNotFound}, {schedule.ErrConflict, queue.ErrConflict}, {schedule.ErrBadRequest, queue.ErrBadRequest},
 	} {
 		if errors.Is(err, m.from) {
-			return fmt.Errorf("%w%s", m.to, trimSentinel(err, m.from))
+			return &detailed{sentinel: m.to, msg: trimSentinel(err, m.from)}
 		}
 	}
 	return err

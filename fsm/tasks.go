@@ -2,7 +2,6 @@ package fsm
 
 import (
 	"errors"
-	"fmt"
 
 	"github.com/mcpd/mcpd/auth"
 	"github.com/mcpd/mcpd/queue"
@@ -49,20 +48,20 @@ func taskErr(err error) error {
 		{task.ErrConflict, queue.ErrConflict}, {task.ErrBadRequest, queue.ErrBadRequest}, {route.ErrBadRequest, queue.ErrBadRequest},
 	} {
 		if errors.Is(err, m.from) {
-			return fmt.Errorf("%w%s", m.to, trimSentinel(err, m.from))
+			return &detailed{sentinel: m.to, msg: trimSentinel(err, m.from)}
 		}
 	}
 	return err
 }
 
-// trimSentinel is an error's message after its sentinel's ("bad request:
-// x" -> ": x").
+// trimSentinel is an error's message without its sentinel's ("not
+// found: no task t9" -> "no task t9"): the reply's code says the rest.
 func trimSentinel(err, sentinel error) string {
-	msg, s := err.Error(), sentinel.Error()
-	if len(msg) >= len(s) && msg[:len(s)] == s {
+	msg, s := err.Error(), sentinel.Error()+": "
+	if len(msg) > len(s) && msg[:len(s)] == s {
 		return msg[len(s):]
 	}
-	return ": " + msg
+	return msg
 }
 
 func checkAgentName(field, name string) error {
@@ -84,7 +83,7 @@ func init() {
 			return nil, err
 		}
 		t.Tasks.AgentChanged(ag)
-		return nil, nil
+		return nil, t.Tasks.Rehome(ag)
 	})
 	register(TypeTaskSubmit, func(a *task.SubmitArgs) error {
 		return firstErr(checkAgentName("from", a.From), taskErr(a.Check()))
@@ -136,11 +135,20 @@ func init() {
 
 // endRegistrations ends the registrations of the connections that match
 // (closed, or of a node that went down or restarted): an agent whose
-// last one ends goes offline; its tasks' leases run out on their own.
+// last one ends goes offline, and its tasks' leases run out on their
+// own; an agent still online gets the tasks pushed to that connection
+// again on another.
 func (t *Tx) endRegistrations(match func(conn string) bool) error {
 	for _, c := range route.Conns(t.Bolt(), match) {
-		if _, err := route.ConnClosed(t.Bolt(), t.Now(), c); err != nil {
+		a, err := route.ConnClosed(t.Bolt(), t.Now(), c)
+		if err != nil {
 			return err
+		}
+		if a != nil && a.Online() {
+			// Its tasks pushed to that connection go to another one.
+			if err := t.Tasks.Rehome(a); err != nil {
+				return err
+			}
 		}
 	}
 	return nil

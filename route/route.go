@@ -267,25 +267,25 @@ func Register(tx *bolt.Tx, now int64, r RegisterArgs) (cameOnline bool, err erro
 }
 
 // ConnClosed ends a connection's registration; the agent goes offline
-// with its last one. It returns the agent that went offline, or "".
-func ConnClosed(tx *bolt.Tx, now int64, conn string) (offline string, err error) {
+// with its last one. It returns the agent after the change, or nil when
+// the connection had no registration.
+func ConnClosed(tx *bolt.Tx, now int64, conn string) (*Agent, error) {
 	name := tx.Bucket(bucketConns).Get([]byte(conn))
 	if name == nil {
-		return "", nil
+		return nil, nil
 	}
 	if err := tx.Bucket(bucketConns).Delete([]byte(conn)); err != nil {
-		return "", err
+		return nil, err
 	}
 	a, err := Load(tx, string(name))
 	if err != nil || a == nil {
-		return "", fmt.Errorf("connection %q of agent %q with no record (%v)", conn, name, err)
+		return nil, fmt.Errorf("connection %q of agent %q with no record (%v)", conn, name, err)
 	}
 	a.Conns = slices.DeleteFunc(a.Conns, func(c string) bool { return c == conn })
 	if !a.Online() {
 		a.Seen = now
-		offline = a.Name
 	}
-	return offline, save(tx, a)
+	return a, save(tx, a)
 }
 
 // Conns lists the registered connections whose id match says to end (a

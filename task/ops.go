@@ -1,12 +1,14 @@
 package task
 
 import (
+	"crypto/sha256"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"slices"
 
 	"github.com/mcpd/mcpd/route"
+	"github.com/vmihailenco/msgpack/v5"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -137,6 +139,24 @@ func (t *Tx) Submit(a SubmitArgs) (*SubmitResult, error) {
 	if err := a.Check(); err != nil {
 		return nil, err
 	}
+	// A submission repeated (a client retrying after a lost reply) gets
+	// the first one's result; its key is the sender and the id of its
+	// first task's envelope.
+	key, sum := submitKey(a)
+	if raw := t.b(bucketSubmits).Get(key); raw != nil {
+		var rec submitRec
+		if err := msgpack.Unmarshal(raw, &rec); err != nil {
+			return nil, fmt.Errorf("decode submission %q: %w", key, err)
+		}
+		if rec.Sum != sum {
+			return nil, fmt.Errorf("%w: envelope id %s was already used for another submission", ErrConflict, envID(a.Tasks[0].Input))
+		}
+		res := &SubmitResult{IDs: make(map[string]string, len(a.Tasks)), Root: rec.Root}
+		for i, s := range a.Tasks {
+			res.IDs[s.Ref] = rec.IDs[i]
+		}
+		return res, nil
+	}
 	origin, intent := a.From, a.Intent
 	chain := []string{a.From}
 	var lineage []string
@@ -219,7 +239,39 @@ func (t *Tx) Submit(a SubmitArgs) (*SubmitResult, error) {
 		}
 		t.changed(k)
 	}
-	return res, nil
+	raw, err := msgpack.Marshal(&submitRec{Sum: sum, Root: graph, IDs: ids})
+	if err != nil {
+		return nil, err
+	}
+	return res, t.b(bucketSubmits).Put(key, raw)
+}
+
+// submitRec remembers a submission for its retries: its graph and the
+// ids of its tasks in submission order (a list, not a map: what is
+// stored must encode the same on every replica).
+type submitRec struct {
+	Sum  [32]byte `msgpack:"s"`
+	Root string   `msgpack:"r"`
+	IDs  []string `msgpack:"i"`
+}
+
+// envID is the id of an envelope ("" when it has none).
+func envID(env json.RawMessage) string {
+	var e struct {
+		ID string `json:"id"`
+	}
+	_ = json.Unmarshal(env, &e)
+	return e.ID
+}
+
+// submitKey is a submission's dedup key and the digest of its content.
+func submitKey(a SubmitArgs) ([]byte, [32]byte) {
+	body, _ := msgpack.Marshal(struct {
+		P string `msgpack:"p"`
+		I string `msgpack:"i"`
+		T []Spec `msgpack:"t"`
+	}{a.Parent, a.Intent, a.Tasks})
+	return pairKey(a.From, envID(a.Tasks[0].Input)), sha256.Sum256(body)
 }
 
 // enter moves a task whose dependencies all succeeded on: held when it
@@ -270,6 +322,9 @@ func (t *Tx) held(a SettleArgs) (*Task, error) {
 // unlease ends a task's current attempt for its agent.
 func (t *Tx) unlease(k *Task, ok bool) error {
 	if err := t.b(bucketTimers).Delete(timerKey(k.LeaseUntil, k.ID)); err != nil {
+		return err
+	}
+	if err := t.b(bucketHeld).Delete(pairKey(k.Agent, k.ID)); err != nil {
 		return err
 	}
 	if err := route.Finished(t.tx, t.now, k.Agent, k.Capability, ok); err != nil {
@@ -388,6 +443,9 @@ func (t *Tx) cancel(k *Task, reason string) error {
 		}
 		t.dirty[k.Capability] = true
 		if err := t.b(bucketTimers).Delete(timerKey(k.LeaseUntil, k.ID)); err != nil {
+			return err
+		}
+		if err := t.b(bucketHeld).Delete(pairKey(k.Agent, k.ID)); err != nil {
 			return err
 		}
 		k.Conn, k.LeaseUntil = "", 0

@@ -105,8 +105,12 @@ func (w *world) register(agent string, caps ...route.Cap) {
 	})
 }
 
+var envSeq int
+
+// env is an envelope with a fresh id.
 func env(from, body string) json.RawMessage {
-	return json.RawMessage(fmt.Sprintf(`{"id":"e-%s-%d","from":%q,"ts":1,"body":%s}`, from, len(body), from, body))
+	envSeq++
+	return json.RawMessage(fmt.Sprintf(`{"id":"e-%s-%d","from":%q,"ts":1,"body":%s}`, from, envSeq, from, body))
 }
 
 func spec(ref, capName string, deps ...string) task.Spec {
@@ -552,6 +556,7 @@ func Test_Task_Delegation(t *testing.T) {
 func Test_Task_Deterministic(t *testing.T) {
 	var dumps [2][]byte
 	for i := range dumps {
+		envSeq = 0
 		w := newWorld(t)
 		w.register("x", one(3))
 		w.register("y", one(2))
@@ -588,6 +593,88 @@ func Test_Task_Deterministic(t *testing.T) {
 		dumps[i] = buf.Bytes()
 	}
 	if !bytes.Equal(dumps[0], dumps[1]) {
-		t.Fatal("two runs of the same commands differ")
+		i := 0
+		for i < len(dumps[0]) && i < len(dumps[1]) && dumps[0][i] == dumps[1][i] {
+			i++
+		}
+		t.Fatalf("two runs of the same commands differ at byte %d: %q vs %q", i, dumps[0][max(0, i-40):min(len(dumps[0]), i+40)], dumps[1][max(0, i-40):min(len(dumps[1]), i+40)])
+	}
+}
+
+// A submission sent again (a retry after a lost reply) gets the first
+// one's ids and creates nothing; the same envelope id with other content
+// is a conflict.
+func Test_Task_SubmitRetry(t *testing.T) {
+	w := newWorld(t)
+	args := task.SubmitArgs{From: "origin", Tasks: []task.Spec{spec("a", "work"), spec("b", "work", "a")}, Limits: task.DefaultLimits}
+	var first, again *task.SubmitResult
+	w.must(func(tx *task.Tx) error { var err error; first, err = tx.Submit(args); return err })
+	w.must(func(tx *task.Tx) error { var err error; again, err = tx.Submit(args); return err })
+	if fmt.Sprint(first) != fmt.Sprint(again) {
+		t.Fatalf("retry answered %v, first %v", again, first)
+	}
+	args.Intent = "something else"
+	if err := w.do(func(tx *task.Tx) error { _, err := tx.Submit(args); return err }); !errors.Is(err, task.ErrConflict) {
+		t.Fatalf("another submission under the same envelope id: %v", err)
+	}
+	if res, _ := w.submit("origin", "", spec("c", "work")); res.IDs["c"] != "t3" {
+		t.Fatalf("the retry created tasks: next id %s", res.IDs["c"])
+	}
+}
+
+// A task pushed to a connection that closes goes again, same attempt, to
+// the agent's other registered connection, or to its new one when it
+// comes back; revocations follow it.
+func Test_Task_Rehome(t *testing.T) {
+	w := newWorld(t)
+	reg := func(conn string) {
+		w.must(func(tx *task.Tx) error {
+			if _, err := route.Register(tx.Bolt(), w.now, route.RegisterArgs{Agent: "x", Conn: conn, Caps: []route.Cap{one(5)}}); err != nil {
+				return err
+			}
+			a, _ := route.Load(tx.Bolt(), "x")
+			tx.AgentChanged(a)
+			return tx.Rehome(a)
+		})
+	}
+	closeConn := func(conn string) {
+		w.must(func(tx *task.Tx) error {
+			a, err := route.ConnClosed(tx.Bolt(), w.now, conn)
+			if err != nil || a == nil {
+				return fmt.Errorf("close %s: %v", conn, err)
+			}
+			return tx.Rehome(a)
+		})
+	}
+	pushes := func() map[string]int { // the harness files pushes by the connection's last part
+		out := map[string]int{}
+		for _, ps := range w.pushes {
+			for _, p := range ps {
+				out[p.Conn]++
+			}
+		}
+		return out
+	}
+	reg("n1/1/x")
+	reg("n1/1/y")
+	res, _ := w.submit("origin", "", spec("a", "work"))
+	if got := pushes(); got["n1/1/x"] != 1 || len(got) != 1 {
+		t.Fatalf("first push: %v", got)
+	}
+	closeConn("n1/1/x")
+	if got := pushes(); got["n1/1/y"] != 1 || w.pushes["y"][0].Task.Attempt != 1 {
+		t.Fatalf("after the connection closed: %v", got)
+	}
+	closeConn("n1/1/y")
+	reg("n1/1/z")
+	if got := pushes(); got["n1/1/z"] != 1 {
+		t.Fatalf("after the agent came back: %v", got)
+	}
+	w.must(func(tx *task.Tx) error {
+		_, err := tx.Cancel(task.CancelArgs{Task: res.IDs["a"], Agent: "origin"})
+		return err
+	})
+	if r := w.revoke["z"]; len(r) != 1 || r[0].Conn != "n1/1/z" {
+		t.Fatalf("revocation: %+v", r)
 	}
 }

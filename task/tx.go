@@ -22,10 +22,12 @@ var (
 	bucketTimers     = []byte("task.timers")     // at(8) id -> nil: lease ends and retry times
 	bucketCounters   = []byte("task.counters")   // name -> uint64
 	bucketSensitive  = []byte("task.sensitive")  // capability -> operator: tasks held for approval
+	bucketHeld       = []byte("task.held")       // agent 0 id -> nil: the tasks assigned to an agent
+	bucketSubmits    = []byte("task.submits")    // from 0 envelope id -> submitRec: submissions, for retries
 )
 
 // Buckets lists them for CreateBuckets and dumps.
-var Buckets = [][]byte{bucketTasks, bucketReady, bucketDependents, bucketLineage, bucketTimers, bucketCounters, bucketSensitive}
+var Buckets = [][]byte{bucketTasks, bucketReady, bucketDependents, bucketLineage, bucketTimers, bucketCounters, bucketSensitive, bucketHeld, bucketSubmits}
 
 // CreateBuckets makes sure every bucket exists.
 func CreateBuckets(tx *bolt.Tx) error {
@@ -236,7 +238,16 @@ func (t *Tx) assign(k *Task, a *route.Agent) error {
 	if err := t.b(bucketTimers).Put(timerKey(k.LeaseUntil, k.ID), nil); err != nil {
 		return err
 	}
+	if err := t.b(bucketHeld).Put(pairKey(a.Name, k.ID), nil); err != nil {
+		return err
+	}
 	t.changed(k)
+	return t.push(k)
+}
+
+// push hands an assigned task to its agent's connection, when it is on
+// this node.
+func (t *Tx) push(k *Task) error {
 	if t.isLocal(k.Conn) {
 		deps := make(map[string]json.RawMessage, len(k.Deps))
 		for i, d := range k.Deps {
@@ -281,5 +292,40 @@ func Reached(tx *bolt.Tx, id string) []string {
 	for k, _ := c.Seek(p); k != nil && bytes.HasPrefix(k, p); k, _ = c.Next() {
 		out = append(out, string(k[len(p):]))
 	}
+	return out
+}
+
+// Rehome pushes again, with the same attempt, the tasks an online agent
+// holds whose connection is no longer registered (it closed, or the agent
+// came back on a new one), to the connection tasks go to now. Revocations
+// then reach that connection too.
+func (t *Tx) Rehome(a *route.Agent) error {
+	if !a.Online() {
+		return nil
+	}
+	for _, id := range t.pairs(bucketHeld, a.Name) {
+		k, err := t.load(id)
+		if err != nil {
+			return err
+		}
+		if k == nil || k.State != StateAssigned || k.Agent != a.Name || slices.Contains(a.Conns, k.Conn) {
+			continue
+		}
+		k.Conn = a.Conn()
+		if err := t.push(k); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// SensitiveCaps lists the capabilities marked sensitive, with the
+// operator who marked each.
+func SensitiveCaps(tx *bolt.Tx) map[string]string {
+	out := map[string]string{}
+	_ = tx.Bucket(bucketSensitive).ForEach(func(k, v []byte) error {
+		out[string(k)] = string(v)
+		return nil
+	})
 	return out
 }

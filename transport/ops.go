@@ -123,6 +123,8 @@ func errorCode(err error) (string, string) {
 		return "bad_signature", err.Error()
 	case errors.Is(err, auth.ErrBadEnvelope), errors.Is(err, queue.ErrBadRequest):
 		return "bad_request", err.Error()
+	case errors.Is(err, queue.ErrNotFound) && err.Error() != queue.ErrNotFound.Error():
+		return "not_found", err.Error()
 	case errors.Is(err, queue.ErrNotFound):
 		return "not_found", "no such delivery, consumer or subscription on this connection"
 	case errors.Is(err, queue.ErrFull):
