@@ -47,6 +47,7 @@ func (a *Admin) routeTasks() {
 	a.mux.HandleFunc("POST /v1/tasks/{id}/approve", a.decideTask(true))
 	a.mux.HandleFunc("POST /v1/tasks/{id}/deny", a.decideTask(false))
 	a.mux.HandleFunc("POST /v1/tasks/{id}/cancel", a.cancelTask)
+	a.mux.HandleFunc("GET /v1/capabilities/sensitive", a.listSensitive)
 	a.mux.HandleFunc("PUT /v1/capabilities/{name}/sensitive", a.setSensitive(true))
 	a.mux.HandleFunc("DELETE /v1/capabilities/{name}/sensitive", a.setSensitive(false))
 }
@@ -234,4 +235,18 @@ func (a *Admin) setSensitive(on bool) http.HandlerFunc {
 		a.log.Info("capability sensitivity changed", "capability", name, "sensitive", on, "operator", Operator(r))
 		adminJSON(w, http.StatusOK, AdminSensitive{Capability: name, Sensitive: on, Operator: Operator(r)})
 	}
+}
+
+// listSensitive answers the capabilities marked sensitive, each with the
+// operator who marked it.
+func (a *Admin) listSensitive(w http.ResponseWriter, r *http.Request) {
+	var caps map[string]string
+	if err := a.node.Read(func(tx *bolt.Tx) error {
+		caps = task.SensitiveCaps(tx)
+		return nil
+	}); err != nil {
+		adminFail(w, err)
+		return
+	}
+	adminJSON(w, http.StatusOK, caps)
 }

@@ -247,6 +247,9 @@ func TestCLIDenyCancelAndSensitive(t *testing.T) {
 	if out := mustRun(t, capabilityCmd, n.asOperator("sensitive", "edit")); !strings.HasPrefix(out, "capability edit is sensitive") {
 		t.Fatalf("capability sensitive: %q", out)
 	}
+	if out := mustRun(t, capabilityCmd, n.asOperator("list")); !strings.HasPrefix(out, "edit\tsensitive (marked by operator:local)") {
+		t.Fatalf("capability list: %q", out)
+	}
 	s := submitted(t, mustRun(t, taskSubmit, n.asAgent("origin", writeJSON(t, "s.json", `{"tasks":[{"ref":"s","capability":"edit","input":"x"}]}`))))
 	waitState(t, origin, s["s"], "held")
 	if out := mustRun(t, capabilityCmd, n.asOperator("plain", "edit")); !strings.HasPrefix(out, "capability edit is plain") {
