@@ -58,6 +58,10 @@ func newResult(t MessageType) any {
 		return &CancelResult{}
 	case TypeScheduleFire:
 		return &FireResult{}
+	case TypeScheduleAdd, TypeScheduleSet:
+		return &ScheduleResult{}
+	case TypeTaskDecide:
+		return &TaskResult{}
 	}
 	return nil
 }

@@ -2,6 +2,7 @@ package fsm
 
 import (
 	"errors"
+	"fmt"
 	"strconv"
 
 	"github.com/mcpd/mcpd/queue"
@@ -42,6 +43,13 @@ type ScheduleFireArgs struct {
 	Env    []byte   `msgpack:"e,omitempty"`
 }
 
+// ScheduleResult answers an add, pause or resume with the schedule as
+// stored (a follower's admin API answers with it before it applied the
+// command itself).
+type ScheduleResult struct {
+	Schedule schedule.Schedule `msgpack:"s"`
+}
+
 // FireResult answers a firing: what it did.
 type FireResult struct {
 	Firing schedule.Firing `msgpack:"f"`
@@ -65,7 +73,10 @@ func init() {
 	}, func(t *Tx, a *ScheduleAddArgs) (any, error) {
 		s := a.Schedule
 		s.By = t.Actor()
-		return nil, schedErr(schedule.Add(t.Bolt(), t.Now(), s))
+		if err := schedErr(schedule.Add(t.Bolt(), t.Now(), s)); err != nil {
+			return nil, err
+		}
+		return scheduleResult(t, s.Name)
 	})
 	register(TypeScheduleSet, func(a *ScheduleSetArgs) error {
 		if a.Name == "" || (a.What != "pause" && a.What != "resume" && a.What != "delete") {
@@ -73,7 +84,10 @@ func init() {
 		}
 		return nil
 	}, func(t *Tx, a *ScheduleSetArgs) (any, error) {
-		return nil, schedErr(schedule.Set(t.Bolt(), t.Now(), a.Name, a.What))
+		if err := schedErr(schedule.Set(t.Bolt(), t.Now(), a.Name, a.What)); err != nil || a.What == "delete" {
+			return nil, err
+		}
+		return scheduleResult(t, a.Name)
 	})
 	register(TypeScheduleFire, func(a *ScheduleFireArgs) error {
 		if a.Name == "" || a.Tick <= 0 || a.Missed < 0 {
@@ -118,4 +132,12 @@ func init() {
 		}
 		return &FireResult{Firing: f}, nil
 	})
+}
+
+func scheduleResult(t *Tx, name string) (any, error) {
+	s, err := schedule.Load(t.Bolt(), name)
+	if err != nil || s == nil {
+		return nil, fmt.Errorf("schedule %q just stored: %v", name, err)
+	}
+	return &ScheduleResult{Schedule: *s}, nil
 }

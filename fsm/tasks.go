@@ -2,6 +2,7 @@ package fsm
 
 import (
 	"errors"
+	"fmt"
 
 	"github.com/mcpd/mcpd/auth"
 	"github.com/mcpd/mcpd/queue"
@@ -27,6 +28,13 @@ var ErrCycle = errors.New("cycle")
 // CancelResult answers task.cancel: how many tasks it ended.
 type CancelResult struct {
 	Cancelled int `msgpack:"n"`
+}
+
+// TaskResult answers an operator's decision with the task as it is after
+// it (a follower's admin API answers with it before it applied the
+// command itself).
+type TaskResult struct {
+	Task task.Task `msgpack:"t"`
 }
 
 // SubmitResult answers task.submit.
@@ -121,7 +129,14 @@ func init() {
 		}
 		return nil
 	}, func(t *Tx, a *task.DecideArgs) (any, error) {
-		return nil, taskErr(t.Tasks.Decide(*a))
+		if err := t.Tasks.Decide(*a); err != nil {
+			return nil, taskErr(err)
+		}
+		k, err := t.Tasks.Lookup(a.Task)
+		if err != nil || k == nil {
+			return nil, fmt.Errorf("task %q just decided: %v", a.Task, err)
+		}
+		return &TaskResult{Task: *k}, nil
 	})
 	register(TypeCapSensitive, func(a *CapSensitiveArgs) error {
 		if !route.ValidCapName(a.Cap) || a.Operator == "" {

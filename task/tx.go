@@ -329,3 +329,7 @@ func SensitiveCaps(tx *bolt.Tx) map[string]string {
 	})
 	return out
 }
+
+// Lookup returns a task as this transaction sees it (with the command's
+// changes), or nil.
+func (t *Tx) Lookup(id string) (*Task, error) { return t.load(id) }

@@ -122,17 +122,30 @@ func (a *Admin) addSchedule(w http.ResponseWriter, r *http.Request) {
 		adminErr(w, http.StatusBadRequest, "bad_request", "%v", err)
 		return
 	}
-	if !a.propose(w, r, fsm.TypeScheduleAdd, &fsm.ScheduleAddArgs{Schedule: s}) {
+	rep, ok := a.propose(w, r, fsm.TypeScheduleAdd, &fsm.ScheduleAddArgs{Schedule: s})
+	if !ok {
 		return
 	}
 	a.log.Info("schedule added", "schedule", s.Name, "cron", s.Cron, "tz", s.TZ, "operator", Operator(r))
-	a.showSchedule(w, s.Name, http.StatusCreated)
+	a.answerSchedule(w, rep, http.StatusCreated)
+}
+
+// answerSchedule answers with the schedule a command stored, from its
+// result: this node may not have applied the command yet.
+func (a *Admin) answerSchedule(w http.ResponseWriter, rep *fsm.Reply, status int) {
+	res, ok := rep.Result.(*fsm.ScheduleResult)
+	if !ok {
+		adminErr(w, http.StatusInternalServerError, "internal", "the command answered no schedule")
+		return
+	}
+	adminJSON(w, status, res.Schedule)
 }
 
 func (a *Admin) setSchedule(what string) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		name := r.PathValue("name")
-		if !a.propose(w, r, fsm.TypeScheduleSet, &fsm.ScheduleSetArgs{Name: name, What: what}) {
+		rep, ok := a.propose(w, r, fsm.TypeScheduleSet, &fsm.ScheduleSetArgs{Name: name, What: what})
+		if !ok {
 			return
 		}
 		a.log.Info("schedule changed", "schedule", name, "op", what, "operator", Operator(r))
@@ -140,13 +153,13 @@ func (a *Admin) setSchedule(what string) http.HandlerFunc {
 			adminJSON(w, http.StatusOK, map[string]string{"deleted": name})
 			return
 		}
-		a.showSchedule(w, name, http.StatusOK)
+		a.answerSchedule(w, rep, http.StatusOK)
 	}
 }
 
 // propose runs an operator's command and answers its error; it reports
-// whether the command succeeded.
-func (a *Admin) propose(w http.ResponseWriter, r *http.Request, t fsm.MessageType, body any) bool {
+// whether the command succeeded, with its reply.
+func (a *Admin) propose(w http.ResponseWriter, r *http.Request, t fsm.MessageType, body any) (*fsm.Reply, bool) {
 	ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)
 	defer cancel()
 	rep, err := a.node.Call(ctx, t, Operator(r), body)
@@ -155,26 +168,9 @@ func (a *Admin) propose(w http.ResponseWriter, r *http.Request, t fsm.MessageTyp
 	}
 	if err != nil {
 		adminFail(w, err)
-		return false
+		return nil, false
 	}
-	return true
-}
-
-func (a *Admin) showSchedule(w http.ResponseWriter, name string, status int) {
-	var s *schedule.Schedule
-	if err := a.node.Read(func(tx *bolt.Tx) error {
-		var err error
-		s, err = schedule.Load(tx, name)
-		return err
-	}); err != nil {
-		adminFail(w, err)
-		return
-	}
-	if s == nil {
-		adminErr(w, http.StatusNotFound, "not_found", "no schedule %q", name)
-		return
-	}
-	adminJSON(w, status, s)
+	return rep, true
 }
 
 func (a *Admin) scheduleHistory(w http.ResponseWriter, r *http.Request) {

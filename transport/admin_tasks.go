@@ -184,17 +184,20 @@ func (a *Admin) decideTask(approve bool) http.HandlerFunc {
 			return
 		}
 		args := &task.DecideArgs{Task: id, Operator: Operator(r), Approve: approve, Reason: d.Reason}
-		if _, ok := a.proposeTask(w, r, fsm.TypeTaskDecide, args); !ok {
+		res, ok := a.proposeTask(w, r, fsm.TypeTaskDecide, args)
+		if !ok {
 			return
 		}
 		verb := map[bool]string{true: "approved", false: "denied"}[approve]
 		a.log.Info("held task "+verb, "task", id, "operator", Operator(r), "reason", d.Reason)
-		res, _, err := a.readTaskOrGraph(id)
-		if err != nil {
-			adminFail(w, err)
+		// The decided task from the command's result: this node may not
+		// have applied it yet.
+		tr, ok := res.(*fsm.TaskResult)
+		if !ok {
+			adminErr(w, http.StatusInternalServerError, "internal", "the decision answered no task")
 			return
 		}
-		adminJSON(w, http.StatusOK, res)
+		adminJSON(w, http.StatusOK, AdminTaskGet{Task: &tr.Task})
 	}
 }
 
