@@ -26,7 +26,7 @@ import (
 // admin API (docs/delegation-cli.md).
 func runTask(args []string) error {
 	if len(args) == 0 {
-		return &usageError{"expected 'mcpd task submit|get|watch|cancel|approve|deny|show ...'"}
+		return &usageError{"expected 'mcpd task submit|get|watch|cancel|approve|deny|show|verify ...'"}
 	}
 	rest := args[1:]
 	switch args[0] {
@@ -44,8 +44,10 @@ func runTask(args []string) error {
 		return taskDeny(rest, os.Stdout)
 	case "show":
 		return taskShow(rest, os.Stdout)
+	case "verify":
+		return taskVerify(rest, os.Stdout)
 	}
-	return &usageError{fmt.Sprintf("unknown task command %q: submit, get, watch, cancel, approve, deny or show", args[0])}
+	return &usageError{fmt.Sprintf("unknown task command %q: submit, get, watch, cancel, approve, deny, show or verify", args[0])}
 }
 
 // parseOne parses flags that may come before or after one positional
@@ -491,4 +493,53 @@ func taskShow(args []string, stdout io.Writer) error {
 		return err
 	}
 	return printTaskGet(stdout, res.get(), *asJSON)
+}
+
+const taskVerifyUsage = "usage: mcpd task verify ID [--server URL[,URL]] [--ca FILE] [--cred FILE | --agent NAME]"
+
+// taskVerify checks a task's delegation chain hop by hop against the
+// agents' registered keys (client.VerifyTaskChain) and prints the verdict
+// of each hop; it fails when the chain does not hold.
+func taskVerify(args []string, stdout io.Writer) error {
+	fs := flag.NewFlagSet("task verify", flag.ContinueOnError)
+	var cf connFlags
+	cf.register(fs, "cli", 30*time.Second, "how long to wait for the answers")
+	setUsage(fs, taskVerifyUsage)
+	id, err := parseOne(fs, args, "task ID")
+	if err != nil {
+		return err
+	}
+	return withClient(&cf, func(ctx context.Context, c *client.Client) error {
+		g, err := c.GetTask(ctx, id)
+		if err != nil {
+			return err
+		}
+		if g.Task == nil {
+			return &usageError{id + " is a graph: verify one of its tasks"}
+		}
+		checks, err := c.VerifyTaskChain(ctx, g.Task)
+		if checks == nil && err != nil {
+			return err
+		}
+		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "HOP\tAGENT\tTASK\tSIGNATURE")
+		for i, h := range checks {
+			verdict := "ed25519, verified"
+			switch {
+			case h.Err != nil:
+				verdict = "NOT VERIFIED: " + h.Err.Error()
+			case h.Verified.ByServer:
+				verdict = "hmac-sha256, checked by the cluster"
+			}
+			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\n", i, h.Hop.Agent, h.Hop.Task, verdict)
+		}
+		if ferr := tw.Flush(); ferr != nil {
+			return ferr
+		}
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "chain of %s verified: %s\n", g.Task.ID, strings.Join(g.Task.Chain, " -> "))
+		return nil
+	})
 }

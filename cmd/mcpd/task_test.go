@@ -196,6 +196,12 @@ func TestCLIAgentsSubmitApproveWatchGet(t *testing.T) {
 	if _, err := run(t, taskGet, n.asAgent("origin", "t-none")); !client.IsCode(err, "not_found") {
 		t.Fatalf("task get of an unknown id: %v", err)
 	}
+	// A dev node's envelopes are unsigned: the chain does not verify, and
+	// the command says which hop and why (client.TestVerifyTaskChain
+	// covers a signed chain).
+	if out, err := run(t, taskVerify, n.asAgent("origin", ids["review"])); !errors.Is(err, client.ErrBrokenChain) || !regexp.MustCompile(`0\s+origin\s+`+ids["review"]+`\s+NOT VERIFIED: .*not signed`).MatchString(out) {
+		t.Fatalf("task verify on a dev node: %v\n%s", err, out)
+	}
 	if out := mustRun(t, agentsCmd, n.asAgent("origin")); !regexp.MustCompile(`worker\s+yes\s+n1\s+edit 0/2, review 0/1\s+2/0`).MatchString(out) {
 		t.Fatalf("agents after two tasks:\n%s", out)
 	}
