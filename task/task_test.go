@@ -678,3 +678,105 @@ func Test_Task_Rehome(t *testing.T) {
 		t.Fatalf("revocation: %+v", r)
 	}
 }
+
+// The state machine as a table: from each state, each event, the state
+// that follows or the error; an event that does not apply changes
+// nothing.
+func Test_Task_StateTable(t *testing.T) {
+	// Each start puts task "a" (and a dependent "b" where it matters) in
+	// a state, with agent x holding it when assigned.
+	starts := map[string]func(w *world) (a, b string){
+		"waiting": func(w *world) (string, string) {
+			res, _ := w.submit("origin", "", spec("dep", "work"), spec("a", "work", "dep"))
+			return res.IDs["a"], ""
+		},
+		"held": func(w *world) (string, string) {
+			s := spec("a", "work")
+			s.Approval = true
+			res, _ := w.submit("origin", "", s, spec("b", "work", "a"))
+			return res.IDs["a"], res.IDs["b"]
+		},
+		"ready": func(w *world) (string, string) {
+			res, _ := w.submit("origin", "", spec("a", "nobody"), spec("b", "work", "a"))
+			return res.IDs["a"], res.IDs["b"]
+		},
+		"assigned": func(w *world) (string, string) {
+			res, _ := w.submit("origin", "", spec("a", "work"), spec("b", "work", "a"))
+			return res.IDs["a"], res.IDs["b"]
+		},
+		"succeeded": func(w *world) (string, string) {
+			res, _ := w.submit("origin", "", spec("a", "work"))
+			w.done("x", w.take("x"), "1")
+			return res.IDs["a"], ""
+		},
+		"failed": func(w *world) (string, string) {
+			res, _ := w.submit("origin", "", spec("a", "work"))
+			w.fail("x", w.take("x"), "no", false)
+			return res.IDs["a"], ""
+		},
+	}
+	events := map[string]func(tx *task.Tx, id string) error{
+		"done": func(tx *task.Tx, id string) error {
+			return tx.Done(task.SettleArgs{Task: id, Attempt: 1, Agent: "x", Output: json.RawMessage("1")})
+		},
+		"retry": func(tx *task.Tx, id string) error {
+			return tx.Fail(task.SettleArgs{Task: id, Attempt: 1, Agent: "x", Error: "e", Retry: true})
+		},
+		"fail": func(tx *task.Tx, id string) error {
+			return tx.Fail(task.SettleArgs{Task: id, Attempt: 1, Agent: "x", Error: "e"})
+		},
+		"cancel": func(tx *task.Tx, id string) error {
+			_, err := tx.Cancel(task.CancelArgs{Task: id, Agent: "origin"})
+			return err
+		},
+		"approve": func(tx *task.Tx, id string) error {
+			return tx.Decide(task.DecideArgs{Task: id, Operator: "op", Approve: true})
+		},
+		"deny": func(tx *task.Tx, id string) error { return tx.Decide(task.DecideArgs{Task: id, Operator: "op"}) },
+	}
+	for _, c := range []struct {
+		from, event, to, dependent string
+		err                        error
+	}{
+		{"waiting", "done", "waiting", "", task.ErrNotFound},
+		{"waiting", "approve", "waiting", "", task.ErrConflict},
+		{"waiting", "cancel", "cancelled", "", nil},
+		{"held", "approve", "assigned", "waiting", nil},
+		{"held", "deny", "cancelled", "cancelled", nil},
+		{"held", "done", "held", "waiting", task.ErrNotFound},
+		{"held", "cancel", "cancelled", "cancelled", nil},
+		{"ready", "done", "ready", "waiting", task.ErrNotFound},
+		{"ready", "deny", "ready", "waiting", task.ErrConflict},
+		{"ready", "cancel", "cancelled", "cancelled", nil},
+		{"assigned", "done", "succeeded", "assigned", nil},
+		{"assigned", "retry", "ready", "waiting", nil},
+		{"assigned", "fail", "failed", "cancelled", nil},
+		{"assigned", "cancel", "cancelled", "cancelled", nil},
+		{"assigned", "approve", "assigned", "waiting", task.ErrConflict},
+		{"succeeded", "done", "succeeded", "", task.ErrNotFound},
+		{"succeeded", "cancel", "succeeded", "", nil},
+		{"failed", "retry", "failed", "", task.ErrNotFound},
+		{"failed", "approve", "failed", "", task.ErrConflict},
+	} {
+		t.Run(c.from+"/"+c.event, func(t *testing.T) {
+			w := newWorld(t)
+			w.register("x", one(5))
+			a, b := starts[c.from](w)
+			if got := w.get(a).State; got != c.from {
+				t.Fatalf("start: %s, want %s", got, c.from)
+			}
+			err := w.do(func(tx *task.Tx) error { return events[c.event](tx, a) })
+			if !errors.Is(err, c.err) || (c.err == nil) != (err == nil) {
+				t.Fatalf("%s: %v, want %v", c.event, err, c.err)
+			}
+			if got := w.get(a).State; got != c.to {
+				t.Fatalf("after %s: %s, want %s", c.event, got, c.to)
+			}
+			if b != "" && c.dependent != "" {
+				if got := w.get(b).State; got != c.dependent {
+					t.Fatalf("its dependent: %s, want %s", got, c.dependent)
+				}
+			}
+		})
+	}
+}
