@@ -9,6 +9,7 @@ import (
 	"strings"
 	"unicode/utf8"
 
+	"github.com/mcpd/mcpd/auth"
 	"github.com/mcpd/mcpd/queue"
 	bolt "go.etcd.io/bbolt"
 )
@@ -149,23 +150,7 @@ func ExecFace(tx *bolt.Tx, qt *queue.Tx, now int64, args [][]byte, write bool, e
 
 // validQueue reports whether a queue may be reached through its key:
 // agent inboxes ("@NAME") are not.
-func validQueue(q string) bool {
-	if q == "" || len(q) > 1024 || q[0] == '@' {
-		return false
-	}
-	for _, part := range strings.Split(q, ".") {
-		if part == "" {
-			return false
-		}
-		for i := 0; i < len(part); i++ {
-			c := part[i]
-			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-') {
-				return false
-			}
-		}
-	}
-	return true
-}
+func validQueue(q string) bool { return auth.ValidQueueName(q) && !auth.IsInbox(q) }
 
 // queueErr carries a queue error out of a face command.
 type queueErr struct{ err error }
@@ -527,13 +512,9 @@ func (f *face) xack(a [][]byte) Value {
 	if !f.exists || string(a[2]) != QueueGroup {
 		return Integer(0)
 	}
-	ids := make([]streamID, len(a)-3)
-	for j, arg := range a[3:] {
-		id, _, ok := parseStreamID(arg, 0, true, false)
-		if !ok {
-			return errStreamID
-		}
-		ids[j] = id
+	ids, ok := parseIDs(a[3:])
+	if !ok {
+		return errStreamID
 	}
 	var n int64
 	for _, id := range ids {

@@ -247,13 +247,9 @@ func cmdXDel(c *ctx, a [][]byte) Value {
 	if s == nil {
 		return Integer(0)
 	}
-	ids := make([]streamID, len(a)-2)
-	for j, arg := range a[2:] {
-		id, _, ok := parseStreamID(arg, 0, true, false)
-		if !ok {
-			return errStreamID
-		}
-		ids[j] = id
+	ids, ok := parseIDs(a[2:])
+	if !ok {
+		return errStreamID
 	}
 	var n int64
 	firstGone := false

@@ -405,24 +405,16 @@ func (g *group) readHistory(name []byte, after streamID, count int64) []Value {
 
 // cmdXAck: XACK key group id [id ...].
 func cmdXAck(c *ctx, a [][]byte) Value {
-	s, wrong := c.openStream(a[1], false)
+	_, g, wrong := c.openGroup(a[1], a[2])
 	if wrong {
 		return errWrongType
-	}
-	var g *group
-	if s != nil {
-		g = s.group(a[2])
 	}
 	if g == nil {
 		return Integer(0)
 	}
-	ids := make([]streamID, len(a)-3)
-	for j, arg := range a[3:] {
-		id, _, ok := parseStreamID(arg, 0, true, false)
-		if !ok {
-			return errStreamID
-		}
-		ids[j] = id
+	ids, ok := parseIDs(a[3:])
+	if !ok {
+		return errStreamID
 	}
 	var n int64
 	for _, id := range ids {
@@ -504,13 +496,9 @@ func cmdXPending(c *ctx, a [][]byte) Value {
 		return *bad
 	}
 	start, end, count, minIdle, name := p.start, p.end, p.count, p.idle, p.consumer
-	s, wrong := c.openStream(a[1], false)
+	_, g, wrong := c.openGroup(a[1], a[2])
 	if wrong {
 		return errWrongType
-	}
-	var g *group
-	if s != nil {
-		g = s.group(a[2])
 	}
 	if g == nil {
 		return errNoKeyOrGroup(a[1], a[2])
@@ -589,13 +577,9 @@ func (g *group) claim(name []byte, id streamID, n nack, had bool, time, retry in
 // cmdXClaim: XCLAIM key group consumer min-idle-time id [id ...] [IDLE
 // ms] [TIME unix-ms] [RETRYCOUNT n] [FORCE] [JUSTID] [LASTID id].
 func cmdXClaim(c *ctx, a [][]byte) Value {
-	s, wrong := c.openStream(a[1], false)
+	s, g, wrong := c.openGroup(a[1], a[2])
 	if wrong {
 		return errWrongType
-	}
-	var g *group
-	if s != nil {
-		g = s.group(a[2])
 	}
 	if g == nil {
 		return errNoKeyOrGroup(a[1], a[2])
@@ -723,13 +707,9 @@ func cmdXAutoClaim(c *ctx, a [][]byte) Value {
 			return errSyntax
 		}
 	}
-	s, wrong := c.openStream(a[1], false)
+	s, g, wrong := c.openGroup(a[1], a[2])
 	if wrong {
 		return errWrongType
-	}
-	var g *group
-	if s != nil {
-		g = s.group(a[2])
 	}
 	if g == nil {
 		return errNoKeyOrGroup(a[1], a[2])
@@ -970,4 +950,27 @@ func cmdXSetID(c *ctx, a [][]byte) Value {
 	}
 	s.save()
 	return OK
+}
+
+// openGroup opens the stream at key and its group name: wrong when key
+// holds another type, nil for what does not exist.
+func (c *ctx) openGroup(key, name []byte) (s *stream, g *group, wrong bool) {
+	s, wrong = c.openStream(key, false)
+	if s != nil {
+		g = s.group(name)
+	}
+	return s, g, wrong
+}
+
+// parseIDs reads strict stream ids; ok is false at the first that is not.
+func parseIDs(args [][]byte) ([]streamID, bool) {
+	ids := make([]streamID, len(args))
+	for j, arg := range args {
+		id, _, ok := parseStreamID(arg, 0, true, false)
+		if !ok {
+			return nil, false
+		}
+		ids[j] = id
+	}
+	return ids, true
 }
