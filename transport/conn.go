@@ -78,7 +78,12 @@ func newConn(s *Server, ws *websocket.Conn) *conn {
 }
 
 // Push implements cluster.Sink.
-func (c *conn) Push(e queue.Effect) { c.queueOut(e) }
+func (c *conn) Push(e queue.Effect) {
+	if d, ok := e.(*queue.Delivery); ok {
+		countDelivery(c.s.node, d)
+	}
+	c.queueOut(e)
+}
 
 func (c *conn) isDone() bool {
 	select {

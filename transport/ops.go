@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"time"
 
 	"github.com/mcpd/mcpd/auth"
 	"github.com/mcpd/mcpd/cluster"
@@ -152,7 +153,9 @@ func (c *conn) submit(r *request, t fsm.MessageType, body any) error {
 	cmd.Actor = c.agent
 	// Queued from the reader goroutine, so one connection's commands reach
 	// the log in the order it sent them.
+	start := time.Now()
 	c.s.node.SubmitAsync(cmd, func(err error) {
+		observeSubmit(c.s.node, transportWebSocket, r.op, start, err)
 		if err == nil {
 			return
 		}

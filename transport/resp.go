@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/mcpd/mcpd/auth"
 	"github.com/mcpd/mcpd/cluster"
@@ -71,8 +72,10 @@ func NewRESPServer(node *cluster.Node, opt RESPOptions) *RESPServer {
 	if opt.MaxCommand <= 0 {
 		opt.MaxCommand = 1 << 20
 	}
-	return &RESPServer{node: node, opt: opt, log: opt.Logger.With("component", "resp"), conns: map[*respConn]struct{}{}, closing: make(chan struct{}),
+	s := &RESPServer{node: node, opt: opt, log: opt.Logger.With("component", "resp"), conns: map[*respConn]struct{}{}, closing: make(chan struct{}),
 		chanSubs: map[string]map[*respConn]struct{}{}, patSubs: map[string]map[*respConn]struct{}{}}
+	noteRESPServer(node, s)
+	return s
 }
 
 // Serve accepts connections on ln until Close.
@@ -470,7 +473,9 @@ func (c *respConn) submit(body *fsm.RedisArgs) *respFuture {
 		return f
 	}
 	cmd.Actor = c.actor()
+	start, op := time.Now(), redisOp(body.Args)
 	c.s.node.SubmitAsync(cmd, func(err error) {
+		observeSubmit(c.s.node, transportRedis, op, start, err)
 		if err == nil {
 			return
 		}

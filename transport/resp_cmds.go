@@ -505,6 +505,9 @@ func (c *respConn) authAs(user, pass []byte) kv.Value {
 }
 
 func (c *respConn) record(ev fsm.AuthEventArgs) {
+	if ev.Kind == "auth.fail" {
+		countAuthFailure(c.s.node, transportRedis, ev.Code)
+	}
 	if c.s.opt.Audit != nil {
 		ev.Node = c.s.node.ID()
 		c.s.opt.Audit(ev)

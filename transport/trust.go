@@ -336,6 +336,9 @@ type auditWindow struct {
 }
 
 func (a *auditor) record(c *conn, ev fsm.AuthEventArgs) {
+	if c != nil && ev.Kind == "auth.fail" {
+		countAuthFailure(a.s.node, transportWebSocket, ev.Code)
+	}
 	ev.Node = a.s.node.ID()
 	if c != nil && c.ws != nil {
 		ev.Remote = c.ws.RemoteAddr().String()
