@@ -83,6 +83,7 @@ func startMcpdRedis(t *testing.T) redisTarget {
 			"--health-port", strconv.Itoa(ports[1]),
 			"--raft-port", strconv.Itoa(ports[2]),
 			"--redis-port", strconv.Itoa(ports[3]),
+			"--metrics-port", "0",
 		},
 		logPath: filepath.Join(dir, "mcpd.log"),
 	}

@@ -107,6 +107,7 @@ func devNode(t *testing.T) (p *proc, dataDir, health, url string) {
 		args: []string{"serve", "--dev",
 			"--data-dir", dataDir,
 			"--redis-port", "0",
+			"--metrics-port", "0",
 			"--port", strconv.Itoa(ports[0]),
 			"--health-port", strconv.Itoa(ports[1]),
 			"--raft-port", strconv.Itoa(ports[2]),

@@ -239,7 +239,7 @@ func Test_Trust_RemoteAdmin(t *testing.T) {
 		t.Fatal(err)
 	}
 	p := &proc{name: "dev", bin: bin, logPath: filepath.Join(dir, "dev.log"), args: []string{"serve", "--dev",
-		"--data-dir", dataDir, "--redis-port", "0",
+		"--data-dir", dataDir, "--redis-port", "0", "--metrics-port", "0",
 		"--port", strconv.Itoa(ports[0]), "--health-port", strconv.Itoa(ports[1]),
 		"--raft-port", strconv.Itoa(ports[2]), "--admin-port", strconv.Itoa(ports[3]),
 		"--admin-token-file", token,

@@ -48,7 +48,7 @@ func runServe(args []string) error {
 	fs.StringVar(&f.peers, "peers", "", "every voter as id=host:raftport, comma-separated, the same on every node")
 	fs.IntVar(&f.port, "port", 4433, "MCP over WebSocket (TLS)")
 	fs.IntVar(&f.healthPort, "health-port", 4434, "HTTP /healthz and /readyz")
-	fs.IntVar(&f.metricsPort, "metrics-port", 4435, "Prometheus /metrics (reserved)")
+	fs.IntVar(&f.metricsPort, "metrics-port", 4435, "Prometheus /metrics, plain HTTP (0: off; docs/ops/metrics.md)")
 	fs.IntVar(&f.adminPort, "admin-port", 4436, "admin API and UI (reserved)")
 	fs.IntVar(&f.respPort, "redis-port", 4437, "Redis protocol (RESP2/RESP3; plaintext in --dev, TLS otherwise; 0: off)")
 	fs.IntVar(&f.raftPort, "raft-port", 4438, "Raft and leader forwarding between nodes")
@@ -108,6 +108,7 @@ func runServe(args []string) error {
 		return err
 	}
 
+	prepareMetrics(&f)
 	node, err := cluster.New(cluster.Config{
 		NodeID:           f.nodeID,
 		DataDir:          f.dataDir,
@@ -168,6 +169,14 @@ func runServe(args []string) error {
 	if resp != nil {
 		defer resp.Close()
 	}
+	stopMetrics, err := startMetrics(&f, node, ws, log, errc)
+	if err != nil {
+		wsLn.Close()
+		healthLn.Close()
+		node.Shutdown()
+		return err
+	}
+	defer stopMetrics()
 	go func() { errc <- ws.Serve(tls.NewListener(wsLn, tlsConf)) }()
 	go func() {
 		if err := health.Serve(healthLn); !errors.Is(err, http.ErrServerClosed) {
