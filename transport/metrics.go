@@ -189,7 +189,7 @@ var (
 		"Times a schedule fired since it was created (cluster-wide, from this node's applied state).",
 		[]string{"schedule"}, nil)
 	descScheduleSkipped = prometheus.NewDesc("mcpd_schedule_skipped_total",
-		"Ticks a schedule skipped since it was created (its previous firing still running, or missed while no leader proposed it).",
+		"Ticks a schedule did not fire since it was created (missed while the cluster had no leader or was down, under its misfire policy).",
 		[]string{"schedule"}, nil)
 	descConnections = prometheus.NewDesc("mcpd_connections",
 		"Client connections open on this node, by transport.",

@@ -6,6 +6,8 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"regexp"
 	"sort"
 	"strings"
 	"testing"
@@ -139,6 +141,16 @@ func TestMetrics(t *testing.T) {
 		t.Fatalf("auth of an unknown agent: %s", f)
 	}
 	c.WaitApplied()
+	// Clients have their replies once their commands are applied; the
+	// node counts a command when its submission completes, a moment later.
+	testcluster.WaitFor(t, 10*time.Second, func() bool {
+		got := scrape(t, transport.NewMetricsRegistry(nd.Node, nd.WS))
+		var n float64
+		for _, v := range got["mcpd_commit_latency_seconds"] {
+			n += v
+		}
+		return n >= 13 // 5 enqueues, a consume, 4 acks, a nack, a task submission, an XADD
+	})
 
 	for _, n := range c.Nodes {
 		before := float64(n.Node.FSM().AppliedIndex())
@@ -221,15 +233,21 @@ func TestMetricsHandler(t *testing.T) {
 	}
 	srv := httptest.NewServer(transport.NewMetricsHandler(nd.Node, nd.WS))
 	defer srv.Close()
-	resp, err := http.Get(srv.URL + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/plain") {
-		t.Fatalf("GET /metrics: %d %s", resp.StatusCode, resp.Header.Get("Content-Type"))
-	}
+	var body []byte
+	// The client has its reply once the command is applied; the node
+	// counts it when the submission completes, a moment later.
+	testcluster.WaitFor(t, 10*time.Second, func() bool {
+		resp, err := http.Get(srv.URL + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ = io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/plain") {
+			t.Fatalf("GET /metrics: %d %s", resp.StatusCode, resp.Header.Get("Content-Type"))
+		}
+		return strings.Contains(string(body), "mcpd_commit_latency_seconds_count")
+	})
 	for _, want := range []string{
 		`mcpd_queue_messages{queue="jobs",state="ready"} 1`,
 		`mcpd_queue_enqueued_total{queue="jobs"} 1`,
@@ -241,12 +259,53 @@ func TestMetricsHandler(t *testing.T) {
 			t.Errorf("/metrics lacks %q", want)
 		}
 	}
-	resp, err = http.Get(srv.URL + "/other")
+	resp, err := http.Get(srv.URL + "/other")
 	if err != nil {
 		t.Fatal(err)
 	}
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusNotFound {
 		t.Errorf("GET /other: %d, want 404", resp.StatusCode)
+	}
+}
+
+// TestMetricsDocumented checks that the operator's page documents every
+// metric, and that it and the sample dashboard name only metrics that
+// exist.
+func TestMetricsDocumented(t *testing.T) {
+	c := testcluster.Start(t, 1, testcluster.Options{})
+	names := transport.MetricNames(c.WaitLeader().Node)
+	if len(names) < 20 {
+		t.Fatalf("only %d metric names described: %v", len(names), names)
+	}
+	mention := regexp.MustCompile(`mcpd_[a-z_]+`)
+	for _, file := range []string{"../docs/ops/metrics.md", "../docs/grafana-dashboard.json"} {
+		b, err := os.ReadFile(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		seen := map[string]bool{}
+		for _, m := range mention.FindAllString(string(b), -1) {
+			if strings.HasSuffix(m, "_") {
+				continue // a family, as in mcpd_queue_*
+			}
+			base := m
+			for _, suffix := range []string{"_bucket", "_count", "_sum"} {
+				if s, ok := strings.CutSuffix(m, suffix); ok && names[s] {
+					base = s
+				}
+			}
+			if !names[base] {
+				t.Errorf("%s names %s, which mcpd does not export", file, m)
+			}
+			seen[base] = true
+		}
+		if strings.HasSuffix(file, ".md") {
+			for n := range names {
+				if !seen[n] {
+					t.Errorf("%s does not document %s", file, n)
+				}
+			}
+		}
 	}
 }
