@@ -49,6 +49,11 @@ type Config struct {
 	// Peers maps every voter's id to its Raft address (host:port); it is
 	// the same on every node. A node absent from Peers runs alone (dev).
 	Peers map[string]string
+	// Join: this node is new to a running cluster. It never bootstraps;
+	// it waits until an operator adds it (Node.Join on a member) and the
+	// leader replicates to it. Peers lists the running cluster's servers
+	// and this node.
+	Join bool
 	// Timeouts; zero means the defaults below.
 	HeartbeatTimeout time.Duration
 	ElectionTimeout  time.Duration
@@ -275,6 +280,7 @@ func (n *Node) start() error {
 	n.mux = newMux(ln, advert, n.log)
 	if n.cfg.PeerTLS != nil {
 		n.mux.auth = newPeerAuth(n.cfg.PeerTLS, n.cfg.NodeID, n.cfg.Peers)
+		n.mux.auth.isMember, n.mux.auth.idAt = n.configMember, n.configID
 	}
 	n.mux.forward = n.serveForward
 	n.mux.clock = n.serveClock
@@ -379,6 +385,10 @@ func (n *Node) start() error {
 		n.log.Info("raft data lost; rejoining from peers without bootstrap", "node", n.cfg.NodeID, "demote_first", !existing)
 		n.wg.Add(1)
 		go n.rejoin(!existing)
+		return nil
+	}
+	if !existing && n.cfg.Join {
+		n.log.Info("joining an existing cluster: no bootstrap; waiting for the leader to add this node (mcpd cluster join)", "node", n.cfg.NodeID)
 		return nil
 	}
 	if existing {

@@ -62,6 +62,7 @@ type memberRequest struct {
 	Op   string `msgpack:"o"`
 	ID   string `msgpack:"n"`
 	Last uint64 `msgpack:"l"`
+	Addr string `msgpack:"a,omitempty"` // join: the new server's raft address
 }
 
 type memberResponse struct {
@@ -72,6 +73,9 @@ type memberResponse struct {
 	Term      uint64 `msgpack:"t,omitempty"`
 	Last      uint64 `msgpack:"l,omitempty"` // the leader's last index
 	Msg       string `msgpack:"m,omitempty"`
+	Code      string `msgpack:"c,omitempty"` // operator requests: why not OK
+	// Status answers an operator's status request (membership.go).
+	Status *ServerStatus `msgpack:"s,omitempty"`
 }
 
 // serveMember answers one membership request (leader side).
@@ -99,6 +103,9 @@ func (n *Node) handleMember(req memberRequest, certID string) memberResponse {
 		addr, id := n.raft.LeaderWithID()
 		return memberResponse{NotLeader: true, Leader: string(addr), LeaderID: string(id), Msg: msg}
 	}
+	if isOperatorOp(req.Op) {
+		return n.handleOperator(req) // membership.go
+	}
 	// A node's own certificate lets it change its own membership only.
 	if certID != "" && certID != req.ID {
 		if ok, _ := n.mux.refusals.note("member "+certID, time.Now()); ok {
@@ -110,6 +117,11 @@ func (n *Node) handleMember(req memberRequest, certID string) memberResponse {
 		return notLeader("not the leader")
 	}
 	addr, ok := n.cfg.Peers[req.ID]
+	if !ok {
+		// A server added by an operator (membership.go).
+		addr = n.configAddr(req.ID)
+		ok = addr != ""
+	}
 	if !ok || req.ID == n.cfg.NodeID {
 		return memberResponse{Msg: fmt.Sprintf("%q is not a configured peer", req.ID)}
 	}

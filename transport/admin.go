@@ -72,6 +72,7 @@ func NewAdmin(node *cluster.Node, key *auth.ClusterKey, log *slog.Logger) *Admin
 	a.mux.HandleFunc("GET /v1/audit/verify", a.auditVerify)
 	a.scheduleRoutes()
 	a.routeTasks() // admin_tasks.go
+	a.clusterRoutes()
 	return a
 }
 

@@ -28,6 +28,7 @@ var commands = []command{
 	{"keygen", runKeygen, "create a cluster key file (--cluster-key-file)"},
 	{"tls", runTLS, "create TLS material (tls init)"},
 	{"check", runCheck, "verify a stopped node's data directory (checksums of log, snapshots, state.db)"},
+	{"cluster", runCluster, "show the cluster's servers; join, remove or hand leadership to one; recover a lost quorum offline"},
 	{"audit", runAudit, "verify or export the audit log of a stopped node or a snapshot (audit verify|export|key)"},
 }
 

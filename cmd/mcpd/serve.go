@@ -34,6 +34,7 @@ type serveFlags struct {
 	logLevel, logFormat              string
 	pprof                            bool
 	noSync                           bool // --test-unsafe-no-fsync
+	join                             bool // --join (docs/ops/cluster.md)
 	trust                            trustFlags
 	tasks                            taskFlags
 }
@@ -46,6 +47,7 @@ func runServe(args []string) error {
 	fs.StringVar(&f.dataDir, "data-dir", "mcpd-data", "directory for state.db, the Raft log and snapshots, and dev TLS material")
 	fs.StringVar(&f.bind, "bind", "127.0.0.1", "host every listener binds")
 	fs.StringVar(&f.peers, "peers", "", "every voter as id=host:raftport, comma-separated, the same on every node")
+	fs.BoolVar(&f.join, "join", false, "new to a running cluster: never bootstrap, wait to be added by 'mcpd cluster join' (--peers: the cluster's servers and this node)")
 	fs.IntVar(&f.port, "port", 4433, "MCP over WebSocket (TLS)")
 	fs.IntVar(&f.healthPort, "health-port", 4434, "HTTP /healthz and /readyz")
 	fs.IntVar(&f.metricsPort, "metrics-port", 4435, "Prometheus /metrics, plain HTTP (0: off; docs/ops/metrics.md)")
@@ -114,6 +116,7 @@ func runServe(args []string) error {
 		DataDir:          f.dataDir,
 		RaftBind:         net.JoinHostPort(f.bind, strconv.Itoa(f.raftPort)),
 		Peers:            peers,
+		Join:             f.join,
 		HeartbeatTimeout: f.heartbeat,
 		ElectionTimeout:  f.election,
 		ClockOffset:      f.clockOffset,

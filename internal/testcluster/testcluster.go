@@ -38,6 +38,7 @@ type Node struct {
 	raftAddr string
 	wsLn     net.Listener
 	stopped  bool
+	join     bool                            // started by StartJoiner (join.go)
 	admin    atomic.Pointer[transport.Admin] // Secure clusters
 	adminSrv *httptest.Server
 }
@@ -126,11 +127,16 @@ func (c *Cluster) startNode(nd *Node, raftLn net.Listener) {
 			c.t.Fatalf("relisten %s: %v", nd.raftAddr, err)
 		}
 	}
+	peers := c.peers
+	if nd.join {
+		peers = c.joinPeers(nd)
+	}
 	node, err := cluster.New(cluster.Config{
 		NodeID:           nd.ID,
 		DataDir:          nd.DataDir,
 		RaftListener:     raftLn,
-		Peers:            c.peers,
+		Peers:            peers,
+		Join:             nd.join,
 		HeartbeatTimeout: 300 * time.Millisecond,
 		ElectionTimeout:  300 * time.Millisecond,
 		SubmitTimeout:    5 * time.Second,
