@@ -71,7 +71,7 @@ func runServe(args []string) error {
 	fs.BoolVar(&f.pprof, "pprof", false, "serve Go profiles under /debug/pprof/ on the health port")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&f.logFormat, "log-format", "text", "text or json")
-	if err := fs.Parse(args); err != nil {
+	if err := parseWithConfig(fs, args); err != nil { // --config FILE (config.go)
 		return err
 	}
 	if fs.NArg() > 0 {
