@@ -30,6 +30,7 @@ var commands = []command{
 	{"check", runCheck, "verify a stopped node's data directory (checksums of log, snapshots, state.db)"},
 	{"cluster", runCluster, "show the cluster's servers; join, remove or hand leadership to one; recover a lost quorum offline"},
 	{"audit", runAudit, "verify or export the audit log of a stopped node or a snapshot (audit verify|export|key)"},
+	{"snapshot", runSnapshot, "save a running cluster's state to a file, inspect and check one, restore it (snapshot save|inspect|restore)"},
 }
 
 func usage() {
