@@ -294,7 +294,7 @@ func (n *Node) handleOperator(req memberRequest) memberResponse {
 		f = n.raft.RemoveServer(raft.ServerID(req.ID), 0, membershipTimeout)
 	case memberTransfer:
 		if req.ID == "" {
-			f = n.raft.LeadershipTransfer()
+			f = n.transferToAny(servers)
 		} else {
 			if cur == nil {
 				return fail("not_member", "no node %q in the configuration", req.ID)
@@ -434,4 +434,24 @@ func (n *Node) configAddr(id string) string {
 		}
 	}
 	return ""
+}
+
+// transferToAny hands leadership to the most up-to-date voter, as raft
+// picks it; raft may pick one that is down (its replication state does
+// not say), so when that fails each other voter is tried in turn.
+func (n *Node) transferToAny(servers []raft.Server) raft.Future {
+	f := n.raft.LeadershipTransfer()
+	err := f.Error()
+	if err == nil || n.raft.State() != raft.Leader {
+		return f
+	}
+	for _, s := range servers {
+		if s.Suffrage != raft.Voter || string(s.ID) == n.cfg.NodeID {
+			continue
+		}
+		if f = n.raft.LeadershipTransferToServer(s.ID, s.Address); f.Error() == nil || n.raft.State() != raft.Leader {
+			return f
+		}
+	}
+	return f
 }

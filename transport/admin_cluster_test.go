@@ -141,3 +141,29 @@ func Test_AdminCluster_JoinTransferRemove(t *testing.T) {
 		t.Fatalf("jobs on n4: %+v, want 80 ready", qs)
 	}
 }
+
+// A server that is down is listed with why it did not answer; a transfer
+// without a target picks a voter that is up.
+func Test_AdminCluster_StatusWithANodeDown(t *testing.T) {
+	c, leader, f := startThree(t)
+	c.KillNode(f[1])
+	u := adminOf(t, leader)
+	st := clusterStatusOf(t, u)
+	if len(st.Servers) != 3 {
+		t.Fatalf("status %+v", st)
+	}
+	for _, s := range st.Servers {
+		down := s.ID == f[1].ID
+		if down != (s.Error != "") || down == s.Healthy {
+			t.Fatalf("server %+v (down: %s)", s, f[1].ID)
+		}
+	}
+	var ch transport.ClusterChanged
+	if code := adminDo(t, "POST", u+"/v1/cluster/transfer-leadership", nil, &ch); code != 200 || ch.Leader != f[0].ID {
+		t.Fatalf("transfer: %d %+v, want leader %s", code, ch, f[0].ID)
+	}
+	var e transport.AdminError
+	if code := adminDo(t, "POST", u+"/v1/cluster/join", transport.ClusterChange{ID: "n9"}, &e); code != http.StatusBadRequest || e.Code != "bad_request" {
+		t.Fatalf("join without addr: %d %+v", code, e)
+	}
+}
