@@ -23,6 +23,7 @@ type Message struct {
 	Conn       string // the lease holder, when inflight
 	LeasedAt   int64
 	LeaseUntil int64
+	Dead       *DeadInfo // where a dead letter came from, and why
 	Env        []byte
 }
 
@@ -149,5 +150,5 @@ func ReadHeld(tx *bolt.Tx, holder, name string, fn func(Message) bool) error {
 
 func message(seq uint64, m *msgRec, env []byte) Message {
 	return Message{Seq: seq, Enqueued: m.Enqueued, State: m.State, Attempts: m.Attempts, Conn: m.Conn,
-		LeasedAt: m.LeasedAt, LeaseUntil: m.LeaseUntil, Env: append([]byte(nil), env...)}
+		LeasedAt: m.LeasedAt, LeaseUntil: m.LeaseUntil, Dead: m.Dead, Env: append([]byte(nil), env...)}
 }

@@ -71,6 +71,7 @@ func NewAdmin(node *cluster.Node, key *auth.ClusterKey, log *slog.Logger) *Admin
 	a.mux.HandleFunc("GET /v1/audit/entries", a.auditEntries)
 	a.mux.HandleFunc("GET /v1/audit/verify", a.auditVerify)
 	a.scheduleRoutes()
+	a.queueRoutes()
 	a.snapshotRoutes()
 	a.routeTasks() // admin_tasks.go
 	a.clusterRoutes()

@@ -58,6 +58,21 @@ func (a *adminAPI) want(status int, method, path, body, token string) map[string
 	return out
 }
 
+// wantList GETs path and returns its JSON array answer.
+func (a *adminAPI) wantList(t *testing.T, path string) []json.RawMessage {
+	t.Helper()
+	resp, err := http.Get(a.url + path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var out []json.RawMessage
+	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("GET %s: HTTP %d %v", path, resp.StatusCode, err)
+	}
+	return out
+}
+
 func mustMarshal(v any) string {
 	b, _ := json.Marshal(v)
 	return string(b)

@@ -290,3 +290,29 @@ func TestCLIDenyCancelAndSensitive(t *testing.T) {
 		t.Fatalf("task frobnicate: %v", err)
 	}
 }
+
+// mcpd queue list and peek, through the admin socket.
+func TestCLIQueueListPeek(t *testing.T) {
+	n := startCLINode(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cl := n.c.Dial("alice")
+	for i := range 3 {
+		if _, err := cl.Enqueue(ctx, "jobs", map[string]int{"n": i}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if out := mustRun(t, queueCmd, n.asOperator("list")); !regexp.MustCompile(`jobs\s+3\s+0\s+0\s+0\s+0\s+3`).MatchString(out) {
+		t.Fatalf("queue list:\n%s", out)
+	}
+	out := mustRun(t, queueCmd, n.asOperator("peek", "jobs", "--limit", "2"))
+	if !regexp.MustCompile(`(?m)^1\s+ready\s+0\s+`).MatchString(out) || strings.Count(out, "ready") != 2 || !strings.Contains(out, `"from":"alice"`) {
+		t.Fatalf("queue peek:\n%s", out)
+	}
+	if _, err := run(t, queueCmd, n.asOperator("peek", "nosuch")); !isAdminCode(err, "not_found") {
+		t.Fatalf("peek of an unknown queue: %v", err)
+	}
+	if _, err := run(t, queueCmd, n.asOperator("frob")); err == nil {
+		t.Fatal("queue frob succeeded")
+	}
+}
