@@ -3,6 +3,7 @@ package client
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -25,17 +26,12 @@ func (s *fakeServer) pushAll(raw string) {
 // waitFrames polls until the fake server received n frames of op.
 func waitFrames(t *testing.T, s *fakeServer, op string, n int) []fakeFrame {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		fs := s.framesOf(op)
-		if len(fs) >= n {
-			return fs
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d %s frames, want %d", len(fs), op, n)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	var fs []fakeFrame
+	waitFor(t, 5*time.Second, fmt.Sprintf("%d %s frames", n, op), func() bool {
+		fs = s.framesOf(op)
+		return len(fs) >= n
+	})
+	return fs
 }
 
 func taskPushFrame(id string, attempt int) string {
@@ -111,9 +107,5 @@ func Test_Tasks_PushesRevocationAndReregistration(t *testing.T) {
 		t.Fatalf("a task pushed after Unregister: %s", raw)
 	}
 	// OnPush runs after the client's own handling of each push.
-	for deadline := time.Now().Add(5 * time.Second); pushes.Load() != 5; time.Sleep(5 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("OnPush saw %d task pushes, want 5", pushes.Load())
-		}
-	}
+	waitFor(t, 5*time.Second, "OnPush to see 5 task pushes", func() bool { return pushes.Load() == 5 })
 }

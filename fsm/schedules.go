@@ -1,7 +1,6 @@
 package fsm
 
 import (
-	"errors"
 	"fmt"
 	"strconv"
 
@@ -57,14 +56,8 @@ type FireResult struct {
 
 // schedErr turns the errors of package schedule into business errors.
 func schedErr(err error) error {
-	for _, m := range []struct{ from, to error }{
-		{schedule.ErrNotFound, queue.ErrNotFound}, {schedule.ErrConflict, queue.ErrConflict}, {schedule.ErrBadRequest, queue.ErrBadRequest},
-	} {
-		if errors.Is(err, m.from) {
-			return &detailed{sentinel: m.to, msg: trimSentinel(err, m.from)}
-		}
-	}
-	return err
+	return asBusiness(err, schedule.ErrNotFound, queue.ErrNotFound, schedule.ErrConflict, queue.ErrConflict,
+		schedule.ErrBadRequest, queue.ErrBadRequest)
 }
 
 func init() {

@@ -1,6 +1,7 @@
 package fsm
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 
@@ -51,12 +52,17 @@ type CapSensitiveArgs struct {
 // taskErr turns the errors of packages task and route into the business
 // errors replies carry, keeping their messages.
 func taskErr(err error) error {
-	for _, m := range []struct{ from, to error }{
-		{task.ErrCycle, ErrCycle}, {task.ErrNotFound, queue.ErrNotFound}, {task.ErrForbidden, queue.ErrForbidden},
-		{task.ErrConflict, queue.ErrConflict}, {task.ErrBadRequest, queue.ErrBadRequest}, {route.ErrBadRequest, queue.ErrBadRequest},
-	} {
-		if errors.Is(err, m.from) {
-			return &detailed{sentinel: m.to, msg: trimSentinel(err, m.from)}
+	return asBusiness(err, task.ErrCycle, ErrCycle, task.ErrNotFound, queue.ErrNotFound, task.ErrForbidden, queue.ErrForbidden,
+		task.ErrConflict, queue.ErrConflict, task.ErrBadRequest, queue.ErrBadRequest, route.ErrBadRequest, queue.ErrBadRequest)
+}
+
+// asBusiness maps err, when it wraps one of the package sentinels given
+// in pairs (sentinel, business error), to that business error with the
+// message that follows the sentinel's.
+func asBusiness(err error, pairs ...error) error {
+	for i := 0; i+1 < len(pairs); i += 2 {
+		if errors.Is(err, pairs[i]) {
+			return &detailed{sentinel: pairs[i+1], msg: trimSentinel(err, pairs[i])}
 		}
 	}
 	return err
@@ -102,6 +108,9 @@ func init() {
 	settle := func(a *task.SettleArgs) error {
 		if a.Task == "" || a.Attempt < 1 {
 			return badArg("task", "names a task and an attempt")
+		}
+		if len(a.Output) > 0 && !json.Valid(a.Output) {
+			return badArg("output", "must be JSON")
 		}
 		return checkAgentName("agent", a.Agent)
 	}

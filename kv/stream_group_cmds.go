@@ -839,9 +839,9 @@ func mapOf(kv ...any) Value {
 	return Value{K: Map, A: out}
 }
 
-// radixNodes stands in for Redis's radix-tree node and key counts, which
-// describe its memory layout: mcpd answers the count of 100-entry nodes
-// Redis would use for an append-only stream (docs/redis.md).
+// radixKeys stands in for Redis's radix-tree key count, which describes
+// its memory layout: mcpd answers the count of 100-entry nodes Redis
+// would use for an append-only stream, and one more node (docs/redis.md).
 func (s *stream) radixKeys() int64 { return int64((s.length + 99) / 100) }
 
 // info is XINFO STREAM's reply.

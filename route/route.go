@@ -192,8 +192,8 @@ func (r *RegisterArgs) Check() error {
 	if r.Agent == "" || r.Conn == "" {
 		return fmt.Errorf("%w: a registration names its agent and connection", ErrBadRequest)
 	}
-	if len(r.Caps) > MaxCaps || len(r.Meta) > MaxMetaLen {
-		return fmt.Errorf("%w: at most %d capabilities and %d bytes of meta", ErrBadRequest, MaxCaps, MaxMetaLen)
+	if len(r.Caps) > MaxCaps || len(r.Meta) > MaxMetaLen || (len(r.Meta) > 0 && !json.Valid(r.Meta)) {
+		return fmt.Errorf("%w: at most %d capabilities, and meta JSON of at most %d bytes", ErrBadRequest, MaxCaps, MaxMetaLen)
 	}
 	for i, c := range r.Caps {
 		if !ValidCapName(c.Name) || c.MaxInflight < 1 || c.MaxInflight > MaxInflight || c.Inflight != 0 {

@@ -126,8 +126,9 @@ func (s *Schedule) Check() error {
 		return fmt.Errorf("%w: misfire: skip or once", ErrBadRequest)
 	case (s.Action.Queue == "") == (s.Action.Capability == ""):
 		return fmt.Errorf("%w: action: a queue to enqueue to, or a capability to submit a task of", ErrBadRequest)
-	case len(s.Action.Body) > MaxBodyLen || len(s.Action.Input) > MaxBodyLen:
-		return fmt.Errorf("%w: action: a body of at most %d bytes", ErrBadRequest, MaxBodyLen)
+	case len(s.Action.Body) > MaxBodyLen || len(s.Action.Input) > MaxBodyLen ||
+		(len(s.Action.Body) > 0 && !json.Valid(s.Action.Body)) || (len(s.Action.Input) > 0 && !json.Valid(s.Action.Input)):
+		return fmt.Errorf("%w: action: a JSON body of at most %d bytes", ErrBadRequest, MaxBodyLen)
 	case s.Origin == "":
 		return fmt.Errorf("%w: origin: the agent its messages come from", ErrBadRequest)
 	}

@@ -63,8 +63,8 @@ func (a *SubmitArgs) Check() error {
 			return bad("tasks[%d].ref: 1 to %d bytes", i, MaxRefLen)
 		case !route.ValidCapName(s.Capability):
 			return bad("tasks[%d].capability: a name of [A-Za-z0-9._-]", i)
-		case len(s.Input) == 0:
-			return bad("tasks[%d].input: the envelope is missing", i)
+		case len(s.Input) == 0 || !json.Valid(s.Input):
+			return bad("tasks[%d].input: the envelope is missing or not JSON", i)
 		case s.MaxAttempts < 0 || s.MaxAttempts > MaxMaxAttempts:
 			return bad("tasks[%d].max_attempts: 1 to %d", i, MaxMaxAttempts)
 		case s.TimeoutMs != 0 && (s.TimeoutMs < MinTimeoutMs || s.TimeoutMs > MaxTimeoutMs):
@@ -85,23 +85,18 @@ func (a *SubmitArgs) Check() error {
 	// Unknown deps first, then cycles (Kahn's algorithm in submission
 	// order, so that the error names the same task on every node).
 	indeg := make([]int, len(a.Tasks))
+	dependents := make([][]int, len(a.Tasks))
 	for i, s := range a.Tasks {
-		for _, d := range s.Deps {
+		for k, d := range s.Deps {
 			j, ok := index[d]
 			if !ok {
 				return bad("tasks[%d].deps: no task with ref %q in this submission", i, d)
 			}
-			if slices.Contains(s.Deps[:slices.Index(s.Deps, d)], d) {
+			if slices.Contains(s.Deps[:k], d) {
 				return bad("tasks[%d].deps: %q listed twice", i, d)
 			}
-			_ = j
 			indeg[i]++
-		}
-	}
-	dependents := make([][]int, len(a.Tasks))
-	for i, s := range a.Tasks {
-		for _, d := range s.Deps {
-			dependents[index[d]] = append(dependents[index[d]], i)
+			dependents[j] = append(dependents[j], i)
 		}
 	}
 	var queue []int
@@ -330,7 +325,7 @@ func (t *Tx) unlease(k *Task, ok bool) error {
 	if err := route.Finished(t.tx, t.now, k.Agent, k.Capability, ok); err != nil {
 		return err
 	}
-	t.dirty[k.Capability] = true
+	t.markDirty(k.Capability)
 	k.Conn, k.LeaseUntil = "", 0
 	return nil
 }
@@ -441,7 +436,7 @@ func (t *Tx) cancel(k *Task, reason string) error {
 		if err := route.Released(t.tx, k.Agent, k.Capability); err != nil {
 			return err
 		}
-		t.dirty[k.Capability] = true
+		t.markDirty(k.Capability)
 		if err := t.b(bucketTimers).Delete(timerKey(k.LeaseUntil, k.ID)); err != nil {
 			return err
 		}
@@ -625,7 +620,7 @@ func (t *Tx) Expire() error {
 // again (it came online, or registered room for more).
 func (t *Tx) AgentChanged(a *route.Agent) {
 	for _, c := range a.Caps {
-		t.dirty[c.Name] = true
+		t.markDirty(c.Name)
 	}
 }
 

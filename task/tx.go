@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"strings"
 
 	"github.com/mcpd/mcpd/route"
 	"github.com/vmihailenco/msgpack/v5"
@@ -56,19 +57,25 @@ type Tx struct {
 	Effects []Effect
 }
 
-// NewTx wraps a bbolt write transaction at time now on node local.
+// NewTx wraps a bbolt write transaction at time now on node local. Its
+// maps are made when a command first needs them: most entries carry no
+// task command.
 func NewTx(tx *bolt.Tx, now int64, local string) *Tx {
-	return &Tx{tx: tx, now: now, local: local, dirty: map[string]bool{}, cache: map[string]*Task{}}
+	return &Tx{tx: tx, now: now, local: local}
+}
+
+func (t *Tx) markDirty(capName string) {
+	if t.dirty == nil {
+		t.dirty = map[string]bool{}
+	}
+	t.dirty[capName] = true
 }
 
 func (t *Tx) b(name []byte) *bolt.Bucket { return t.tx.Bucket(name) }
 
 func (t *Tx) isLocal(conn string) bool {
-	if t.local == "" {
-		return false
-	}
-	i := bytes.IndexByte([]byte(conn), '/')
-	return i >= 0 && conn[:i] == t.local
+	node, _, ok := strings.Cut(conn, "/")
+	return t.local != "" && ok && node == t.local
 }
 
 func (t *Tx) next(counter string) (uint64, error) {
@@ -99,13 +106,15 @@ func (t *Tx) load(id string) (*Task, error) {
 	if err := msgpack.Unmarshal(raw, k); err != nil {
 		return nil, fmt.Errorf("decode task %q: %w", id, err)
 	}
-	t.cache[id] = k
-	t.order = append(t.order, id)
+	t.keep(k)
 	return k, nil
 }
 
-// keep adds a new task to the ones flush writes.
+// keep adds a task to the ones flush writes.
 func (t *Tx) keep(k *Task) {
+	if t.cache == nil {
+		t.cache = map[string]*Task{}
+	}
 	if _, ok := t.cache[k.ID]; !ok {
 		t.order = append(t.order, k.ID)
 	}
@@ -143,7 +152,7 @@ func timerKey(at int64, id string) []byte {
 	return append(binary.BigEndian.AppendUint64(nil, uint64(at)), id...)
 }
 
-// children lists the ids stored under prefix a in a pair bucket.
+// pairs lists the ids stored under prefix a in a pair bucket.
 func (t *Tx) pairs(bucket []byte, a string) []string {
 	var out []string
 	p := append([]byte(a), 0)
@@ -161,7 +170,7 @@ func (t *Tx) makeReady(k *Task) error {
 		return err
 	}
 	k.State, k.NotBefore = StateReady, 0
-	t.dirty[k.Capability] = true
+	t.markDirty(k.Capability)
 	return t.b(bucketReady).Put(readyKey(k.Capability, seq), []byte(k.ID))
 }
 

@@ -246,6 +246,22 @@ func (a *Admin) revokeAgent(w http.ResponseWriter, r *http.Request) {
 	a.call(w, r, fsm.TypeAgentRevoke, &fsm.AgentRevokeArgs{Name: name, Reason: req.Reason}, http.StatusOK)
 }
 
+// propose runs an operator's command and answers its error; it reports
+// whether the command succeeded, with its reply.
+func (a *Admin) propose(w http.ResponseWriter, r *http.Request, t fsm.MessageType, body any) (*fsm.Reply, bool) {
+	ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)
+	defer cancel()
+	rep, err := a.node.Call(ctx, t, Operator(r), body)
+	if err == nil {
+		err = rep.Err
+	}
+	if err != nil {
+		adminFail(w, err)
+		return nil, false
+	}
+	return rep, true
+}
+
 // call proposes an identity command and answers with the stored record.
 func (a *Admin) call(w http.ResponseWriter, r *http.Request, t fsm.MessageType, body any, status int) {
 	ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)

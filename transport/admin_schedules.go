@@ -1,7 +1,6 @@
 package transport
 
 import (
-	"context"
 	"encoding/json"
 	"net/http"
 	"strconv"
@@ -155,22 +154,6 @@ func (a *Admin) setSchedule(what string) http.HandlerFunc {
 		}
 		a.answerSchedule(w, rep, http.StatusOK)
 	}
-}
-
-// propose runs an operator's command and answers its error; it reports
-// whether the command succeeded, with its reply.
-func (a *Admin) propose(w http.ResponseWriter, r *http.Request, t fsm.MessageType, body any) (*fsm.Reply, bool) {
-	ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)
-	defer cancel()
-	rep, err := a.node.Call(ctx, t, Operator(r), body)
-	if err == nil {
-		err = rep.Err
-	}
-	if err != nil {
-		adminFail(w, err)
-		return nil, false
-	}
-	return rep, true
 }
 
 func (a *Admin) scheduleHistory(w http.ResponseWriter, r *http.Request) {

@@ -1,14 +1,10 @@
 package transport
 
 import (
-	"context"
-	"errors"
 	"net/http"
 	"strings"
-	"time"
 
 	"github.com/mcpd/mcpd/fsm"
-	"github.com/mcpd/mcpd/queue"
 	"github.com/mcpd/mcpd/route"
 	"github.com/mcpd/mcpd/task"
 	bolt "go.etcd.io/bbolt"
@@ -122,44 +118,6 @@ func decodeDecision(w http.ResponseWriter, r *http.Request) (AdminDecision, bool
 	return d, true
 }
 
-// proposeTask runs a delegation command as the operator and returns its
-// result; on an error it has answered.
-func (a *Admin) proposeTask(w http.ResponseWriter, r *http.Request, t fsm.MessageType, body any) (any, bool) {
-	ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)
-	defer cancel()
-	rep, err := a.node.Call(ctx, t, Operator(r), body)
-	if err == nil {
-		err = rep.Err
-	}
-	if err != nil {
-		taskAdminFail(w, err)
-		return nil, false
-	}
-	return rep.Result, true
-}
-
-// taskAdminFail answers an error of a delegation command with the
-// message of package task (the generic mapping names queue errors).
-func taskAdminFail(w http.ResponseWriter, err error) {
-	trim := func(sentinel error) string {
-		msg := err.Error()
-		if rest, ok := strings.CutPrefix(msg, sentinel.Error()+": "); ok {
-			return rest
-		}
-		return msg
-	}
-	switch {
-	case errors.Is(err, queue.ErrNotFound):
-		adminErr(w, http.StatusNotFound, "not_found", "%s", trim(queue.ErrNotFound))
-	case errors.Is(err, queue.ErrConflict):
-		adminErr(w, http.StatusConflict, "conflict", "%s", trim(queue.ErrConflict))
-	case errors.Is(err, queue.ErrBadRequest):
-		adminErr(w, http.StatusBadRequest, "bad_request", "%s", trim(queue.ErrBadRequest))
-	default:
-		adminFail(w, err)
-	}
-}
-
 // decideTask answers POST /v1/tasks/{id}/approve and /deny with the task
 // as it is after the decision.
 func (a *Admin) decideTask(approve bool) http.HandlerFunc {
@@ -184,7 +142,7 @@ func (a *Admin) decideTask(approve bool) http.HandlerFunc {
 			return
 		}
 		args := &task.DecideArgs{Task: id, Operator: Operator(r), Approve: approve, Reason: d.Reason}
-		res, ok := a.proposeTask(w, r, fsm.TypeTaskDecide, args)
+		rep, ok := a.propose(w, r, fsm.TypeTaskDecide, args)
 		if !ok {
 			return
 		}
@@ -192,7 +150,7 @@ func (a *Admin) decideTask(approve bool) http.HandlerFunc {
 		a.log.Info("held task "+verb, "task", id, "operator", Operator(r), "reason", d.Reason)
 		// The decided task from the command's result: this node may not
 		// have applied it yet.
-		tr, ok := res.(*fsm.TaskResult)
+		tr, ok := rep.Result.(*fsm.TaskResult)
 		if !ok {
 			adminErr(w, http.StatusInternalServerError, "internal", "the decision answered no task")
 			return
@@ -209,12 +167,12 @@ func (a *Admin) cancelTask(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	res, ok := a.proposeTask(w, r, fsm.TypeTaskCancel, &task.CancelArgs{Task: id, Operator: Operator(r), Reason: d.Reason})
+	rep, ok := a.propose(w, r, fsm.TypeTaskCancel, &task.CancelArgs{Task: id, Operator: Operator(r), Reason: d.Reason})
 	if !ok {
 		return
 	}
 	n := 0
-	if cr, ok := res.(*fsm.CancelResult); ok {
+	if cr, ok := rep.Result.(*fsm.CancelResult); ok {
 		n = cr.Cancelled
 	}
 	a.log.Info("tasks cancelled", "task", id, "cancelled", n, "operator", Operator(r))
@@ -232,7 +190,7 @@ func (a *Admin) setSensitive(on bool) http.HandlerFunc {
 			adminErr(w, http.StatusBadRequest, "bad_request", "%q is not a capability name: dot-separated parts of [A-Za-z0-9_-]", name)
 			return
 		}
-		if _, ok := a.proposeTask(w, r, fsm.TypeCapSensitive, &fsm.CapSensitiveArgs{Cap: name, Operator: Operator(r), On: on}); !ok {
+		if _, ok := a.propose(w, r, fsm.TypeCapSensitive, &fsm.CapSensitiveArgs{Cap: name, Operator: Operator(r), On: on}); !ok {
 			return
 		}
 		a.log.Info("capability sensitivity changed", "capability", name, "sensitive", on, "operator", Operator(r))
