@@ -346,7 +346,9 @@ func isOperatorOp(op string) bool {
 	return false
 }
 
-// memberCallTimeout is memberCallTo with its own overall deadline.
+// memberCallTimeout sends one membership request to addr over the Raft
+// port and reads the answer, all within timeout (dialing within 2 s);
+// the node shutting down ends it.
 func (n *Node) memberCallTimeout(addr string, req memberRequest, timeout time.Duration) (memberResponse, error) {
 	c, err := n.mux.dial(addr, protoMember, min(timeout, 2*time.Second))
 	if err != nil {

@@ -230,33 +230,7 @@ func (n *Node) memberCall(req memberRequest) (memberResponse, error) {
 }
 
 func (n *Node) memberCallTo(addr string, req memberRequest) (memberResponse, error) {
-	c, err := n.mux.dial(addr, protoMember, 2*time.Second)
-	if err != nil {
-		return memberResponse{}, err
-	}
-	defer c.Close()
-	done := make(chan struct{})
-	defer close(done)
-	go func() {
-		select {
-		case <-n.shutdownCh:
-			c.Close()
-		case <-done:
-		}
-	}()
-	_ = c.SetDeadline(time.Now().Add(45 * time.Second))
-	bw := bufio.NewWriter(c)
-	if err := writeFrame(bw, req); err != nil {
-		return memberResponse{}, err
-	}
-	if err := bw.Flush(); err != nil {
-		return memberResponse{}, err
-	}
-	var resp memberResponse
-	if err := readFrame(bufio.NewReader(c), &resp); err != nil {
-		return memberResponse{}, err
-	}
-	return resp, nil
+	return n.memberCallTimeout(addr, req, 45*time.Second)
 }
 
 // rejoin runs steps 1 to 4 above. demote is false when an earlier start
