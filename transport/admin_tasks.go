@@ -1,7 +1,11 @@
 package transport
 
 import (
+	"errors"
+	"fmt"
 	"net/http"
+	"net/url"
+	"strconv"
 	"strings"
 
 	"github.com/mcpd/mcpd/fsm"
@@ -39,6 +43,7 @@ type AdminSensitive struct {
 
 func (a *Admin) routeTasks() {
 	a.mux.HandleFunc("GET /v1/presence", a.presence)
+	a.mux.HandleFunc("GET /v1/tasks", a.listTasks)
 	a.mux.HandleFunc("GET /v1/tasks/{id}", a.getTask)
 	a.mux.HandleFunc("POST /v1/tasks/{id}/approve", a.decideTask(true))
 	a.mux.HandleFunc("POST /v1/tasks/{id}/deny", a.decideTask(false))
@@ -46,6 +51,119 @@ func (a *Admin) routeTasks() {
 	a.mux.HandleFunc("GET /v1/capabilities/sensitive", a.listSensitive)
 	a.mux.HandleFunc("PUT /v1/capabilities/{name}/sensitive", a.setSensitive(true))
 	a.mux.HandleFunc("DELETE /v1/capabilities/{name}/sensitive", a.setSensitive(false))
+}
+
+// AdminTaskList is the answer of GET /v1/tasks: a page of tasks, newest
+// first, the cursor of the next page ("" after the last), and how many
+// tasks the whole state holds in each state (every state named, 0
+// included), read in the same transaction as the page.
+type AdminTaskList struct {
+	Tasks  []AdminTaskRow   `json:"tasks"`
+	Next   string           `json:"next"`
+	Counts map[string]int64 `json:"counts"`
+}
+
+// AdminTaskRow is a listed task: the task as GET /v1/tasks/{id} answers
+// it (input, intent, origin, chain, hops, history), with who submitted it
+// (the last agent of its chain) and, for a held task, since when it
+// waits for approval.
+type AdminTaskRow struct {
+	*task.Task
+	Submitter string `json:"submitter"`
+	HeldSince int64  `json:"held_since,omitempty"`
+}
+
+func taskRow(k *task.Task) AdminTaskRow {
+	row := AdminTaskRow{Task: k}
+	if len(k.Chain) > 0 {
+		row.Submitter = k.Submitter()
+	}
+	if k.State == task.StateHeld {
+		for _, e := range k.History {
+			if e.Event == "held" {
+				row.HeldSince = e.At
+			}
+		}
+	}
+	return row
+}
+
+// listQuery reads the query of GET /v1/tasks: state (repeated, or
+// comma-separated), capability, graph, roots, before and limit. Anything
+// else, or one of them twice, is refused; package task checks the
+// values.
+func listQuery(q url.Values) (task.ListFilter, error) {
+	var f task.ListFilter
+	for key, vs := range q {
+		if key != "state" && len(vs) > 1 {
+			return f, fmt.Errorf("%s: given %d times", key, len(vs))
+		}
+		v := vs[0]
+		switch key {
+		case "state":
+			for _, v := range vs {
+				f.States = append(f.States, strings.Split(v, ",")...)
+			}
+		case "capability":
+			f.Capability = v
+		case "graph":
+			f.Graph = v
+		case "before":
+			f.Before = v
+		case "roots":
+			b, err := strconv.ParseBool(v)
+			if err != nil {
+				return f, fmt.Errorf("roots: 1 or 0, not %q", v)
+			}
+			f.Roots = b
+		case "limit":
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 1 || n > task.MaxListLimit {
+				return f, fmt.Errorf("limit: 1 to %d, not %q", task.MaxListLimit, v)
+			}
+			f.Limit = n
+		default:
+			return f, fmt.Errorf("unknown parameter %q: state, capability, graph, roots, before or limit", key)
+		}
+	}
+	return f, f.Check()
+}
+
+// listTasks answers GET /v1/tasks (docs/delegation-cli.md): a page of
+// the tasks a filter selects, newest first, with the counts by state.
+func (a *Admin) listTasks(w http.ResponseWriter, r *http.Request) {
+	f, err := listQuery(r.URL.Query())
+	if err != nil {
+		adminErr(w, http.StatusBadRequest, "bad_request", "%s", strings.TrimPrefix(err.Error(), task.ErrBadRequest.Error()+": "))
+		return
+	}
+	var res AdminTaskList
+	err = a.node.Read(func(tx *bolt.Tx) error {
+		page, err := task.List(tx, f)
+		if err != nil {
+			return err
+		}
+		counts, err := task.CountStates(tx)
+		if err != nil {
+			return err
+		}
+		res = AdminTaskList{Tasks: make([]AdminTaskRow, 0, len(page.Tasks)), Next: page.Next, Counts: counts}
+		for _, s := range task.States {
+			counts[s] += 0
+		}
+		for _, k := range page.Tasks {
+			res.Tasks = append(res.Tasks, taskRow(k))
+		}
+		return nil
+	})
+	switch {
+	case errors.Is(err, task.ErrBadRequest):
+		adminErr(w, http.StatusBadRequest, "bad_request", "%v", err)
+	case err != nil:
+		adminFail(w, err)
+	default:
+		adminJSON(w, http.StatusOK, res)
+	}
 }
 
 // presence answers GET /v1/presence: every agent that ever registered

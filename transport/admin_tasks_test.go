@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"io"
 	"log/slog"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -190,4 +191,142 @@ func TestAdminTasks(t *testing.T) {
 		len(pres.Agents[0].Capabilities) != 1 || pres.Agents[0].Capabilities[0].MaxInflight != 4 {
 		t.Fatalf("presence: %s", mustMarshal(raw))
 	}
+}
+
+// taskList decodes a GET /v1/tasks answer.
+type taskList struct {
+	Tasks []struct {
+		ID, Graph, Capability, State, Origin, Intent, Submitter, Parent string
+		Input                                                           json.RawMessage
+		Chain                                                           []string
+		Hops                                                            []struct{ Agent, Task string }
+		Created                                                         int64
+		HeldSince                                                       int64 `json:"held_since"`
+	}
+	Next   string
+	Counts map[string]int64
+}
+
+func (a *adminAPI) list(t *testing.T, query string) (l taskList) {
+	t.Helper()
+	out := a.want(200, "GET", "/v1/tasks"+query, "", "")
+	if err := json.Unmarshal([]byte(mustMarshal(out)), &l); err != nil || out["tasks"] == nil || out["next"] == nil {
+		t.Fatalf("GET /v1/tasks%s: %s %v", query, mustMarshal(out), err)
+	}
+	return l
+}
+
+func (l taskList) ids() string {
+	var ids []string
+	for _, k := range l.Tasks {
+		ids = append(ids, k.ID)
+	}
+	return strings.Join(ids, " ")
+}
+
+// GET /v1/tasks: pages of tasks newest first, filtered by state,
+// capability, graph and roots, with the counts by state; held tasks come
+// with what the approver reads; bad filters are refused.
+func TestAdminTaskList(t *testing.T) {
+	c, origin := one(t, "origin")
+	admin := transport.NewAdmin(c.Nodes[0].Node, nil, slog.New(slog.DiscardHandler))
+	local := serveAdmin(t, admin.LocalHandler())
+	const token = "a-token-of-the-operator"
+	remote := serveAdmin(t, admin.TokenHandler(token))
+	worker := login(t, c, c.Nodes[0].URL, "worker")
+	worker.ok("register", `"capabilities":[{"name":"edit","max_inflight":1}]`)
+
+	if l := local.list(t, ""); len(l.Tasks) != 0 || l.Next != "" || len(l.Counts) != 7 || l.Counts["held"] != 0 {
+		t.Fatalf("no tasks yet: %+v", l)
+	}
+	// g1: a held for approval, b waiting on it. g2: c runs on the worker,
+	// which delegates d under it (a graph of its own, not a root).
+	s1 := origin.ok("task.submit", `"intent":"pay the vendor","tasks":[`+
+		`{"ref":"a","capability":"edit","input":`+env("origin", `"wire 100"`)+`,"approval":true},`+
+		`{"ref":"b","capability":"edit","input":`+env("origin", "2")+`,"deps":["a"]}]`)
+	a := strings.Trim(string(mustField(t, s1, "ids", "a")), `"`)
+	b := strings.Trim(string(mustField(t, s1, "ids", "b")), `"`)
+	g1 := s1.str("root")
+	s2 := origin.ok("task.submit", `"tasks":[{"ref":"c","capability":"edit","input":`+env("origin", "3")+`}]`)
+	cid := strings.Trim(string(mustField(t, s2, "ids", "c")), `"`)
+	if p := worker.next(isOp("task")); !strings.Contains(string(p["task"]), cid) {
+		t.Fatalf("push: %s", p)
+	}
+	s3 := worker.ok("task.submit", `"parent":"`+cid+`","tasks":[{"ref":"d","capability":"review","input":`+env("worker", "4")+`}]`)
+	d := strings.Trim(string(mustField(t, s3, "ids", "d")), `"`)
+
+	l := local.list(t, "")
+	if l.ids() != strings.Join([]string{d, cid, b, a}, " ") || l.Next != "" {
+		t.Fatalf("every task, newest first: %s next %q", l.ids(), l.Next)
+	}
+	if want := map[string]int64{"waiting": 1, "held": 1, "ready": 1, "assigned": 1, "succeeded": 0, "failed": 0, "cancelled": 0}; !maps.Equal(l.Counts, want) {
+		t.Fatalf("counts: %v", l.Counts)
+	}
+
+	// The approval page: held tasks, with what the approver decides on;
+	// the same through the token.
+	for _, api := range []*adminAPI{local, remote} {
+		out := api.want(200, "GET", "/v1/tasks?state=held", "", token)
+		var h taskList
+		if err := json.Unmarshal([]byte(mustMarshal(out)), &h); err != nil || len(h.Tasks) != 1 {
+			t.Fatalf("held: %s", mustMarshal(out))
+		}
+		k := h.Tasks[0]
+		if k.ID != a || k.Graph != g1 || k.Capability != "edit" || k.State != "held" || !strings.Contains(string(k.Input), `"body":"wire 100"`) ||
+			k.Intent != "pay the vendor" || k.Origin != "origin" || k.Submitter != "origin" || !slices.Equal(k.Chain, []string{"origin"}) ||
+			len(k.Hops) != 1 || k.Hops[0].Agent != "origin" || k.Hops[0].Task != a || k.Created == 0 || k.HeldSince < k.Created || h.Counts["held"] != 1 {
+			t.Fatalf("the held task: %s", mustMarshal(out))
+		}
+	}
+	if l := local.list(t, "?state=held&state=waiting"); l.ids() != b+" "+a {
+		t.Fatalf("held or waiting: %s", l.ids())
+	}
+	if l := local.list(t, "?state=ready,assigned"); l.ids() != d+" "+cid {
+		t.Fatalf("ready or assigned: %s", l.ids())
+	}
+	if l := local.list(t, "?capability=review"); l.ids() != d || l.Tasks[0].Submitter != "worker" || !slices.Equal(l.Tasks[0].Chain, []string{"origin", "worker"}) || l.Tasks[0].Parent != cid {
+		t.Fatalf("capability review: %+v", l)
+	}
+	if l := local.list(t, "?graph="+g1); l.ids() != b+" "+a {
+		t.Fatalf("graph %s: %s", g1, l.ids())
+	}
+	// Roots: one row per graph submitted by an agent on its own.
+	if l := local.list(t, "?roots=1"); l.ids() != cid+" "+a {
+		t.Fatalf("roots: %s", l.ids())
+	}
+	if l := local.list(t, "?roots=1&state=held"); l.ids() != a {
+		t.Fatalf("held roots: %s", l.ids())
+	}
+
+	// Paging: the cursor of each page leads to the next, the last has none.
+	var pages []string
+	next := ""
+	for i := 0; i < 5; i++ {
+		l := local.list(t, "?limit=3&before="+next)
+		pages = append(pages, l.ids())
+		if next = l.Next; next == "" {
+			break
+		}
+	}
+	if len(pages) != 2 || pages[0] != strings.Join([]string{d, cid, b}, " ") || pages[1] != a {
+		t.Fatalf("pages of 3: %q", pages)
+	}
+	if l := local.list(t, "?roots=1&limit=1"); l.ids() != cid || l.Next != cid {
+		t.Fatalf("roots, a page of 1: %s next %q", l.ids(), l.Next)
+	} else if l := local.list(t, "?roots=1&limit=1&before="+l.Next); l.ids() != a || l.Next != "" {
+		t.Fatalf("roots, the second page: %s next %q", l.ids(), l.Next)
+	}
+
+	// Bad filters.
+	for _, q := range []string{
+		"?state=running", "?state=held,", "?capability=no%20spaces", "?graph=" + a, "?roots=maybe",
+		"?limit=0", "?limit=1001", "?limit=ten", "?before=" + g1, "?before=t0", "?status=held",
+		"?graph=" + g1 + "&graph=" + g1,
+	} {
+		out := local.want(400, "GET", "/v1/tasks"+q, "", "")
+		if string(out["code"]) != `"bad_request"` || string(out["error"]) == `""` {
+			t.Fatalf("GET /v1/tasks%s: %s", q, mustMarshal(out))
+		}
+	}
+	remote.want(401, "GET", "/v1/tasks", "", "wrong-token")
 }

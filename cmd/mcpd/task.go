@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/signal"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"text/tabwriter"
@@ -22,11 +23,11 @@ import (
 )
 
 // runTask handles "mcpd task ...": submit, get, watch and cancel as an
-// agent over WebSocket; approve, deny and show as the operator over the
-// admin API (docs/delegation-cli.md).
+// agent over WebSocket; list, approve, deny and show as the operator over
+// the admin API (docs/delegation-cli.md).
 func runTask(args []string) error {
 	if len(args) == 0 {
-		return &usageError{"expected 'mcpd task submit|get|watch|cancel|approve|deny|show|verify ...'"}
+		return &usageError{"expected 'mcpd task submit|get|watch|cancel|list|approve|deny|show|verify ...'"}
 	}
 	rest := args[1:]
 	switch args[0] {
@@ -38,6 +39,8 @@ func runTask(args []string) error {
 		return taskWatch(rest, os.Stdout)
 	case "cancel":
 		return taskCancel(rest, os.Stdout)
+	case "list":
+		return taskList(rest, os.Stdout)
 	case "approve":
 		return taskApprove(rest, os.Stdout)
 	case "deny":
@@ -47,7 +50,7 @@ func runTask(args []string) error {
 	case "verify":
 		return taskVerify(rest, os.Stdout)
 	}
-	return &usageError{fmt.Sprintf("unknown task command %q: submit, get, watch, cancel, approve, deny, show or verify", args[0])}
+	return &usageError{fmt.Sprintf("unknown task command %q: submit, get, watch, cancel, list, approve, deny, show or verify", args[0])}
 }
 
 // parseOne parses flags that may come before or after one positional
@@ -470,6 +473,118 @@ func taskDecide(approve bool, args []string, stdout io.Writer) error {
 	}
 	fmt.Fprintf(stdout, "task %s %s; it is now %s\n", id, map[bool]string{true: "approved", false: "denied"}[approve], res.Task.State)
 	return nil
+}
+
+// adminTaskList is GET /v1/tasks as the CLI reads it.
+type adminTaskList struct {
+	Tasks []struct {
+		client.Task
+		Submitter string `json:"submitter"`
+	} `json:"tasks"`
+	Next   string           `json:"next"`
+	Counts map[string]int64 `json:"counts"`
+}
+
+const taskListUsage = "usage: mcpd task list [--state S ...] [--capability C] [--graph ID] [--roots] [--limit N] [--before ID] [--json] [--data-dir DIR | --admin-socket PATH | --admin-url URL --admin-token-file FILE]"
+
+// taskList handles "mcpd task list": a page of the tasks the node
+// holds, newest first, through the admin API (GET /v1/tasks).
+func taskList(args []string, stdout io.Writer) error {
+	fs := flag.NewFlagSet("task list", flag.ContinueOnError)
+	var af adminFlags
+	af.register(fs)
+	var states stringList
+	fs.Var(&states, "state", "only tasks in this state (repeat it, or S1,S2): waiting, held, ready, assigned, succeeded, failed, cancelled")
+	capName := fs.String("capability", "", "only tasks of this capability")
+	graph := fs.String("graph", "", "only the tasks submitted in this graph (a submit's root, e.g. g1)")
+	roots := fs.Bool("roots", false, "one row per graph an agent submitted on its own (not delegated): its first task")
+	limit := fs.Int("limit", 100, "at most N tasks (1 to 1000)")
+	before := fs.String("before", "", "only tasks older than this task id (the cursor the previous page printed)")
+	asJSON := fs.Bool("json", false, "print the admin API's answer: {\"tasks\":[...], \"next\":..., \"counts\":{...}}")
+	setUsage(fs, taskListUsage)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return &usageError{fmt.Sprintf("unexpected argument %q", fs.Arg(0))}
+	}
+	q := url.Values{}
+	for _, s := range states {
+		q.Add("state", s)
+	}
+	for k, v := range map[string]string{"capability": *capName, "graph": *graph, "before": *before} {
+		if v != "" {
+			q.Set(k, v)
+		}
+	}
+	if *roots {
+		q.Set("roots", "1")
+	}
+	q.Set("limit", strconv.Itoa(*limit))
+	c, err := af.client()
+	if err != nil {
+		return err
+	}
+	raw, err := c.doRaw("GET", "/v1/tasks?"+q.Encode(), nil)
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		var b bytes.Buffer
+		if err := json.Compact(&b, raw); err != nil {
+			return err
+		}
+		b.WriteByte('\n')
+		_, err := stdout.Write(b.Bytes())
+		return err
+	}
+	var res adminTaskList
+	if err := json.Unmarshal(raw, &res); err != nil {
+		return err
+	}
+	now := time.Now()
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tGRAPH\tCAPABILITY\tSTATE\tAGENT\tATTEMPTS\tAGE")
+	for _, k := range res.Tasks {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d/%d\t%s\n", k.ID, k.Graph, k.Capability, k.State, dash(k.Agent),
+			k.Attempt, k.MaxAttempts, age(now, k.Created))
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if res.Next != "" {
+		fmt.Fprintf(stdout, "more: mcpd task list ... --before %s\n", res.Next)
+	}
+	var parts []string
+	for _, s := range []string{client.TaskWaiting, client.TaskHeld, client.TaskReady, client.TaskAssigned,
+		client.TaskSucceeded, client.TaskFailed, client.TaskCancelled} {
+		if n := res.Counts[s]; n > 0 {
+			parts = append(parts, fmt.Sprintf("%d %s", n, s))
+		}
+	}
+	if len(parts) == 0 {
+		parts = []string{"none"}
+	}
+	fmt.Fprintf(stdout, "all tasks: %s\n", strings.Join(parts, ", "))
+	return nil
+}
+
+// age is how long before now ms was, in its largest unit: 45s, 12m,
+// 3h, 9d.
+func age(now time.Time, ms int64) string {
+	if ms == 0 {
+		return "-"
+	}
+	d := max(now.Sub(time.UnixMilli(ms)), 0)
+	switch {
+	case d < time.Minute:
+		return fmt.Sprintf("%ds", int(d/time.Second))
+	case d < time.Hour:
+		return fmt.Sprintf("%dm", int(d/time.Minute))
+	case d < 48*time.Hour:
+		return fmt.Sprintf("%dh", int(d/time.Hour))
+	}
+	return fmt.Sprintf("%dd", int(d/(24*time.Hour)))
 }
 
 // taskShow handles "mcpd task show ID": task get through the admin API,

@@ -316,3 +316,69 @@ func TestCLIQueueListPeek(t *testing.T) {
 		t.Fatal("queue frob succeeded")
 	}
 }
+
+// mcpd task list: the operator's table of tasks, newest first, filtered
+// and paged, and its --json.
+func TestCLITaskList(t *testing.T) {
+	n := startCLINode(t)
+	origin := n.c.Dial("origin")
+	if out := mustRun(t, taskList, n.asOperator()); out != "ID  GRAPH  CAPABILITY  STATE  AGENT  ATTEMPTS  AGE\nall tasks: none\n" {
+		t.Fatalf("task list of no tasks: %q", out)
+	}
+	held := submitted(t, mustRun(t, taskSubmit, n.asAgent("origin", writeJSON(t, "held.json",
+		`{"intent":"pay","tasks":[{"ref":"x","capability":"wire","input":1,"approval":true},{"ref":"after","capability":"edit","deps":["x"]}]}`))))
+	idle := submitted(t, mustRun(t, taskSubmit, n.asAgent("origin", writeJSON(t, "idle.json", `{"tasks":[{"ref":"i","capability":"edit"}]}`))))
+	waitState(t, origin, held["x"], "held")
+	waitState(t, origin, idle["i"], "ready")
+
+	out := mustRun(t, taskList, n.asOperator())
+	row := func(id, graph, capName, state string) string {
+		return `(?m)^` + id + `\s+` + graph + `\s+` + capName + `\s+` + state + `\s+-\s+0/3\s+\d+s$`
+	}
+	if !strings.HasPrefix(out, "ID ") || !regexp.MustCompile(row(idle["i"], idle["root"], "edit", "ready")+`\n`+row(held["after"], held["root"], "edit", "waiting")+`\n`+row(held["x"], held["root"], "wire", "held")).MatchString(out) ||
+		!strings.HasSuffix(out, "all tasks: 1 waiting, 1 held, 1 ready\n") || strings.Contains(out, "more:") {
+		t.Fatalf("task list:\n%s", out)
+	}
+	if out := mustRun(t, taskList, n.asOperator("--state", "held")); !regexp.MustCompile(row(held["x"], held["root"], "wire", "held")).MatchString(out) || strings.Count(out, "\n") != 3 {
+		t.Fatalf("task list --state held:\n%s", out)
+	}
+	if out := mustRun(t, taskList, n.asOperator("--state", "held", "--state", "ready", "--capability", "edit")); strings.Count(out, "\n") != 3 || !strings.Contains(out, idle["i"]+" ") {
+		t.Fatalf("task list --state held --state ready --capability edit:\n%s", out)
+	}
+	if out := mustRun(t, taskList, n.asOperator("--graph", held["root"], "--state", "waiting,held")); strings.Count(out, "\n") != 4 || strings.Contains(out, idle["i"]+" ") {
+		t.Fatalf("task list --graph:\n%s", out)
+	}
+	out = mustRun(t, taskList, n.asOperator("--roots", "--limit", "1"))
+	if !regexp.MustCompile(row(idle["i"], idle["root"], "edit", "ready")).MatchString(out) || !strings.Contains(out, "more: mcpd task list ... --before "+idle["i"]+"\n") {
+		t.Fatalf("task list --roots --limit 1:\n%s", out)
+	}
+	if out := mustRun(t, taskList, n.asOperator("--roots", "--limit", "1", "--before", idle["i"])); !regexp.MustCompile(row(held["x"], held["root"], "wire", "held")).MatchString(out) || strings.Contains(out, "more:") {
+		t.Fatalf("task list --roots, the second page:\n%s", out)
+	}
+
+	var res struct {
+		Tasks []struct {
+			ID, State, Intent, Submitter string
+			Hops                         []struct{ Agent string }
+		}
+		Next   string
+		Counts map[string]int64
+	}
+	raw := mustRun(t, taskList, n.asOperator("--state", "held", "--json"))
+	if err := json.Unmarshal([]byte(raw), &res); err != nil || strings.Count(raw, "\n") != 1 || len(res.Tasks) != 1 || res.Tasks[0].ID != held["x"] ||
+		res.Tasks[0].Intent != "pay" || res.Tasks[0].Submitter != "origin" || len(res.Tasks[0].Hops) != 1 || res.Next != "" || res.Counts["ready"] != 1 {
+		t.Fatalf("task list --json: %v\n%s", err, raw)
+	}
+
+	// Mistakes: the node refuses bad filters, the command extra arguments.
+	if _, err := run(t, taskList, n.asOperator("--state", "running")); !isAdminCode(err, "bad_request") || !strings.Contains(err.Error(), "waiting, held, ready") {
+		t.Fatalf("task list --state running: %v", err)
+	}
+	if _, err := run(t, taskList, n.asOperator("--limit", "0")); !isAdminCode(err, "bad_request") {
+		t.Fatalf("task list --limit 0: %v", err)
+	}
+	var ue *usageError
+	if _, err := run(t, taskList, n.asOperator("extra")); !errors.As(err, &ue) {
+		t.Fatalf("task list extra: %v", err)
+	}
+}
