@@ -79,9 +79,13 @@ func auditEvent(now int64, c *Command, args, res any, err error) audit.Event {
 			ev.Outcome = a.Code
 		}
 	case *RedisArgs:
-		if a.Multi != nil {
+		switch {
+		case a.Multi != nil:
 			ev.Kind, ev.Subject = "redis.exec", strconv.Itoa(len(a.Multi))+" commands"
-		} else {
+		case len(a.Args) == 0:
+			// A command refused for having no name: left with the
+			// default kind below.
+		default:
 			ev.Kind = "redis." + strings.ToLower(string(a.Args[0]))
 			if len(a.Args) > 1 {
 				ev.Subject = string(a.Args[1])

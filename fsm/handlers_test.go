@@ -143,6 +143,9 @@ func invalidCommands() []argCase {
 		{"node_started/node_too_long", fsm.TypeNodeStarted, &fsm.NodeStartedArgs{Node: long, Epoch: 1}},
 		{"node_down/empty_node", fsm.TypeNodeDown, &fsm.NodeDownArgs{}},
 		{"node_down/nul_in_node", fsm.TypeNodeDown, &fsm.NodeDownArgs{Node: "n\x002"}},
+
+		// a Redis command without a name (its audit entry once indexed it)
+		{"redis/no_args", fsm.TypeRedis, &fsm.RedisArgs{}},
 	}
 }
 
