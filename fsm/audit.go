@@ -55,6 +55,10 @@ func auditEvent(now int64, c *Command, args, res any, err error) audit.Event {
 		ev.Kind, ev.Subject = "cancel", strconv.FormatUint(a.Consumer, 10)
 	case *queue.DeclareArgs:
 		ev.Kind, ev.Subject = "queue.declare", a.Queue
+	case *QueueRedriveArgs:
+		ev.Kind, ev.Subject = "queue.redrive", redriveSubject(a, res)
+	case *MessageDeleteArgs:
+		ev.Kind, ev.Subject = "queue.delete", deleteSubject(a, res)
 	case *queue.PublishArgs:
 		ev.Kind, ev.Subject = "publish", a.Topic
 	case *queue.SubscribeArgs:

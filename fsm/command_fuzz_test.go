@@ -74,6 +74,10 @@ func fzArgs(t fsm.MessageType) any {
 		return &task.DecideArgs{}
 	case fsm.TypeCapSensitive:
 		return &fsm.CapSensitiveArgs{}
+	case fsm.TypeQueueRedrive:
+		return &fsm.QueueRedriveArgs{}
+	case fsm.TypeMessageDelete:
+		return &fsm.MessageDeleteArgs{}
 	}
 	return nil
 }
@@ -152,6 +156,11 @@ func fzEntries(tb testing.TB) []*fsm.Entry {
 				Env: []byte(`{"id":"redis-1","from":"redis","ts":1700000000700,"body":{"task":"t"}}`), From: "redis", ID: "redis-1"}),
 			cmd(fsm.TypeRedis, conn, 35, &fsm.RedisArgs{Args: bs("XREADGROUP", "GROUP", "mcp", "w", "COUNT", "1", "STREAMS", "mcp:jobs", ">")}),
 			cmd(fsm.TypeRedis, conn, 36, &fsm.RedisArgs{Args: bs("XACK", "mcp:jobs", "mcp", "1700000000700-1")}),
+		}},
+		{Time: 1_700_000_000_800, Cmds: []fsm.Command{
+			cmd(fsm.TypeQueueRedrive, "n1/1/call3", 1, &fsm.QueueRedriveArgs{DLQ: "jobs.dlq", Seqs: []uint64{1, 2}, To: "jobs"}),
+			cmd(fsm.TypeQueueRedrive, "n1/1/call4", 1, &fsm.QueueRedriveArgs{DLQ: "jobs.dlq", Limit: 10, After: 1, Through: 9}),
+			cmd(fsm.TypeMessageDelete, "n1/1/call5", 1, &fsm.MessageDeleteArgs{Queue: "jobs", Seq: 1, Force: true}),
 		}},
 		{Time: -1, Cmds: nil},
 		{Time: 0, Cmds: []fsm.Command{{Type: 200, Body: msgpack.RawMessage{0xc0}}}},
@@ -356,6 +365,9 @@ func FuzzApplyCommand(f *testing.F) {
 	f.Add(uint8(19), "why", "", "origin", "g1", int64(0), int64(0), uint64(0), uint8(0), int64(1_700_000_000_015))
 	f.Add(uint8(20), "ok", "", "alice", "t3", int64(0), int64(0), uint64(0), uint8(1), int64(1_700_000_000_016))
 	f.Add(uint8(21), "work", "", "alice", "", int64(0), int64(0), uint64(0), uint8(1), int64(1_700_000_000_017))
+	f.Add(uint8(22), "jobs.dlq", "", "jobs", "", int64(1), int64(0), uint64(1), uint8(3), int64(1_700_000_000_018))
+	f.Add(uint8(22), "jobs.dlq", "", "", "", int64(0), int64(0), uint64(0), uint8(0), int64(1_700_000_000_019))
+	f.Add(uint8(23), "jobs", "", "", "", int64(0), int64(0), uint64(1), uint8(1), int64(1_700_000_000_020))
 	st, err := fsm.Open(filepath.Join(f.TempDir(), "state.db"), "n1")
 	if err != nil {
 		f.Fatal(err)
@@ -388,12 +400,13 @@ func FuzzApplyCommand(f *testing.F) {
 }
 
 // fzTypes are the command types FuzzApplyCommand builds: the queue
-// commands and the delegation commands (the others have fuzz entries of
-// their own in fzEntries).
+// commands, the delegation commands and the operator's redrive and
+// delete (the others have fuzz entries of their own in fzEntries).
 var fzTypes = []fsm.MessageType{
 	0, fsm.TypeEnqueue, fsm.TypeConsume, fsm.TypeAck, fsm.TypeNack, fsm.TypeReject, fsm.TypeExtend, fsm.TypeCancel,
 	fsm.TypeDeclare, fsm.TypePublish, fsm.TypeSubscribe, fsm.TypeUnsubscribe, fsm.TypeConnClosed, fsm.TypeNodeStarted, fsm.TypeNodeDown,
 	fsm.TypeRegister, fsm.TypeTaskSubmit, fsm.TypeTaskDone, fsm.TypeTaskFail, fsm.TypeTaskCancel, fsm.TypeTaskDecide, fsm.TypeCapSensitive,
+	fsm.TypeQueueRedrive, fsm.TypeMessageDelete,
 }
 
 func init() { fzTypes[0] = fsm.TypeNodeDown }
@@ -465,6 +478,17 @@ func fzBody(mt fsm.MessageType, name, conn, from, id string, n1, n2 int64, n3 ui
 		return &task.DecideArgs{Task: id, Operator: from, Approve: opt(0), Reason: name}
 	case fsm.TypeCapSensitive:
 		return &fsm.CapSensitiveArgs{Cap: name, Operator: from, On: opt(0)}
+	case fsm.TypeQueueRedrive:
+		a := &fsm.QueueRedriveArgs{DLQ: name, Limit: int(n1), After: uint64(n2), Through: n3}
+		if opt(0) {
+			a.To = from
+		}
+		if opt(1) {
+			a.Seqs = []uint64{n3, uint64(n1), uint64(n2)}[:1+n3%3]
+		}
+		return a
+	case fsm.TypeMessageDelete:
+		return &fsm.MessageDeleteArgs{Queue: name, Seq: n3, Force: opt(0)}
 	default:
 		return &fsm.NodeDownArgs{Node: name}
 	}
@@ -542,6 +566,8 @@ func FuzzDecodeReplies(f *testing.F) {
 		{Conn: "n1/1/c1", Req: 4, Type: fsm.TypeDeclare, Err: fmt.Errorf("%w: max_attempts", queue.ErrBadRequest)},
 		{Conn: "n1/1/c1", Req: 5, Type: fsm.TypeDeclare, Result: &fsm.DeclareResult{MaxAttempts: 5, BackoffMs: []int64{1}}},
 		{Conn: "n1/1/c1", Req: 6, Type: fsm.TypeExtend, Result: &fsm.ExtendResult{LeaseUntil: -1}},
+		{Conn: "n1/1/c1", Req: 7, Type: fsm.TypeQueueRedrive, Result: &fsm.QueueRedriveResult{Moved: []queue.Moved{{From: 1, Queue: "jobs", Seq: 2}}, More: true, Last: 1}},
+		{Conn: "n1/1/c1", Req: 8, Type: fsm.TypeMessageDelete, Result: &fsm.MessageDeleteResult{State: queue.StateInflight, Holder: "n1/1/c1"}},
 	})
 	if err != nil {
 		f.Fatal(err)

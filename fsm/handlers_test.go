@@ -146,7 +146,34 @@ func invalidCommands() []argCase {
 
 		// a Redis command without a name (its audit entry once indexed it)
 		{"redis/no_args", fsm.TypeRedis, &fsm.RedisArgs{}},
+
+		// the operator's redrive and delete
+		{"redrive/empty_dlq", fsm.TypeQueueRedrive, &fsm.QueueRedriveArgs{}},
+		{"redrive/nul_in_dlq", fsm.TypeQueueRedrive, &fsm.QueueRedriveArgs{DLQ: "jobs\x00.dlq"}},
+		{"redrive/space_in_to", fsm.TypeQueueRedrive, &fsm.QueueRedriveArgs{DLQ: "jobs.dlq", To: "jo bs"}},
+		{"redrive/to_too_long", fsm.TypeQueueRedrive, &fsm.QueueRedriveArgs{DLQ: "jobs.dlq", To: long}},
+		{"redrive/too_many_seqs", fsm.TypeQueueRedrive, &fsm.QueueRedriveArgs{DLQ: "jobs.dlq", Seqs: manySeqs(queue.MaxRedrive + 1)}},
+		{"redrive/seq_0", fsm.TypeQueueRedrive, &fsm.QueueRedriveArgs{DLQ: "jobs.dlq", Seqs: []uint64{1, 0}}},
+		{"redrive/seq_too_large", fsm.TypeQueueRedrive, &fsm.QueueRedriveArgs{DLQ: "jobs.dlq", Seqs: []uint64{queue.MaxSeq + 1}}},
+		{"redrive/seq_max_uint64", fsm.TypeQueueRedrive, &fsm.QueueRedriveArgs{DLQ: "jobs.dlq", Seqs: []uint64{math.MaxUint64}}},
+		{"redrive/limit_negative", fsm.TypeQueueRedrive, &fsm.QueueRedriveArgs{DLQ: "jobs.dlq", Limit: -1}},
+		{"redrive/limit_too_large", fsm.TypeQueueRedrive, &fsm.QueueRedriveArgs{DLQ: "jobs.dlq", Limit: queue.MaxRedrive + 1}},
+		{"redrive/after_max_uint64", fsm.TypeQueueRedrive, &fsm.QueueRedriveArgs{DLQ: "jobs.dlq", After: math.MaxUint64}},
+		{"redrive/through_too_large", fsm.TypeQueueRedrive, &fsm.QueueRedriveArgs{DLQ: "jobs.dlq", Through: queue.MaxSeq + 1}},
+		{"delete/empty_queue", fsm.TypeMessageDelete, &fsm.MessageDeleteArgs{Seq: 1}},
+		{"delete/nul_in_queue", fsm.TypeMessageDelete, &fsm.MessageDeleteArgs{Queue: "jobs\x00", Seq: 1}},
+		{"delete/seq_0", fsm.TypeMessageDelete, &fsm.MessageDeleteArgs{Queue: "jobs"}},
+		{"delete/seq_max_uint64", fsm.TypeMessageDelete, &fsm.MessageDeleteArgs{Queue: "jobs", Seq: math.MaxUint64, Force: true}},
 	}
+}
+
+// manySeqs is 1..n.
+func manySeqs(n int) []uint64 {
+	out := make([]uint64, n)
+	for i := range out {
+		out[i] = uint64(i + 1)
+	}
+	return out
 }
 
 // limitCommands hold values at the edge of what the transport accepts:
@@ -187,6 +214,9 @@ func limitCommands() []argCase {
 		{"conn_closed/other_node", fsm.TypeConnClosed, &fsm.ConnClosedArgs{Conn: "n2/7/9"}},
 		{"node_started", fsm.TypeNodeStarted, &fsm.NodeStartedArgs{Node: "n2", Epoch: math.MaxUint64}},
 		{"node_down", fsm.TypeNodeDown, &fsm.NodeDownArgs{Node: "n2"}},
+		{"redrive/limits", fsm.TypeQueueRedrive, &fsm.QueueRedriveArgs{DLQ: longQueue, To: "@" + agent, Limit: queue.MaxRedrive, After: queue.MaxSeq, Through: queue.MaxSeq}},
+		{"redrive/most_seqs", fsm.TypeQueueRedrive, &fsm.QueueRedriveArgs{DLQ: "jobs.dlq", Seqs: append(manySeqs(queue.MaxRedrive-1), queue.MaxSeq)}},
+		{"delete/limits", fsm.TypeMessageDelete, &fsm.MessageDeleteArgs{Queue: longQueue, Seq: queue.MaxSeq, Force: true}},
 	}
 }
 

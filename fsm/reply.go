@@ -52,6 +52,10 @@ func newResult(t MessageType) any {
 		return &AgentResult{}
 	case TypeRedis:
 		return &RedisResult{}
+	case TypeQueueRedrive:
+		return &QueueRedriveResult{}
+	case TypeMessageDelete:
+		return &MessageDeleteResult{}
 	case TypeTaskSubmit:
 		return &SubmitResult{}
 	case TypeTaskCancel:
@@ -134,6 +138,10 @@ func RepliedOnApply(t MessageType) bool {
 		return true
 	case TypeRedis:
 		// A Redis client reads its own writes from this node.
+		return true
+	case TypeQueueRedrive, TypeMessageDelete:
+		// An operator who redrove or deleted messages peeks at the queue
+		// on the same node next.
 		return true
 	}
 	return false
