@@ -136,7 +136,7 @@ func adminFail(w http.ResponseWriter, err error) {
 		status = http.StatusBadRequest
 	case "not_found":
 		status = http.StatusNotFound
-	case "conflict":
+	case "conflict", "full":
 		status = http.StatusConflict
 	case "forbidden":
 		status = http.StatusForbidden

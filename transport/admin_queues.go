@@ -1,24 +1,38 @@
 package transport
 
 import (
+	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"strconv"
+	"time"
 
 	"github.com/mcpd/mcpd/auth"
+	"github.com/mcpd/mcpd/fsm"
 	"github.com/mcpd/mcpd/queue"
 	bolt "go.etcd.io/bbolt"
 )
 
-// The queues of the admin API, read from the node's applied state:
+// The queues of the admin API. Reads come from the node's applied state:
 //
 //	GET /v1/queues                       every queue with its counts
 //	GET /v1/queues/{name}/messages       its messages, oldest first (?limit=N, default 50, at most 1000):
 //	                                     state, attempts, lease, dead-letter origin and reason, the envelope
+//
+// Changes are commands through Raft (fsm/queue_admin.go), audited with
+// the operator as their actor:
+//
+//	POST   /v1/queues/{name}/redrive         move dead letters of the queue {name} back to the queues they
+//	                                         died in, or to "to": {"seqs":[...]} exactly those (at most 1000,
+//	                                         all or none), else every dead letter, at most "limit"
+//	DELETE /v1/queues/{name}/messages/{seq}  delete one message; a leased one only with ?force=true
 
 func (a *Admin) queueRoutes() {
 	a.mux.HandleFunc("GET /v1/queues", a.listQueues)
 	a.mux.HandleFunc("GET /v1/queues/{name}/messages", a.peekQueue)
+	a.mux.HandleFunc("POST /v1/queues/{name}/redrive", a.redriveQueue)
+	a.mux.HandleFunc("DELETE /v1/queues/{name}/messages/{seq}", a.deleteMessage)
 }
 
 // AdminQueue is a queue as GET /v1/queues lists it.
@@ -106,4 +120,190 @@ func (a *Admin) peekQueue(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	adminJSON(w, http.StatusOK, out)
+}
+
+// AdminRedriveRequest is the body of POST /v1/queues/{name}/redrive. With
+// Seqs, exactly those dead letters move, or none (the first that cannot
+// move is the error). Without, every dead letter of the queue present
+// when the request arrives moves, in seq order, at most Limit of them (0:
+// no bound), leased ones passed over; the node proposes them
+// queue.MaxRedrive per command, so a failure part way leaves the earlier
+// commands done (the error says how many moved). To sends them all to
+// one queue instead of the queues they died in.
+type AdminRedriveRequest struct {
+	Seqs  []uint64 `json:"seqs,omitempty"`
+	To    string   `json:"to,omitempty"`
+	Limit int      `json:"limit,omitempty"`
+}
+
+// AdminRedrive answers a redrive: how many moved, their new seqs, and
+// for each where it went.
+type AdminRedrive struct {
+	Moved    int           `json:"moved"`
+	Seqs     []uint64      `json:"seqs"`
+	Messages []queue.Moved `json:"messages"`
+}
+
+// AdminDeleted answers DELETE /v1/queues/{name}/messages/{seq} with the
+// message as it was.
+type AdminDeleted struct {
+	Queue    string          `json:"queue"`
+	Seq      uint64          `json:"seq"`
+	State    string          `json:"state"`
+	Attempts int             `json:"attempts"`
+	Holder   string          `json:"holder,omitempty"` // the lease a forced delete ended
+	Dead     *queue.DeadInfo `json:"dead,omitempty"`
+}
+
+func (a *Admin) redriveQueue(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	if !auth.ValidQueueName(name) {
+		adminErr(w, http.StatusBadRequest, "bad_request", "%q is not a queue name", name)
+		return
+	}
+	var req AdminRedriveRequest
+	if r.ContentLength != 0 {
+		if err := decodeBody(r, &req); err != nil {
+			adminErr(w, http.StatusBadRequest, "bad_request", "%v", err)
+			return
+		}
+	}
+	if msg := checkRedriveRequest(name, &req); msg != "" {
+		adminErr(w, http.StatusBadRequest, "bad_request", "%s", msg)
+		return
+	}
+	out := AdminRedrive{Seqs: []uint64{}, Messages: []queue.Moved{}}
+	add := func(rep *fsm.Reply) (*fsm.QueueRedriveResult, bool) {
+		res, ok := rep.Result.(*fsm.QueueRedriveResult)
+		if ok {
+			for _, m := range res.Moved {
+				out.Seqs = append(out.Seqs, m.Seq)
+				out.Messages = append(out.Messages, m)
+			}
+			out.Moved = len(out.Messages)
+		}
+		return res, ok
+	}
+	if len(req.Seqs) > 0 {
+		rep, ok := a.propose(w, r, fsm.TypeQueueRedrive, &fsm.QueueRedriveArgs{DLQ: name, Seqs: req.Seqs, To: req.To})
+		if !ok {
+			return
+		}
+		if _, ok := add(rep); !ok {
+			adminErr(w, http.StatusInternalServerError, "internal", "the redrive answered no result")
+			return
+		}
+	} else {
+		// The dead letters there now: those that die again after their
+		// redrive get higher seqs and do not come round again.
+		var through uint64
+		if err := a.node.Read(func(tx *bolt.Tx) (err error) {
+			through, err = queue.LastSeq(tx, name)
+			return err
+		}); err != nil {
+			adminFail(w, err)
+			return
+		}
+		args := fsm.QueueRedriveArgs{DLQ: name, To: req.To, Through: through}
+		for {
+			args.Limit = queue.MaxRedrive
+			if req.Limit > 0 {
+				args.Limit = min(args.Limit, req.Limit-out.Moved)
+			}
+			rep, err := a.command(r, fsm.TypeQueueRedrive, &args)
+			if err != nil {
+				if out.Moved > 0 {
+					err = fmt.Errorf("%w (%d dead letters of %s were moved before this)", err, out.Moved, name)
+				}
+				adminFail(w, err)
+				return
+			}
+			res, ok := add(rep)
+			if !ok {
+				adminErr(w, http.StatusInternalServerError, "internal", "the redrive answered no result")
+				return
+			}
+			if !res.More || (req.Limit > 0 && out.Moved >= req.Limit) {
+				break
+			}
+			args.After = res.Last
+		}
+	}
+	a.log.Info("dead letters redriven", "queue", name, "to", req.To, "moved", out.Moved, "operator", Operator(r))
+	adminJSON(w, http.StatusOK, out)
+}
+
+// checkRedriveRequest checks a redrive as the state machine will, to
+// answer a mistake before anything is proposed; it returns what is wrong.
+func checkRedriveRequest(name string, req *AdminRedriveRequest) string {
+	switch {
+	case req.To != "" && !auth.ValidQueueName(req.To):
+		return fmt.Sprintf("to: %q is not a queue name", req.To)
+	case req.To == name:
+		return "to: a queue cannot be redriven into itself"
+	case req.Limit < 0:
+		return "limit must not be negative"
+	case len(req.Seqs) > 0 && req.Limit != 0:
+		return "give seqs or a limit, not both"
+	case len(req.Seqs) > queue.MaxRedrive:
+		return fmt.Sprintf("at most %d seqs per request (a redrive by seqs is all or nothing)", queue.MaxRedrive)
+	}
+	seen := make(map[uint64]bool, len(req.Seqs))
+	for _, s := range req.Seqs {
+		if s < 1 || s > queue.MaxSeq {
+			return fmt.Sprintf("seqs: %d is not a seq", s)
+		}
+		if seen[s] {
+			return fmt.Sprintf("seqs: %d given twice", s)
+		}
+		seen[s] = true
+	}
+	return ""
+}
+
+func (a *Admin) deleteMessage(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	if !auth.ValidQueueName(name) {
+		adminErr(w, http.StatusBadRequest, "bad_request", "%q is not a queue name", name)
+		return
+	}
+	seq, err := strconv.ParseUint(r.PathValue("seq"), 10, 64)
+	if err != nil || seq < 1 || seq > queue.MaxSeq {
+		adminErr(w, http.StatusBadRequest, "bad_request", "%q is not a seq", r.PathValue("seq"))
+		return
+	}
+	var force bool
+	if v := r.URL.Query().Get("force"); v != "" {
+		if force, err = strconv.ParseBool(v); err != nil {
+			adminErr(w, http.StatusBadRequest, "bad_request", "force must be true or false")
+			return
+		}
+	}
+	rep, ok := a.propose(w, r, fsm.TypeMessageDelete, &fsm.MessageDeleteArgs{Queue: name, Seq: seq, Force: force})
+	if !ok {
+		return
+	}
+	res, ok := rep.Result.(*fsm.MessageDeleteResult)
+	if !ok {
+		adminErr(w, http.StatusInternalServerError, "internal", "the delete answered no result")
+		return
+	}
+	a.log.Info("message deleted", "queue", name, "seq", seq, "state", stateNames[res.State], "holder", res.Holder, "operator", Operator(r))
+	adminJSON(w, http.StatusOK, AdminDeleted{Queue: name, Seq: seq, State: stateNames[res.State], Attempts: res.Attempts, Holder: res.Holder, Dead: res.Dead})
+}
+
+// command proposes an operator's command and returns its reply, or its
+// error (the node's or the business error): propose without the answer,
+// for a request made of several commands.
+func (a *Admin) command(r *http.Request, t fsm.MessageType, body any) (*fsm.Reply, error) {
+	ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)
+	defer cancel()
+	rep, err := a.node.Call(ctx, t, Operator(r), body)
+	if err == nil {
+		err = rep.Err
+	}
+	if err != nil {
+		return nil, err
+	}
+	return rep, nil
 }

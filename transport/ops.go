@@ -128,6 +128,8 @@ func errorCode(err error) (string, string) {
 		return "not_found", err.Error()
 	case errors.Is(err, queue.ErrNotFound):
 		return "not_found", "no such delivery, consumer or subscription on this connection"
+	case errors.Is(err, queue.ErrFull) && err.Error() != queue.ErrFull.Error():
+		return "full", err.Error()
 	case errors.Is(err, queue.ErrFull):
 		return "full", "queue is at its max_len"
 	case errors.Is(err, queue.ErrConflict):

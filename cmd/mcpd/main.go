@@ -24,7 +24,7 @@ var commands = []command{
 	{"agents", runAgents, "list the agents that registered capabilities: online, load, recent outcomes"},
 	{"task", runTask, "submit, get, watch or cancel delegated tasks; approve, deny or show them as the operator"},
 	{"capability", runCapability, "mark a capability sensitive (its tasks wait for approval) or plain"},
-	{"queue", runQueue, "list the queues, or peek at a queue's messages (dead letters with their reasons)"},
+	{"queue", runQueue, "list the queues, peek at a queue's messages (dead letters with their reasons), redrive dead letters, delete a message"},
 	{"schedule", runSchedule, "add, list, pause, resume or delete recurring schedules, and show their history"},
 	{"keygen", runKeygen, "create a cluster key file (--cluster-key-file)"},
 	{"tls", runTLS, "create TLS material (tls init)"},

@@ -9,18 +9,28 @@ import (
 	"net/url"
 	"os"
 	"strconv"
+	"strings"
 	"text/tabwriter"
 
 	"github.com/mcpd/mcpd/transport"
 )
 
-// runQueue is `mcpd queue list|peek`: the queues and their messages, as
-// the node's admin API reads them from its applied state.
+// runQueue is `mcpd queue list|peek|redrive|delete`: the queues and
+// their messages, as the node's admin API reads them from its applied
+// state, and the operator's two changes to them.
 func runQueue(args []string) error { return queueCmd(args, os.Stdout) }
 
+const queueUsage = "expected 'mcpd queue list', 'mcpd queue peek NAME [--limit N]', " +
+	"'mcpd queue redrive DLQ (--seq N ... | --all [--limit N]) [--to QUEUE]' or 'mcpd queue delete QUEUE SEQ [--force]'"
+
 func queueCmd(args []string, stdout io.Writer) error {
-	if len(args) == 0 || (args[0] != "list" && args[0] != "peek") {
-		return &usageError{"expected 'mcpd queue list' or 'mcpd queue peek NAME [--limit N]'"}
+	switch {
+	case len(args) > 0 && args[0] == "redrive":
+		return queueRedrive(args[1:], stdout)
+	case len(args) > 0 && args[0] == "delete":
+		return queueDelete(args[1:], stdout)
+	case len(args) == 0 || (args[0] != "list" && args[0] != "peek"):
+		return &usageError{queueUsage}
 	}
 	fs := flag.NewFlagSet("queue "+args[0], flag.ContinueOnError)
 	var af adminFlags
@@ -78,4 +88,153 @@ func queueCmd(args []string, stdout io.Writer) error {
 		fmt.Fprintf(tw, "%d\t%s\t%d\t%s\t%s\t%s\t%s\n", m.Seq, m.State, m.Attempts, msTime(m.Enqueued), dash(m.Holder), dead, env)
 	}
 	return tw.Flush()
+}
+
+// queueRedrive is `mcpd queue redrive DLQ (--seq N ... | --all) [--to
+// QUEUE]`: dead letters go back to the queues they died in (or to
+// QUEUE) as new messages, with their attempts starting over. --seq names
+// exactly the messages to move (all or none move); --all moves every
+// dead letter there is, leased ones passed over.
+func queueRedrive(args []string, stdout io.Writer) error {
+	fs := flag.NewFlagSet("queue redrive", flag.ContinueOnError)
+	var af adminFlags
+	af.register(fs)
+	var seqs seqList
+	fs.Var(&seqs, "seq", "a dead letter to move, by its seq in the dead-letter queue (repeatable, or 3,7,9)")
+	all := fs.Bool("all", false, "move every dead letter of the queue (one already leased by a consumer stays)")
+	limit := fs.Int("limit", 0, "with --all: move at most N (default: every one)")
+	to := fs.String("to", "", "move them to this queue instead of the queues they died in")
+	asJSON := fs.Bool("json", false, "print JSON")
+	pos, err := parseInterleaved(fs, args)
+	if err != nil {
+		return err
+	}
+	switch {
+	case len(pos) != 1:
+		return &usageError{"expected 'mcpd queue redrive DLQ (--seq N ... | --all) [--to QUEUE]'"}
+	case len(seqs) > 0 && *all, len(seqs) == 0 && !*all:
+		return &usageError{"name the dead letters with --seq, or move them all with --all"}
+	case *limit != 0 && !*all:
+		return &usageError{"--limit goes with --all"}
+	case *limit < 0:
+		return &usageError{"--limit must be positive"}
+	}
+	c, err := af.client()
+	if err != nil {
+		return err
+	}
+	var res transport.AdminRedrive
+	req := transport.AdminRedriveRequest{Seqs: seqs, To: *to, Limit: *limit}
+	if err := c.do("POST", "/v1/queues/"+url.PathEscape(pos[0])+"/redrive", req, &res); err != nil {
+		return err
+	}
+	if *asJSON {
+		return json.NewEncoder(stdout).Encode(res)
+	}
+	fmt.Fprintf(stdout, "moved %d dead letter%s of %s\n", res.Moved, pluralS(res.Moved), pos[0])
+	if res.Moved == 0 {
+		return nil
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "FROM\tTO")
+	for _, m := range res.Messages {
+		fmt.Fprintf(tw, "%s/%d\t%s/%d\n", pos[0], m.From, m.Queue, m.Seq)
+	}
+	return tw.Flush()
+}
+
+// queueDelete is `mcpd queue delete QUEUE SEQ [--force]`: one message
+// goes for good, whatever its state; one a consumer holds only with
+// --force (its lease ends, and the consumer's ack is refused).
+func queueDelete(args []string, stdout io.Writer) error {
+	fs := flag.NewFlagSet("queue delete", flag.ContinueOnError)
+	var af adminFlags
+	af.register(fs)
+	force := fs.Bool("force", false, "delete it even while a consumer holds it: its lease ends, and the consumer's ack gets not_found")
+	asJSON := fs.Bool("json", false, "print JSON")
+	pos, err := parseInterleaved(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 2 {
+		return &usageError{"expected 'mcpd queue delete QUEUE SEQ [--force]'"}
+	}
+	seq, err := strconv.ParseUint(pos[1], 10, 64)
+	if err != nil || seq == 0 {
+		return &usageError{fmt.Sprintf("%q is not a seq (the SEQ column of 'mcpd queue peek')", pos[1])}
+	}
+	c, err := af.client()
+	if err != nil {
+		return err
+	}
+	path := "/v1/queues/" + url.PathEscape(pos[0]) + "/messages/" + strconv.FormatUint(seq, 10)
+	if *force {
+		path += "?force=true"
+	}
+	var res transport.AdminDeleted
+	if err := c.do("DELETE", path, nil, &res); err != nil {
+		if isAdminCode(err, "conflict") && !*force {
+			return fmt.Errorf("%w\n(a consumer holds it: wait for its ack or its lease to end, or use --force)", err)
+		}
+		return err
+	}
+	if *asJSON {
+		return json.NewEncoder(stdout).Encode(res)
+	}
+	what := fmt.Sprintf("%s, %d attempt%s", res.State, res.Attempts, pluralS(res.Attempts))
+	if res.Holder != "" {
+		what += ", its lease by " + res.Holder + " ended"
+	}
+	if res.Dead != nil {
+		what += fmt.Sprintf(", a dead letter of %s/%d: %s", res.Dead.Queue, res.Dead.Seq, res.Dead.Reason)
+	}
+	_, err = fmt.Fprintf(stdout, "deleted %s/%d (%s)\n", res.Queue, res.Seq, what)
+	return err
+}
+
+// seqList is a repeatable flag of seqs, each value one seq or several
+// separated by commas.
+type seqList []uint64
+
+func (s *seqList) String() string {
+	parts := make([]string, len(*s))
+	for i, v := range *s {
+		parts[i] = strconv.FormatUint(v, 10)
+	}
+	return strings.Join(parts, ",")
+}
+
+func (s *seqList) Set(v string) error {
+	for _, p := range strings.Split(v, ",") {
+		n, err := strconv.ParseUint(strings.TrimSpace(p), 10, 64)
+		if err != nil || n == 0 {
+			return fmt.Errorf("%q is not a seq", p)
+		}
+		*s = append(*s, n)
+	}
+	return nil
+}
+
+// parseInterleaved parses flags that may come before, between or after
+// the positional arguments, and returns those.
+func parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		if fs.NArg() == 0 {
+			return pos, nil
+		}
+		pos = append(pos, fs.Arg(0))
+		args = fs.Args()[1:]
+	}
+}
+
+// pluralS is "s" unless n is 1.
+func pluralS(n int) string {
+	if n == 1 {
+		return ""
+	}
+	return "s"
 }

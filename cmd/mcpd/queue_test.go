@@ -1,0 +1,128 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/mcpd/mcpd/client"
+	"github.com/mcpd/mcpd/transport"
+)
+
+// mcpd queue redrive and delete, through the admin socket: dead letters
+// go back to their queue, messages are deleted, a leased one only with
+// --force.
+func TestCLIQueueRedriveDelete(t *testing.T) {
+	n := startCLINode(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	cl := n.c.Dial("alice")
+	if _, err := cl.DeclareQueue(ctx, "jobs", client.QueueSettings{MaxAttempts: 1}); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		if _, err := cl.Enqueue(ctx, "jobs", map[string]int{"n": i}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	k, err := cl.Consume(ctx, "jobs", client.ConsumeOptions{Prefetch: 3, LeaseMs: 60_000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		d, err := k.Next(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := d.Reject(ctx, "unparseable"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := k.Cancel(ctx); err != nil {
+		t.Fatal(err)
+	}
+	out := mustRun(t, queueCmd, n.asOperator("peek", "jobs.dlq"))
+	if strings.Count(out, "rejected: unparseable") != 3 {
+		t.Fatalf("queue peek jobs.dlq:\n%s", out)
+	}
+
+	// Mistakes on the command line.
+	for _, args := range [][]string{
+		{"redrive", "jobs.dlq"},
+		{"redrive", "jobs.dlq", "--all", "--seq", "1"},
+		{"redrive", "jobs.dlq", "--seq", "1", "--limit", "2"},
+		{"redrive", "--seq", "1"},
+		{"delete", "jobs"},
+		{"delete", "jobs", "abc"},
+		{"delete", "jobs", "0"},
+	} {
+		var ue *usageError
+		if _, err := run(t, queueCmd, n.asOperator(args...)); !errors.As(err, &ue) {
+			t.Errorf("%v: %v, want a usage error", args, err)
+		}
+	}
+	if _, err := run(t, queueCmd, n.asOperator("redrive", "jobs.dlq", "--seq", "x")); err == nil {
+		t.Error("--seq x accepted")
+	}
+
+	// Refusals of the node: nothing moves.
+	if _, err := run(t, queueCmd, n.asOperator("redrive", "jobs.dlq", "--seq", "1,99")); !isAdminCode(err, "not_found") {
+		t.Fatalf("redrive of an unknown seq: %v", err)
+	}
+	if _, err := run(t, queueCmd, n.asOperator("redrive", "jobs", "--seq", "1")); !isAdminCode(err, "not_found") {
+		t.Fatalf("redrive of a message that is gone: %v", err)
+	}
+	if _, err := run(t, queueCmd, n.asOperator("redrive", "jobs.dlq", "--all", "--to", "nosuch")); !isAdminCode(err, "not_found") {
+		t.Fatalf("redrive to an unknown queue: %v", err)
+	}
+
+	// By seq (flags before the name too), then the rest.
+	out = mustRun(t, queueCmd, n.asOperator("redrive", "--seq", "2", "jobs.dlq"))
+	if !strings.HasPrefix(out, "moved 1 dead letter of jobs.dlq\n") || !regexp.MustCompile(`(?m)^jobs\.dlq/2\s+jobs/4$`).MatchString(out) {
+		t.Fatalf("queue redrive --seq:\n%s", out)
+	}
+	var res transport.AdminRedrive
+	if err := json.Unmarshal([]byte(mustRun(t, queueCmd, n.asOperator("redrive", "jobs.dlq", "--all", "--json"))), &res); err != nil ||
+		res.Moved != 2 || len(res.Seqs) != 2 || res.Seqs[0] != 5 || res.Messages[1].From != 3 {
+		t.Fatalf("queue redrive --all --json: %+v %v", res, err)
+	}
+	if out := mustRun(t, queueCmd, n.asOperator("redrive", "jobs.dlq", "--all")); out != "moved 0 dead letters of jobs.dlq\n" {
+		t.Fatalf("redrive of an empty DLQ: %q", out)
+	}
+	out = mustRun(t, queueCmd, n.asOperator("peek", "jobs"))
+	if !regexp.MustCompile(`(?m)^4\s+ready\s+0\s+\S+\s+-\s+-\s+\{`).MatchString(out) || strings.Count(out, "ready") != 3 {
+		t.Fatalf("queue peek jobs after the redrive:\n%s", out)
+	}
+
+	// Delete a waiting message, then a leased one.
+	if out := mustRun(t, queueCmd, n.asOperator("delete", "jobs", "4")); out != "deleted jobs/4 (ready, 0 attempts)\n" {
+		t.Fatalf("queue delete: %q", out)
+	}
+	if _, err := run(t, queueCmd, n.asOperator("delete", "jobs", "4")); !isAdminCode(err, "not_found") {
+		t.Fatalf("second delete: %v", err)
+	}
+	k, err = cl.Consume(ctx, "jobs", client.ConsumeOptions{Prefetch: 1, LeaseMs: 60_000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := k.Next(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seq := []string{"delete", "jobs", strconv.FormatUint(d.Seq, 10)}
+	if _, err := run(t, queueCmd, n.asOperator(seq...)); !isAdminCode(err, "conflict") || !strings.Contains(err.Error(), "--force") {
+		t.Fatalf("delete of a leased message: %v", err)
+	}
+	out = mustRun(t, queueCmd, n.asOperator(append(seq, "--force")...))
+	if !regexp.MustCompile(`^deleted jobs/\d+ \(inflight, 1 attempt, its lease by n1/\S+ ended\)\n$`).MatchString(out) {
+		t.Fatalf("queue delete --force: %q", out)
+	}
+	if err := d.Ack(ctx); err == nil {
+		t.Fatal("the ack of a deleted message succeeded")
+	}
+}
