@@ -39,19 +39,24 @@ func ReadRange(tx *bolt.Tx, after uint64, limit int) ([]Record, error) {
 		if err != nil {
 			return out, fmt.Errorf("entry under key %x: %w", k, err)
 		}
-		r := Record{Entry: e}
-		if e.Kind == KindCheckpoint && e.Outcome == "ok" {
-			if seq, err := strconv.ParseUint(e.Subject, 10, 64); err == nil {
-				if v := cps.Get(seqKey(seq)); v != nil {
-					if cp, err := decodeCheckpoint(seqKey(seq), v); err == nil {
-						r.Checkpoint = &cp
-					}
+		out = append(out, record(cps, e))
+	}
+	return out, nil
+}
+
+// record is e as exported: with its checkpoint when it recorded one.
+func record(cps *bolt.Bucket, e Entry) Record {
+	r := Record{Entry: e}
+	if e.Kind == KindCheckpoint && e.Outcome == "ok" {
+		if seq, err := strconv.ParseUint(e.Subject, 10, 64); err == nil {
+			if v := cps.Get(seqKey(seq)); v != nil {
+				if cp, err := decodeCheckpoint(seqKey(seq), v); err == nil {
+					r.Checkpoint = &cp
 				}
 			}
 		}
-		out = append(out, r)
 	}
-	return out, nil
+	return r
 }
 
 // Export writes the entries after seq since as JSON lines (see Record's

@@ -24,7 +24,7 @@ import (
 // audit log in a stopped node's data directory or in a snapshot.
 func runAudit(args []string) error {
 	if len(args) == 0 {
-		return &usageError{"expected 'mcpd audit verify|export|key ...'"}
+		return &usageError{"expected 'mcpd audit verify|export|tail|search|key ...'"}
 	}
 	switch args[0] {
 	case "verify":
@@ -35,6 +35,8 @@ func runAudit(args []string) error {
 		return auditKey(args[1:], os.Stdout)
 	case "tail":
 		return auditTail(args[1:], os.Stdout)
+	case "search":
+		return auditSearch(args[1:], os.Stdout)
 	case "-h", "-help", "--help", "help":
 		fmt.Fprint(os.Stderr, `usage:
   mcpd audit verify [--data-dir DIR | --snapshot PATH | --export FILE] [--node] [--key KEY] [--json]
@@ -44,12 +46,16 @@ func runAudit(args []string) error {
       write the entries after SEQ as JSON lines
   mcpd audit tail [--data-dir DIR | --admin-url URL ...] [--since SEQ]
       follow a running node's log, checking each entry against the one before
+  mcpd audit search [--data-dir DIR | --admin-url URL ...] [--actor A] [--type T] [--outcome O]
+                    [--queue Q] [--id ID] [--since T] [--until T] [--grep S] [--limit N] [--desc] [--json]
+      a running node's entries that match: a table (seq, time, type, actor, subject, result)
+      or JSON lines; --id QUEUE/SEQ is a message's settles, --since takes RFC 3339, unix ms or 15m
   mcpd audit key --cluster-key-file FILE [--pem]
       print the cluster's audit public key, for --key
 `)
 		return flag.ErrHelp
 	}
-	return &usageError{fmt.Sprintf("unknown audit command %q: verify, export, tail or key", args[0])}
+	return &usageError{fmt.Sprintf("unknown audit command %q: verify, export, tail, search or key", args[0])}
 }
 
 // errAuditBroken: verify found the chain broken (the report says where).
