@@ -128,6 +128,25 @@ func auditEvent(now int64, c *Command, args, res any, err error) audit.Event {
 		ev.Kind, ev.Subject = "schedule.add", a.Schedule.Name
 	case *ScheduleSetArgs:
 		ev.Kind, ev.Subject = "schedule."+a.What, a.Name
+	case *OperatorInviteArgs:
+		ev.Kind, ev.Subject = "operator.invite", a.Name
+	case *OperatorEnrollArgs:
+		ev.Kind = "operator.enroll"
+		if r, ok := res.(*OperatorResult); ok && r != nil {
+			ev.Subject = r.Name
+		}
+	case *OperatorUseArgs:
+		ev.Kind, ev.Subject = "operator.reauth", a.Name
+		if a.Session != nil {
+			ev.Kind = "operator.login"
+		}
+	case *OperatorLogoutArgs:
+		ev.Kind = "operator.logout"
+		if r, ok := res.(*OperatorResult); ok && r != nil {
+			ev.Subject = r.Name
+		}
+	case *OperatorRemoveArgs:
+		ev.Kind, ev.Subject = "operator.remove", a.Name
 	case *ScheduleFireArgs:
 		ev.Kind, ev.Subject = "schedule.fire", a.Name+"@"+strconv.FormatInt(a.Tick, 10)
 		if a.Skip {

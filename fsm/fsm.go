@@ -18,6 +18,7 @@ import (
 	"github.com/mcpd/mcpd/audit"
 	"github.com/mcpd/mcpd/auth"
 	"github.com/mcpd/mcpd/kv"
+	"github.com/mcpd/mcpd/operator"
 	"github.com/mcpd/mcpd/queue"
 	"github.com/mcpd/mcpd/route"
 	"github.com/mcpd/mcpd/schedule"
@@ -124,6 +125,9 @@ func (f *FSM) open() error {
 			return err
 		}
 		if err := schedule.CreateBuckets(tx); err != nil {
+			return err
+		}
+		if err := operator.CreateBuckets(tx); err != nil {
 			return err
 		}
 		return queue.CreateBuckets(tx)

@@ -66,6 +66,8 @@ func newResult(t MessageType) any {
 		return &ScheduleResult{}
 	case TypeTaskDecide:
 		return &TaskResult{}
+	case TypeOperatorInvite, TypeOperatorEnroll, TypeOperatorLogout:
+		return &OperatorResult{}
 	}
 	return nil
 }
