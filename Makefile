@@ -26,12 +26,18 @@ test: vet deps
 # namespaces and on FUSE disks: it needs root, /dev/fuse and the ip tool.
 # The Redis differential test in systemtest/ compares mcpd's replies with a
 # real redis-server that it starts on a loopback port.
-# deps installs iproute2 and redis-server where they are missing (Debian).
+# The browser tests in systemtest/ drive Debian's chromium headless over
+# the DevTools protocol (docs/ops/ui.md); screenshots land in
+# test-artifacts/browser/.
+# deps installs iproute2, redis-server and chromium where they are missing
+# (Debian).
 deps:
 	@command -v ip >/dev/null 2>&1 || { echo "installing iproute2 for the fault suite"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 >/dev/null; }
 	@command -v redis-server >/dev/null 2>&1 || { echo "installing redis-server for the Redis differential test"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
+	@command -v chromium >/dev/null 2>&1 || { echo "installing chromium for the browser tests of the web UI"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 # The whole fault matrix: more rounds of every scenario and the combined
 # faults on five nodes. Each scenario appends its checker figures to

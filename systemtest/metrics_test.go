@@ -34,7 +34,7 @@ func Test_System_Metrics(t *testing.T) {
 			"--redis-port", "0",
 			"--port", strconv.Itoa(ports[0]),
 			"--health-port", strconv.Itoa(ports[1]),
-			"--raft-port", strconv.Itoa(ports[2]),
+			"--raft-port", strconv.Itoa(ports[2]), "--admin-port", "0",
 			"--metrics-port", strconv.Itoa(ports[3]),
 		},
 		logPath: filepath.Join(dir, "dev.log"),

@@ -81,7 +81,7 @@ func startMcpdRedis(t *testing.T) redisTarget {
 			"--data-dir", filepath.Join(dir, "data"),
 			"--port", strconv.Itoa(ports[0]),
 			"--health-port", strconv.Itoa(ports[1]),
-			"--raft-port", strconv.Itoa(ports[2]),
+			"--raft-port", strconv.Itoa(ports[2]), "--admin-port", "0",
 			"--redis-port", strconv.Itoa(ports[3]),
 			"--metrics-port", "0",
 		},

@@ -110,7 +110,7 @@ func devNode(t *testing.T) (p *proc, dataDir, health, url string) {
 			"--metrics-port", "0",
 			"--port", strconv.Itoa(ports[0]),
 			"--health-port", strconv.Itoa(ports[1]),
-			"--raft-port", strconv.Itoa(ports[2]),
+			"--raft-port", strconv.Itoa(ports[2]), "--admin-port", "0",
 		},
 		logPath: filepath.Join(dir, "dev.log"),
 	}

@@ -283,7 +283,7 @@ func Test_System_SnapshotRoundTrip(t *testing.T) {
 	}
 	p := &proc{name: "drill", bin: mcpdBinary(t), logPath: filepath.Join(c.dir, "drill.log"), args: []string{"serve", "--dev",
 		"--node-id", "d1", "--data-dir", drill, "--bind", "127.0.0.1",
-		"--port", fmt.Sprint(ports[0]), "--health-port", fmt.Sprint(ports[1]), "--raft-port", fmt.Sprint(ports[2]),
+		"--port", fmt.Sprint(ports[0]), "--health-port", fmt.Sprint(ports[1]), "--raft-port", fmt.Sprint(ports[2]), "--admin-port", "0",
 	}}
 	manage(t, p)
 	p.start(t)

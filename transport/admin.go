@@ -27,6 +27,8 @@ type Admin struct {
 	key  *auth.ClusterKey
 	log  *slog.Logger
 	mux  *http.ServeMux
+	// enrollURLs are the UI's enrollment pages, for invite answers.
+	enrollURLs []string
 }
 
 // AdminAgentRequest is the body of POST /v1/agents. An ed25519 agent
@@ -76,6 +78,7 @@ func NewAdmin(node *cluster.Node, key *auth.ClusterKey, log *slog.Logger) *Admin
 	a.snapshotRoutes()
 	a.routeTasks() // admin_tasks.go
 	a.clusterRoutes()
+	a.operatorRoutes()
 	return a
 }
 
@@ -285,3 +288,22 @@ func (a *Admin) call(w http.ResponseWriter, r *http.Request, t fsm.MessageType, 
 		"agent", res.Agent.Name, "operator", Operator(r))
 	adminJSON(w, status, res.Agent)
 }
+
+// Serve answers an admin request on behalf of operator, who is named in
+// the audit log of whatever the request changes ("operator:NAME"). The
+// web UI calls it once it authenticated the request.
+func (a *Admin) Serve(w http.ResponseWriter, r *http.Request, operator string) {
+	a.mux.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), operatorKey{}, operator)))
+}
+
+// WriteJSON answers v with status, as the admin API does.
+func WriteJSON(w http.ResponseWriter, status int, v any) { adminJSON(w, status, v) }
+
+// WriteError answers an admin API error with a code and a message.
+func WriteError(w http.ResponseWriter, status int, code, msg string) {
+	adminJSON(w, status, AdminError{Code: code, Error: msg})
+}
+
+// WriteFail answers an error from the node or the FSM, with the status
+// its code maps to.
+func WriteFail(w http.ResponseWriter, err error) { adminFail(w, err) }

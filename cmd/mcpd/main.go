@@ -26,6 +26,7 @@ var commands = []command{
 	{"capability", runCapability, "mark a capability sensitive (its tasks wait for approval) or plain"},
 	{"queue", runQueue, "list the queues, peek at a queue's messages (dead letters with their reasons), redrive dead letters, delete a message"},
 	{"schedule", runSchedule, "add, list, pause, resume or delete recurring schedules, and show their history"},
+	{"operator", runOperator, "invite operators to the web UI (a one-time code to enroll a passkey), list or remove them"},
 	{"keygen", runKeygen, "create a cluster key file (--cluster-key-file)"},
 	{"tls", runTLS, "create TLS material (tls init)"},
 	{"check", runCheck, "verify a stopped node's data directory (checksums of log, snapshots, state.db)"},

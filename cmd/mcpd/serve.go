@@ -36,6 +36,7 @@ type serveFlags struct {
 	noSync                           bool // --test-unsafe-no-fsync
 	join                             bool // --join (docs/ops/cluster.md)
 	trust                            trustFlags
+	ui                               uiFlags
 	tasks                            taskFlags
 }
 
@@ -51,7 +52,7 @@ func runServe(args []string) error {
 	fs.IntVar(&f.port, "port", 4433, "MCP over WebSocket (TLS)")
 	fs.IntVar(&f.healthPort, "health-port", 4434, "HTTP /healthz and /readyz")
 	fs.IntVar(&f.metricsPort, "metrics-port", 4435, "Prometheus /metrics, plain HTTP (0: off; docs/ops/metrics.md)")
-	fs.IntVar(&f.adminPort, "admin-port", 4436, "admin API and UI (reserved)")
+	fs.IntVar(&f.adminPort, "admin-port", 4436, "admin API and web UI over HTTPS, when --ui or --admin-token-file asks for them (0: off; docs/ops/ui.md)")
 	fs.IntVar(&f.respPort, "redis-port", 4437, "Redis protocol (RESP2/RESP3; plaintext in --dev, TLS otherwise; 0: off)")
 	fs.IntVar(&f.raftPort, "raft-port", 4438, "Raft and leader forwarding between nodes")
 	fs.StringVar(&f.tlsDir, "tls-dir", "", "directory with ca.pem and this node's certificate, ID.pem/ID-key.pem or node.pem/node-key.pem (from 'mcpd tls init'), for the client ports and mutual TLS between nodes (default DATA-DIR/tls; generated only with --dev)")
@@ -68,12 +69,14 @@ func runServe(args []string) error {
 	fs.Uint64Var(&f.snapEvery, "test-snapshot-threshold", 0, "snapshot every this many entries, checked every second, keeping as many (tests only)")
 	fs.BoolVar(&f.noSync, "test-unsafe-no-fsync", false, "never fsync the Raft log or state.db: loses acknowledged messages on power loss (the fault suite's self-test only)")
 	f.trust.register(fs)
+	f.ui.register(fs)
 	fs.BoolVar(&f.pprof, "pprof", false, "serve Go profiles under /debug/pprof/ on the health port")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&f.logFormat, "log-format", "text", "text or json")
 	if err := parseWithConfig(fs, args); err != nil { // --config FILE (config.go)
 		return err
 	}
+	f.ui.resolve(fs, f.dev, f.adminPort)
 	if fs.NArg() > 0 {
 		return &usageError{fmt.Sprintf("unexpected argument %q", fs.Arg(0))}
 	}

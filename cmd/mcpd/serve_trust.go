@@ -17,6 +17,7 @@ import (
 	"github.com/mcpd/mcpd/auth"
 	"github.com/mcpd/mcpd/cluster"
 	"github.com/mcpd/mcpd/transport"
+	"github.com/mcpd/mcpd/webui"
 )
 
 // trustFlags are serve's identity and admin settings.
@@ -83,25 +84,45 @@ func startAdmin(f *serveFlags, node *cluster.Node, key *auth.ClusterKey, tlsConf
 	}
 	s.sock = &http.Server{Handler: admin.LocalHandler(), ReadHeaderTimeout: 5 * time.Second}
 	go serveHTTP(s.sock, ln, errc)
+	token := ""
 	if f.trust.adminTokenFile != "" {
 		b, err := os.ReadFile(f.trust.adminTokenFile)
 		if err != nil {
 			s.close()
 			return nil, nil, fmt.Errorf("--admin-token-file: %w", err)
 		}
-		token := strings.TrimSpace(string(b))
-		if len(token) < 16 {
+		if token = strings.TrimSpace(string(b)); len(token) < 16 {
 			s.close()
 			return nil, nil, fmt.Errorf("--admin-token-file: the token must be at least 16 characters")
 		}
-		pln, err := net.Listen("tcp", net.JoinHostPort(f.bind, strconv.Itoa(f.adminPort)))
+	}
+	if f.adminPort == 0 || (token == "" && !f.ui.on) {
+		return s, admin, nil
+	}
+	var h http.Handler
+	if f.ui.on {
+		origins, err := f.ui.originList(f.adminPort)
 		if err != nil {
 			s.close()
-			return nil, nil, fmt.Errorf("listen for admin: %w", err)
+			return nil, nil, err
 		}
-		s.port = &http.Server{Handler: admin.TokenHandler(token), ReadHeaderTimeout: 5 * time.Second}
-		go serveHTTP(s.port, tls.NewListener(pln, tlsConf), errc)
+		ui, err := webui.New(node, admin, webui.Config{Origins: origins, RPID: f.ui.rpID, SessionTTL: f.ui.sessionTTL, Token: token}, log)
+		if err != nil {
+			s.close()
+			return nil, nil, err
+		}
+		h = ui.Handler()
+		log.Info("web UI: invite an operator with 'mcpd operator invite NAME', then open the enrollment page", "url", origins[0]+"/ui/")
+	} else {
+		h = admin.TokenHandler(token)
 	}
+	pln, err := net.Listen("tcp", net.JoinHostPort(f.bind, strconv.Itoa(f.adminPort)))
+	if err != nil {
+		s.close()
+		return nil, nil, fmt.Errorf("listen for admin: %w", err)
+	}
+	s.port = &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
+	go serveHTTP(s.port, tls.NewListener(pln, tlsConf), errc)
 	return s, admin, nil
 }
 
