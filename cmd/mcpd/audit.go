@@ -2,6 +2,8 @@ package main
 
 import (
 	"crypto/ed25519"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -16,6 +18,7 @@ import (
 	"github.com/mcpd/mcpd/audit"
 	"github.com/mcpd/mcpd/auth"
 	"github.com/mcpd/mcpd/cluster"
+	"github.com/mcpd/mcpd/snapshot"
 	bolt "go.etcd.io/bbolt"
 	bolterrors "go.etcd.io/bbolt/errors"
 )
@@ -65,11 +68,12 @@ var errAuditBroken = errors.New("the audit log does not verify")
 // or a snapshot.
 type auditSource struct {
 	dataDir, snapshot string
+	tmpDir            string // where a snapshot file's body was copied
 }
 
 func (s *auditSource) register(fs *flag.FlagSet) {
 	fs.StringVar(&s.dataDir, "data-dir", "mcpd-data", "a stopped node's data directory (reads DIR/state.db)")
-	fs.StringVar(&s.snapshot, "snapshot", "", "a snapshot instead: a directory DATA-DIR/raft/snapshots/ID, or its state.bin")
+	fs.StringVar(&s.snapshot, "snapshot", "", "a snapshot instead: a file from 'mcpd snapshot save', a directory DATA-DIR/raft/snapshots/ID, or its state.bin")
 }
 
 // auditFlags are the source flags of verify and export: a stopped node's
@@ -125,6 +129,9 @@ func (s *auditSource) open() (*bolt.DB, string, error) {
 		if path, err = snapshotState(s.snapshot); err != nil {
 			return nil, "", err
 		}
+		if path, err = s.snapshotBody(path); err != nil {
+			return nil, "", err
+		}
 	}
 	if _, err := os.Stat(path); err != nil {
 		if errors.Is(err, os.ErrNotExist) && s.snapshot == "" {
@@ -144,6 +151,50 @@ func (s *auditSource) open() (*bolt.DB, string, error) {
 		return nil, path, fmt.Errorf("open %s: %w", path, err)
 	}
 	return db, path, nil
+}
+
+// snapshotBody returns path itself, or for a file that 'mcpd snapshot
+// save' wrote, its body (the state database) copied to a temporary
+// directory after its length and SHA-256 were checked against the header.
+func (s *auditSource) snapshotBody(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	magic := make([]byte, len(snapshot.Magic))
+	if _, err := io.ReadFull(f, magic); err != nil || string(magic) != snapshot.Magic {
+		return path, nil
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return "", err
+	}
+	h, _, err := snapshot.ReadHeader(f)
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", path, err)
+	}
+	if s.tmpDir, err = os.MkdirTemp("", "mcpd-audit-"); err != nil {
+		return "", err
+	}
+	body := filepath.Join(s.tmpDir, "state.db")
+	out, err := os.OpenFile(body, os.O_CREATE|os.O_WRONLY|os.O_EXCL, 0o600)
+	if err != nil {
+		return "", err
+	}
+	sum := sha256.New()
+	n, err := io.Copy(io.MultiWriter(out, sum), io.LimitReader(f, h.BodySize))
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	switch {
+	case err != nil:
+		return "", err
+	case n != h.BodySize:
+		return "", fmt.Errorf("%s is truncated: body %d of %d bytes", path, n, h.BodySize)
+	case hex.EncodeToString(sum.Sum(nil)) != h.BodySHA256:
+		return "", fmt.Errorf("%s: checksum mismatch: the body is not the one the header describes", path)
+	}
+	return body, nil
 }
 
 // snapshotState returns the state file of a snapshot. For a snapshot
@@ -176,6 +227,9 @@ func snapshotState(p string) (string, error) {
 // makes bbolt panic or fault; that becomes an error, not a crash.
 func (s *auditSource) read(fn func(tx *bolt.Tx, path string) error) (err error) {
 	db, path, err := s.open()
+	if s.tmpDir != "" {
+		defer os.RemoveAll(s.tmpDir)
+	}
 	if err != nil {
 		return err
 	}

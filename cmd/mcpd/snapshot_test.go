@@ -126,3 +126,25 @@ func TestSnapshotRestoreOffline(t *testing.T) {
 		t.Fatalf("restore without a target: %v", err)
 	}
 }
+
+// audit verify and export read a file of 'mcpd snapshot save' directly,
+// after checking its body against the header.
+func TestAuditOfSnapshotFile(t *testing.T) {
+	file := testSnapshotFile(t)
+	t.Setenv("TMPDIR", t.TempDir())
+	var out bytes.Buffer
+	if err := auditVerify([]string{"--snapshot", file}, &out); err != nil || !strings.Contains(out.String(), "5 entries") {
+		t.Fatalf("audit verify --snapshot FILE: %v\n%s", err, out.String())
+	}
+	raw, _ := os.ReadFile(file)
+	raw[len(raw)-100] ^= 0xff
+	bad := filepath.Join(t.TempDir(), "bad.snap")
+	os.WriteFile(bad, raw, 0o600)
+	out.Reset()
+	if err := auditVerify([]string{"--snapshot", bad}, &out); err == nil || !strings.Contains(err.Error(), "checksum mismatch") {
+		t.Fatalf("audit verify of a damaged snapshot file: %v\n%s", err, out.String())
+	}
+	if left, _ := filepath.Glob(filepath.Join(os.TempDir(), "mcpd-audit-*")); len(left) != 0 {
+		t.Fatalf("temporary copies left behind: %v", left)
+	}
+}
