@@ -3,6 +3,7 @@ package webui
 import (
 	"crypto/rand"
 	"encoding/base64"
+	"net"
 	"net/http"
 	"sync"
 	"time"
@@ -16,6 +17,7 @@ type ceremony struct {
 	kind    string // enroll, login, reauth
 	data    webauthn.SessionData
 	expires time.Time
+	client  string // the remote host that began it
 	// enroll
 	codeHash [32]byte
 	name     string
@@ -28,24 +30,29 @@ type ceremony struct {
 // ceremonies are a node's ceremonies in flight, under random ids the
 // browser holds in a cookie. Each is used once.
 type ceremonies struct {
-	mu sync.Mutex
-	m  map[string]*ceremony
+	mu       sync.Mutex
+	m        map[string]*ceremony
+	byClient map[string]int
 }
 
-func newCeremonies() *ceremonies { return &ceremonies{m: make(map[string]*ceremony)} }
+func newCeremonies() *ceremonies {
+	return &ceremonies{m: make(map[string]*ceremony), byClient: make(map[string]int)}
+}
 
-// put stores c and answers its id; false when too many are in flight
-// (the expired ones are dropped first).
+// put stores c and answers its id; false when too many are in flight,
+// in all or from c's client (the expired ones are dropped first). The
+// bound per client keeps one host from filling the node's table and
+// locking every operator out.
 func (cs *ceremonies) put(c *ceremony, now time.Time) (string, bool) {
 	cs.mu.Lock()
 	defer cs.mu.Unlock()
-	if len(cs.m) >= maxCeremonies {
+	if len(cs.m) >= maxCeremonies || cs.byClient[c.client] >= maxCeremoniesPerClient {
 		for id, x := range cs.m {
 			if !now.Before(x.expires) {
-				delete(cs.m, id)
+				cs.drop(id, x)
 			}
 		}
-		if len(cs.m) >= maxCeremonies {
+		if len(cs.m) >= maxCeremonies || cs.byClient[c.client] >= maxCeremoniesPerClient {
 			return "", false
 		}
 	}
@@ -54,7 +61,15 @@ func (cs *ceremonies) put(c *ceremony, now time.Time) (string, bool) {
 	id := base64.RawURLEncoding.EncodeToString(b)
 	c.expires = now.Add(ceremonyTTL)
 	cs.m[id] = c
+	cs.byClient[c.client]++
 	return id, true
+}
+
+func (cs *ceremonies) drop(id string, c *ceremony) {
+	delete(cs.m, id)
+	if cs.byClient[c.client]--; cs.byClient[c.client] <= 0 {
+		delete(cs.byClient, c.client)
+	}
 }
 
 // take removes and answers the ceremony id names, if it is of kind and
@@ -66,18 +81,16 @@ func (cs *ceremonies) take(id, kind string, now time.Time) (*ceremony, bool) {
 	if !ok {
 		return nil, false
 	}
-	delete(cs.m, id)
+	cs.drop(id, c)
 	return c, c.kind == kind && now.Before(c.expires)
 }
 
-func (cs *ceremonies) len() int {
-	cs.mu.Lock()
-	defer cs.mu.Unlock()
-	return len(cs.m)
-}
-
-// begin stores a ceremony and sets its cookie.
-func (s *Server) begin(w http.ResponseWriter, c *ceremony) bool {
+// begin stores a ceremony of r's client and sets its cookie.
+func (s *Server) begin(w http.ResponseWriter, r *http.Request, c *ceremony) bool {
+	c.client = r.RemoteAddr
+	if host, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
+		c.client = host
+	}
 	id, ok := s.cer.put(c, time.Now())
 	if !ok {
 		return false

@@ -70,7 +70,7 @@ func readBody(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
 }
 
 func busy(w http.ResponseWriter) {
-	transport.WriteError(w, http.StatusServiceUnavailable, "unavailable", "too many passkey ceremonies in flight; try again")
+	transport.WriteError(w, http.StatusTooManyRequests, "rate_limited", "too many passkey ceremonies in flight from here or on this node; finish one or wait five minutes")
 }
 
 // refused answers a failed ceremony. The details go to the log, not to
@@ -142,7 +142,7 @@ func (s *Server) enrollBegin(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	c.data = *data
-	if !s.begin(w, c) {
+	if !s.begin(w, r, c) {
 		busy(w)
 		return
 	}
@@ -205,7 +205,7 @@ func (s *Server) loginBegin(w http.ResponseWriter, r *http.Request) {
 		transport.WriteFail(w, err)
 		return
 	}
-	if !s.begin(w, &ceremony{kind: "login", data: *data}) {
+	if !s.begin(w, r, &ceremony{kind: "login", data: *data}) {
 		busy(w)
 		return
 	}
@@ -306,7 +306,7 @@ func (s *Server) reauthBegin(w http.ResponseWriter, r *http.Request) {
 		transport.WriteFail(w, err)
 		return
 	}
-	if !s.begin(w, &ceremony{kind: "reauth", data: *data, session: a.hash, action: decideAction(req.Task, req.Approve)}) {
+	if !s.begin(w, r, &ceremony{kind: "reauth", data: *data, session: a.hash, action: decideAction(req.Task, req.Approve)}) {
 		busy(w)
 		return
 	}

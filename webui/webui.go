@@ -50,12 +50,15 @@ var staticFS embed.FS
 // Cookie names. The __Host- prefix makes the browser refuse them unless
 // they are Secure, for path /, and bound to this host only.
 const (
-	sessionCookie   = "__Host-mcpd_session"
-	ceremonyCookie  = "__Host-mcpd_ceremony"
-	csrfHeader      = "X-CSRF-Token"
-	ceremonyTTL     = 5 * time.Minute
-	maxCeremonies   = 4096
-	maxCeremonyBody = 64 << 10
+	sessionCookie  = "__Host-mcpd_session"
+	ceremonyCookie = "__Host-mcpd_ceremony"
+	csrfHeader     = "X-CSRF-Token"
+	ceremonyTTL    = 5 * time.Minute
+	maxCeremonies  = 4096
+	// maxCeremoniesPerClient bounds the ceremonies one remote host has in
+	// flight.
+	maxCeremoniesPerClient = 64
+	maxCeremonyBody        = 64 << 10
 )
 
 // Config is the UI's relying-party configuration.

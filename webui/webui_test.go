@@ -235,3 +235,33 @@ func TestConfig(t *testing.T) {
 		t.Errorf("nodes under one rp id: %v", err)
 	}
 }
+
+// One host can hold at most 64 ceremonies in flight: a client looping on
+// login/begin cannot fill the node's table and lock operators out.
+func TestCeremoniesBoundedPerClient(t *testing.T) {
+	c := testcluster.Start(t, 1, testcluster.Options{})
+	ui := startUI(t, c.Nodes[0])
+	var last http.Header
+	for i := range 64 {
+		got, hdr, _ := ui.do(t, req{method: "POST", path: "/ui/api/login/begin"})
+		if got != 200 {
+			t.Fatalf("begin %d: %d", i, got)
+		}
+		last = hdr
+	}
+	if got, _, body := ui.do(t, req{method: "POST", path: "/ui/api/login/begin"}); got != 429 || body["code"] != "rate_limited" {
+		t.Fatalf("the 65th begin: %d %v", got, body)
+	}
+	// A finish spends its ceremony (here refused: the body is no
+	// assertion), which frees the slot.
+	ck := strings.SplitN(last.Get("Set-Cookie"), ";", 2)[0]
+	if got, _, _ := ui.do(t, req{method: "POST", path: "/ui/api/login/finish", body: `{}`, header: map[string]string{"Cookie": ck}}); got != 401 {
+		t.Fatalf("finish with a bad assertion: %d", got)
+	}
+	if got, _, _ := ui.do(t, req{method: "POST", path: "/ui/api/login/finish", body: `{}`, header: map[string]string{"Cookie": ck}}); got != 400 {
+		t.Fatalf("the same ceremony twice: %d, want 400 (used once)", got)
+	}
+	if got, _, _ := ui.do(t, req{method: "POST", path: "/ui/api/login/begin"}); got != 200 {
+		t.Fatalf("begin after a finish: %d", got)
+	}
+}
