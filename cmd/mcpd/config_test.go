@@ -81,3 +81,33 @@ func Test_Config_RefusesWhatIsNotAFlag(t *testing.T) {
 		}
 	}
 }
+
+// The UI's flags from a file: "ui = true" counts as given, so --dev's
+// default does not override "ui = false" either.
+func Test_Config_UIFlags(t *testing.T) {
+	for _, tc := range []struct {
+		file string
+		dev  bool
+		want bool
+	}{
+		{"ui = true\nui-origin = \"https://n1.mcpd.example.com:4436\"\nui-rp-id = \"mcpd.example.com\"\n", false, true},
+		{"ui = false\n", true, false},
+		{"", true, true},
+		{"", false, false},
+	} {
+		var u uiFlags
+		fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+		u.register(fs)
+		if err := parseWithConfig(fs, []string{"--config", writeConfig(t, tc.file)}); err != nil {
+			t.Fatal(err)
+		}
+		u.resolve(fs, tc.dev, 4436)
+		if u.on != tc.want {
+			t.Errorf("%q with dev=%v: ui %v, want %v", tc.file, tc.dev, u.on, tc.want)
+		}
+		origins, err := u.originList(4436)
+		if err != nil || len(origins) != 1 || (tc.file == "" && origins[0] != "https://localhost:4436") {
+			t.Errorf("%q: origins %v %v", tc.file, origins, err)
+		}
+	}
+}
