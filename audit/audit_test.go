@@ -327,6 +327,42 @@ func Test_Audit_CheckpointDue(t *testing.T) {
 	if h, ok := due(); !ok || h.Seq != 5 {
 		t.Fatalf("due %v at %d, want 5", ok, h.Seq)
 	}
+	// A checkpoint of 5 whose entry lands after another entry (6): its
+	// entry (7) is the head, but 6 is signed by nothing yet.
+	mustUpdate(t, db, func(tx *bolt.Tx) error {
+		if _, err := audit.Append(tx, audit.Event{Kind: "enqueue", Outcome: "ok"}); err != nil {
+			return err
+		}
+		if err := audit.AddCheckpoint(tx, audit.Sign(key, heads5(t, tx))); err != nil {
+			return err
+		}
+		_, err := audit.Append(tx, audit.Event{Kind: audit.KindCheckpoint, Subject: audit.CheckpointSubject(5), Outcome: "ok"})
+		return err
+	})
+	h, ok = due()
+	if !ok || h.Seq != 7 {
+		t.Fatalf("due %v at %d, want 7: entry 6 is signed by no checkpoint", ok, h.Seq)
+	}
+	mustUpdate(t, db, func(tx *bolt.Tx) error {
+		if err := audit.AddCheckpoint(tx, audit.Sign(key, h)); err != nil {
+			return err
+		}
+		_, err := audit.Append(tx, audit.Event{Kind: audit.KindCheckpoint, Subject: audit.CheckpointSubject(h.Seq), Outcome: "ok"})
+		return err
+	})
+	if _, ok := due(); ok {
+		t.Fatal("due after the checkpoint of 7")
+	}
+}
+
+// heads5 is the head as it was at seq 5.
+func heads5(t *testing.T, tx *bolt.Tx) audit.Head {
+	t.Helper()
+	e, ok, err := audit.Get(tx, 5)
+	if err != nil || !ok {
+		t.Fatalf("entry 5: %v %v", ok, err)
+	}
+	return audit.Head{Seq: 5, Hash: e.Hash}
 }
 
 func Test_Audit_PublicKey_Forms(t *testing.T) {

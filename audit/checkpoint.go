@@ -158,7 +158,10 @@ func LatestCheckpoint(tx *bolt.Tx) (c Checkpoint, ok bool, err error) {
 
 // CheckpointDue returns the head a leader should checkpoint now, or
 // ok=false when there is nothing new: the chain is empty, or its last
-// entry is itself a checkpoint's (nothing happened since).
+// entry is the entry of a checkpoint that signed everything before it.
+// A checkpoint's entry that is the head but signed an older seq (entries
+// landed between the leader reading the head and the checkpoint
+// committing) leaves those entries unsigned: that is due.
 func CheckpointDue(tx *bolt.Tx) (h Head, ok bool, err error) {
 	if h, err = ReadHead(tx); err != nil || h.Seq == 0 {
 		return h, false, err
@@ -167,7 +170,14 @@ func CheckpointDue(tx *bolt.Tx) (h Head, ok bool, err error) {
 	if err != nil || !found {
 		return h, false, err
 	}
-	return h, e.Kind != KindCheckpoint, nil
+	if e.Kind != KindCheckpoint {
+		return h, true, nil
+	}
+	c, signed, err := LatestCheckpoint(tx)
+	if err != nil {
+		return h, false, err
+	}
+	return h, !signed || c.Seq < h.Seq-1, nil
 }
 
 // FormatPublicKey is the text form of an audit public key that nodes
