@@ -327,6 +327,29 @@ func Test_Browser_OperatorUI(t *testing.T) {
 		t.Fatalf("the approved task: %+v", got.Task)
 	}
 
+	// A denial needs a reason, and asks for the passkey too.
+	var sub2 struct {
+		IDs map[string]string `json:"ids"`
+	}
+	spec2 := filepath.Join(t.TempDir(), "graph2.json")
+	if err := os.WriteFile(spec2, []byte(`{"intent":"wipe the archive","tasks":[{"ref":"wipe","capability":"wipe","input":{},"approval":true}]}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal([]byte(cli("task", "submit", spec2, "--server", wsURL, "--ca", ca, "--agent", "planner", "--json")), &sub2); err != nil {
+		t.Fatal(err)
+	}
+	denied := sub2.IDs["wipe"]
+	row := fmt.Sprintf(`tr[data-held=%q]`, denied)
+	b.waitJS("the second held task", fmt.Sprintf(`document.querySelector('%s') !== null`, row))
+	b.do(chromedp.Click(row + " button.deny"))
+	b.waitJS("the refusal of a denial without a reason", `document.querySelector("#flash").textContent.startsWith("Say why")`)
+	b.do(chromedp.SendKeys(row+" input.reason", "not this week"), chromedp.Click(row+" button.deny"))
+	b.waitJS("the denial to land", fmt.Sprintf(`document.querySelector('%s') === null && document.querySelector("#flash").textContent.startsWith("Denied")`, row))
+	out := cli("task", "show", denied, "--data-dir", dataDir, "--json")
+	if !strings.Contains(out, "not this week") || !strings.Contains(out, "operator:alice") || strings.Contains(out, `"state": "held"`) {
+		t.Fatalf("the denied task:\n%s", out)
+	}
+
 	// The graph's page draws the DAG; the audit page verifies the chain.
 	b.do(chromedp.Navigate(origin + "/ui/#/tasks/" + sub.Root))
 	b.waitJS("the DAG", `document.querySelectorAll("svg.dag g[data-task]").length === 3 && document.querySelectorAll("svg.dag path").length === 1`)

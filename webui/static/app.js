@@ -162,7 +162,9 @@ async function route() {
   };
   ctx.refresh = render;
   await render();
-  if (page.live !== false) state.timer = setInterval(() => { if (!ctx.paused) render(); }, 2000);
+  // A refresh rebuilds the page: not while the operator types in it.
+  const typing = () => ["INPUT", "SELECT", "TEXTAREA"].includes(document.activeElement?.tagName) && main.contains(document.activeElement);
+  if (page.live !== false) state.timer = setInterval(() => { if (!typing()) render(); }, 2000);
 }
 
 document.getElementById("logout").addEventListener("click", logout);

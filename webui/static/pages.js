@@ -140,11 +140,10 @@ function dag(tasks) {
   return svg;
 }
 
-async function decide(t, approve) {
-  let reason = "";
-  if (!approve) {
-    reason = prompt(`Why deny ${t.id}? (the agents and the audit log see it)`) || "";
-    if (!reason.trim()) return;
+async function decide(t, approve, reason) {
+  if (!approve && !reason.trim()) {
+    flash(`Say why ${t.id} is denied: the agents and the audit log see it`, "error");
+    return;
   }
   await act(async () => {
     const begin = await api("POST", "/ui/api/reauth/begin", { task: t.id, approve });
@@ -154,13 +153,18 @@ async function decide(t, approve) {
 }
 
 function approvals(held, ctx) {
-  return table(["Task", "Capability", "Intent", "Origin", "Chain", "Input", "Submitted", ""],
+  // The reasons typed survive the page's refreshes.
+  ctx.reasons ||= {};
+  return table(["Task", "Capability", "Intent", "Origin", "Chain", "Input", "Held since", "Decision"],
     held.length ? held.map((t) => h("tr", { "data-held": t.id },
       h("td", {}, h("a", { href: "#/tasks/" + enc(t.graph || t.id) }, t.id)), h("td", {}, t.capability), h("td", {}, t.intent || "-"),
-      h("td", {}, t.origin), h("td", {}, (t.chain || []).join(" → ")), h("td", {}, json(t.input)), h("td", {}, fmtTime(t.created)),
+      h("td", {}, t.origin), h("td", {}, (t.chain || []).join(" → ")), h("td", {}, json(t.input)), h("td", {}, fmtTime(t.held_since || t.created)),
       h("td", {},
-        h("button", { class: "primary approve", onclick: async () => { await decide(t, true); ctx.refresh(); } }, "Approve"),
-        h("button", { class: "danger deny", onclick: async () => { await decide(t, false); ctx.refresh(); } }, "Deny")),
+        h("input", { class: "reason", placeholder: "reason (needed to deny)", value: ctx.reasons[t.id] || "",
+          oninput: (e) => { ctx.reasons[t.id] = e.target.value; } }),
+        h("div", { class: "row" },
+          h("button", { class: "primary approve", onclick: async () => { await decide(t, true, ctx.reasons[t.id] || ""); ctx.refresh(); } }, "Approve"),
+          h("button", { class: "danger deny", onclick: async () => { await decide(t, false, ctx.reasons[t.id] || ""); ctx.refresh(); } }, "Deny"))),
     )) : empty(8, "No task waits for approval."));
 }
 
