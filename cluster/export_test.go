@@ -1,5 +1,7 @@
 package cluster
 
+import "time"
+
 // Hooks for the external tests of this package (package cluster_test),
 // which speak the Raft port's protocols as a rogue process would.
 
@@ -20,3 +22,16 @@ var (
 	WriteFrame = writeFrame
 	ReadFrame  = readFrame
 )
+
+const ProtoRestore = protoRestore
+
+type RestoreReady = restoreReady
+
+// SetRestoreTimings sets how long a forwarded restore looks for a leader,
+// how long either side waits for the other and how often the leader says
+// it is working, until the test ends. Call it before starting nodes.
+func SetRestoreTimings(t interface{ Cleanup(func()) }, findLeader, idle, keepalive time.Duration) {
+	f, i, k := restoreFindLeader, restoreIdle, restoreKeepalive
+	restoreFindLeader, restoreIdle, restoreKeepalive = findLeader, idle, keepalive
+	t.Cleanup(func() { restoreFindLeader, restoreIdle, restoreKeepalive = f, i, k })
+}

@@ -15,9 +15,9 @@ import (
 	"github.com/hashicorp/raft"
 )
 
-// The Raft port carries four protocols; the first byte a dialer writes
-// says which one the connection speaks: these two, protoClock (clock.go)
-// and protoMember (rejoin.go).
+// The Raft port carries five protocols; the first byte a dialer writes
+// says which one the connection speaks: these two, protoClock (clock.go),
+// protoMember (rejoin.go) and protoRestore (restore.go).
 const (
 	protoRaft    byte = 'R'
 	protoForward byte = 'F'
@@ -29,8 +29,9 @@ const handshakeTimeout = 10 * time.Second
 
 // mux accepts connections on the Raft port and routes each by its first
 // byte: Raft RPCs to the stream layer, forwarded commands to the forward
-// server, clock probes and membership requests to theirs. With auth set
-// (peertls.go), every connection in either direction is mutual TLS.
+// server, clock probes, membership requests and restores to theirs. With
+// auth set (peertls.go), every connection in either direction is mutual
+// TLS.
 type mux struct {
 	ln      net.Listener
 	advert  net.Addr
@@ -39,6 +40,7 @@ type mux struct {
 	forward func(net.Conn)
 	clock   func(net.Conn) // clock probes (clock.go)
 	member  func(net.Conn) // membership requests (rejoin.go)
+	restore func(net.Conn) // snapshot restores sent to the leader (restore.go)
 	// raftClosed turns raft connections away, while a node that lost its
 	// raft data waits to be demoted (rejoin.go).
 	raftClosed atomic.Bool
@@ -138,6 +140,12 @@ func (m *mux) route(c net.Conn) {
 	case protoMember:
 		if m.member != nil {
 			m.member(c)
+			return
+		}
+		c.Close()
+	case protoRestore:
+		if m.restore != nil {
+			m.restore(c)
 			return
 		}
 		c.Close()

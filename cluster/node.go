@@ -143,6 +143,10 @@ type Node struct {
 
 	// Write failures of the raft log and stable store (diskfull.go).
 	logGuard, stableGuard *diskGuard
+
+	// restoreHandler carries out restores forwarded to the leader
+	// (restore.go); nil until the admin API installs it.
+	restoreHandler atomic.Pointer[RestoreHandler]
 }
 
 // Tuning of group commit.
@@ -285,6 +289,7 @@ func (n *Node) start() error {
 	n.mux.forward = n.serveForward
 	n.mux.clock = n.serveClock
 	n.mux.member = n.serveMember
+	n.mux.restore = n.serveRestore
 	existing, err := raft.HasExistingState(stable, stable, snaps)
 	if err != nil {
 		ln.Close()

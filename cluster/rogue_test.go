@@ -361,6 +361,15 @@ func Test_PeerTLS_RogueIsRefused(t *testing.T) {
 		}
 	})
 
+	t.Run("restore", func(t *testing.T) {
+		req := frame(t, cluster.RestoreRequest{Actor: "rogue", Size: 4})
+		for _, r := range append(rs, rogue{name: "plaintext"}) {
+			if err := r.exchange(leader.RaftAddr(), cluster.ProtoRestore, append(req, "junk"...)); err == nil {
+				t.Errorf("%s: restore answered", r.name)
+			}
+		}
+	})
+
 	victim := c.Followers()[0]
 	t.Run("membership", func(t *testing.T) {
 		req := frame(t, cluster.MemberRequest{Op: cluster.MemberDemote, ID: victim.ID})
