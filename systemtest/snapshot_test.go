@@ -84,10 +84,11 @@ func snapRun(t *testing.T, args ...string) (string, error) {
 // leased and unsettled), `mcpd snapshot save` on a follower while clients
 // keep enqueueing, `inspect`; the cluster is then wiped (every data
 // directory deleted) and started again empty, a damaged copy of the file
-// is refused, and `mcpd snapshot restore` brings back every message and
-// lease on every node with an audit chain that verifies and holds the
-// saved head. Then the offline drill: `restore --data-dir` into a new
-// directory, a single node started on it holds the same state.
+// is refused, and `mcpd snapshot restore`, sent to a follower (which has
+// the leader restore it), brings back every message and lease on every
+// node with an audit chain that verifies and holds the saved head. Then
+// the offline drill: `restore --data-dir` into a new directory, a single
+// node started on it holds the same state.
 func Test_System_SnapshotRoundTrip(t *testing.T) {
 	c := startCluster(t)
 	leader := c.leader(t, 30*time.Second)
@@ -211,7 +212,15 @@ func Test_System_SnapshotRoundTrip(t *testing.T) {
 		waitReady(t, n.health, 30*time.Second)
 	}
 	leader = c.leader(t, 30*time.Second)
-	sock := filepath.Join(c.dir, leader.id, "admin.sock")
+	// The restore goes to a follower's admin socket: it checks the file
+	// and sends it on to the leader over the Raft port.
+	for _, n := range c.nodes {
+		if n != leader {
+			follower = n
+			break
+		}
+	}
+	sock := filepath.Join(c.dir, follower.id, "admin.sock")
 
 	// A damaged file is refused by the CLI and, sent anyway, by the node.
 	bad := filepath.Join(t.TempDir(), "bad.snap")
@@ -229,6 +238,8 @@ func Test_System_SnapshotRoundTrip(t *testing.T) {
 
 	if out, err := snapRun(t, "snapshot", "restore", file, "--admin-socket", sock); err != nil {
 		t.Fatalf("snapshot restore: %v\n%s", err, out)
+	} else if !strings.Contains(out, "by the leader "+leader.id+" (sent through "+follower.id+")") {
+		t.Fatalf("snapshot restore through follower %s: %s", follower.id, out)
 	}
 	// Every node converges, then stops cleanly so its state.db can be read.
 	waitFor(t, time.Minute, "every node applied the restore", func() error {

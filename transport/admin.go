@@ -134,20 +134,24 @@ func adminErr(w http.ResponseWriter, status int, code, format string, args ...an
 // adminFail answers an error from the node or the FSM.
 func adminFail(w http.ResponseWriter, err error) {
 	code, msg := errorCode(err)
-	status := http.StatusInternalServerError
+	adminJSON(w, failStatus(code), AdminError{Code: code, Error: msg})
+}
+
+// failStatus is the HTTP status of an error code of errorCode.
+func failStatus(code string) int {
 	switch code {
 	case "bad_request":
-		status = http.StatusBadRequest
+		return http.StatusBadRequest
 	case "not_found":
-		status = http.StatusNotFound
+		return http.StatusNotFound
 	case "conflict", "full":
-		status = http.StatusConflict
+		return http.StatusConflict
 	case "forbidden":
-		status = http.StatusForbidden
+		return http.StatusForbidden
 	case "unavailable":
-		status = http.StatusServiceUnavailable
+		return http.StatusServiceUnavailable
 	}
-	adminJSON(w, status, AdminError{Code: code, Error: msg})
+	return http.StatusInternalServerError
 }
 
 func (a *Admin) listAgents(w http.ResponseWriter, r *http.Request) {

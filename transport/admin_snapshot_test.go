@@ -12,6 +12,8 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"reflect"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -133,13 +135,28 @@ func fileState(t *testing.T, path string) (map[string]string, int) {
 	return sums, live
 }
 
-// checkRestored compares every node of c with the snapshot: the same
+// nodeSums is the bucket sums of every running node.
+func nodeSums(c *testcluster.Cluster) map[string]map[string]string {
+	out := map[string]map[string]string{}
+	for _, nd := range c.Nodes {
+		if nd.Stopped() {
+			continue
+		}
+		_ = nd.Node.FSM().View(func(tx *bolt.Tx) error { out[nd.ID] = bucketSums(tx); return nil })
+	}
+	return out
+}
+
+// checkRestored compares every running node of c with the snapshot: the same
 // messages, leases and other records, an audit chain that verifies and
 // holds the snapshot's head, followed by the restore's own entry.
 func checkRestored(t *testing.T, c *testcluster.Cluster, h *snapshot.Header, want map[string]string) {
 	t.Helper()
 	c.WaitConverged()
 	for _, nd := range c.Nodes {
+		if nd.Stopped() {
+			continue
+		}
 		err := nd.Node.FSM().View(func(tx *bolt.Tx) error {
 			got := bucketSums(tx)
 			for _, name := range restoredBuckets {
@@ -177,8 +194,10 @@ func checkRestored(t *testing.T, c *testcluster.Cluster, h *snapshot.Header, wan
 // message acknowledged before the request, and the leases of a consumer;
 // restored into the same cluster after its queue was drained, and into a
 // new cluster whose log is far behind the snapshot's index, every node
-// comes back with exactly the saved messages, leases and audit head. A
-// damaged or truncated upload, or one sent to a follower, changes nothing.
+// comes back with exactly the saved messages, leases and audit head. The
+// first restore is sent to a follower, which has the leader restore it.
+// A damaged or truncated upload, to a follower or the leader, changes
+// nothing.
 func TestSnapshotSaveRestore3Nodes(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts two 3-node clusters")
@@ -259,38 +278,40 @@ func TestSnapshotSaveRestore3Nodes(t *testing.T) {
 	url := snapshotAdmin(t, leader)
 	raw, _ := os.ReadFile(file)
 
-	// Refused uploads: a follower, a flipped byte, a truncated file.
+	// Refused uploads, to a follower (which checks the file before it
+	// sends anything on) and to the leader: a flipped byte, a truncated
+	// file. Nothing changes on any node.
+	via := c.Followers()[0]
+	viaURL := snapshotAdmin(t, via)
 	c.WaitConverged()
-	var sBefore map[string]string
-	_ = leader.Node.FSM().View(func(tx *bolt.Tx) error { sBefore = bucketSums(tx); return nil })
-	if st, out := postRestore(t, snapshotAdmin(t, c.Followers()[0]), raw); st != http.StatusConflict || !bytes.Contains(out, []byte("not_leader")) {
-		t.Fatalf("restore on a follower: %d %s", st, out)
-	}
+	sBefore := nodeSums(c)
 	bad := bytes.Clone(raw)
 	bad[len(bad)-100] ^= 1
-	if st, out := postRestore(t, url, bad); st != http.StatusBadRequest || !bytes.Contains(out, []byte("checksum mismatch")) {
-		t.Fatalf("corrupt restore: %d %s", st, out)
-	}
-	if st, out := postRestore(t, url, raw[:len(raw)/2]); st != http.StatusBadRequest || !bytes.Contains(out, []byte("truncated")) {
-		t.Fatalf("truncated restore: %d %s", st, out)
+	for _, u := range []string{viaURL, url} {
+		if st, out := postRestore(t, u, bad); st != http.StatusBadRequest || !bytes.Contains(out, []byte("bad_snapshot")) || !bytes.Contains(out, []byte("checksum mismatch")) {
+			t.Fatalf("corrupt restore: %d %s", st, out)
+		}
+		if st, out := postRestore(t, u, raw[:len(raw)/2]); st != http.StatusBadRequest || !bytes.Contains(out, []byte("truncated")) {
+			t.Fatalf("truncated restore: %d %s", st, out)
+		}
 	}
 	c.WaitConverged()
-	_ = leader.Node.FSM().View(func(tx *bolt.Tx) error {
-		for name, sum := range bucketSums(tx) {
-			if sum != sBefore[name] {
-				t.Errorf("a refused restore changed bucket %s", name)
-			}
-		}
-		return nil
-	})
+	if got := nodeSums(c); !reflect.DeepEqual(got, sBefore) {
+		t.Errorf("a refused restore changed the state: %v, was %v", got, sBefore)
+	}
 
-	st, out := postRestore(t, url, raw)
+	// The restore goes through a follower: it checks the file and
+	// streams it to the leader over the Raft port, which restores it.
+	st, out := postRestore(t, viaURL, raw)
 	if st != http.StatusOK {
-		t.Fatalf("restore: %d %s", st, out)
+		t.Fatalf("restore through follower %s: %d %s", via.ID, st, out)
 	}
 	var rr transport.SnapshotRestoreResult
 	if err := json.Unmarshal(out, &rr); err != nil || rr.Index <= h.Index {
 		t.Fatalf("restore answer %s (%v): the log index must be above the snapshot's %d", out, err, h.Index)
+	}
+	if rr.Leader != leader.ID || rr.Via != via.ID || rr.Restored == nil || rr.Restored.AuditHead != h.AuditHead {
+		t.Fatalf("restore answer %s: want the leader %s, through %s, of the file's head %+v", out, leader.ID, via.ID, h.AuditHead)
 	}
 	checkRestored(t, c, h, want)
 	// The cluster goes on from the restored state.
@@ -304,7 +325,8 @@ func TestSnapshotSaveRestore3Nodes(t *testing.T) {
 	if _, err := c2.Dial("other").Enqueue(ctx, "other", map[string]int{"x": 1}); err != nil {
 		t.Fatal(err)
 	}
-	if st, out := postRestore(t, snapshotAdmin(t, c2.WaitLeader()), raw); st != http.StatusOK {
+	// This one is sent to the leader directly.
+	if st, out := postRestore(t, snapshotAdmin(t, c2.WaitLeader()), raw); st != http.StatusOK || bytes.Contains(out, []byte(`"via"`)) {
 		t.Fatalf("restore into a new cluster: %d %s", st, out)
 	}
 	checkRestored(t, c2, h, want)
@@ -329,4 +351,79 @@ func TestSnapshotSaveRestore3Nodes(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// Restores through a follower while the leader is gone: right after the
+// leader dies, the follower finds the new one and the restore succeeds;
+// with no leader left (two of three nodes down), the follower answers
+// unavailable, says why, and nothing changes.
+func TestSnapshotRestoreThroughFollowerLeaderLost(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a 3-node cluster and waits for a leader that does not come")
+	}
+	// The nodes' temporary files go here, to see that none is left.
+	tmp := t.TempDir()
+	t.Setenv("TMPDIR", tmp)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	c := testcluster.Start(t, 3, testcluster.Options{})
+	w := c.Dial("writer", c.URLs()...)
+	for i := range 50 {
+		if _, err := w.Enqueue(ctx, "jobs", map[string]int{"i": i}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.WaitConverged()
+	file := saveSnapshot(t, snapshotAdmin(t, c.Followers()[0]), t.TempDir())
+	res, err := snapshot.Check(file, t.TempDir(), nil, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, _ := fileState(t, file)
+	raw, _ := os.ReadFile(file)
+	for i := range 20 {
+		if _, err := w.Enqueue(ctx, "more", map[string]int{"i": i}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	w.Close()
+	c.WaitConverged()
+
+	old := c.WaitLeader()
+	f := c.Followers()
+	urls := map[string]string{}
+	for _, nd := range f {
+		urls[nd.ID] = snapshotAdmin(t, nd)
+	}
+	c.KillNode(old)
+	st, out := postRestore(t, urls[f[0].ID], raw)
+	if st != http.StatusOK {
+		t.Fatalf("restore through %s after the leader died: %d %s", f[0].ID, st, out)
+	}
+	var rr transport.SnapshotRestoreResult
+	if err := json.Unmarshal(out, &rr); err != nil || rr.Leader == old.ID || rr.Leader == "" {
+		t.Fatalf("restore answer %s (%v): want a new leader", out, err)
+	}
+	checkRestored(t, c, res.Header, want)
+
+	// The new leader dies too: the last node is a follower whose leader
+	// is unreachable, and no leader can be elected.
+	leader := c.WaitLeader()
+	last := c.Followers()[0]
+	c.KillNode(leader)
+	sBefore := nodeSums(c)
+	start := time.Now()
+	st, out = postRestore(t, urls[last.ID], raw)
+	var e transport.AdminError
+	if err := json.Unmarshal(out, &e); err != nil || st != http.StatusServiceUnavailable || e.Code != "unavailable" ||
+		!strings.Contains(e.Error, "nothing was sent") || !(strings.Contains(e.Error, "no leader known") || strings.Contains(e.Error, "cannot reach the leader")) {
+		t.Fatalf("restore through a follower without a leader: %d %s", st, out)
+	}
+	t.Logf("answered after %v: %s", time.Since(start).Round(time.Millisecond), e.Error)
+	if got := nodeSums(c); !reflect.DeepEqual(got, sBefore) {
+		t.Errorf("the refused restore changed the state of %s", last.ID)
+	}
+	if left, _ := filepath.Glob(filepath.Join(tmp, "mcpd-*")); len(left) != 0 {
+		t.Errorf("temporary files left behind: %v", left)
+	}
 }

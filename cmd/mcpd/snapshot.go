@@ -42,7 +42,8 @@ func runSnapshot(args []string) error {
   mcpd snapshot inspect FILE [--key KEY] [--json]
       print FILE's header; verify its checksum, its database and its audit chain
   mcpd snapshot restore FILE (--admin-socket SOCK | --admin-url URL --admin-token-file F [--ca CA])
-      check FILE, then replace the running cluster's state with it (through the leader: every node converges)
+      check FILE, then replace the running cluster's state with it; any node will do
+      (a follower checks it and sends it on to the leader); every node converges
   mcpd snapshot restore FILE --data-dir DIR
       offline: make DIR (empty or absent) a new node's data directory holding FILE's state, for a drill
 `)
@@ -229,10 +230,11 @@ func snapshotRestore(args []string, stdout io.Writer) error {
 		return restoreOffline(file, *dataDir, pub, &off, stdout)
 	}
 	if af.socket == "" && af.url == "" {
-		return &usageError{"name the cluster to restore: --admin-socket DATA-DIR/" + adminSocketName + " or --admin-url (of the leader), or --data-dir DIR for an offline drill"}
+		return &usageError{"name the cluster to restore: --admin-socket DATA-DIR/" + adminSocketName + " or --admin-url (of any node), or --data-dir DIR for an offline drill"}
 	}
 	// Everything is checked here before anything is sent; the node
-	// checks the file again before it changes anything.
+	// checks the file again before it changes anything (a follower
+	// checks it, and the leader it sends it on to checks it again).
 	res, err := snapshot.Check(file, "", pub, "")
 	if err != nil {
 		return fmt.Errorf("%s refused, nothing changed: %w", file, err)
@@ -254,6 +256,8 @@ func snapshotRestore(args []string, stdout io.Writer) error {
 	resp, err := c.stream(req)
 	if err != nil {
 		if isAdminCode(err, "not_leader") {
+			// A node that cannot send the file on to the leader (one
+			// without mutual TLS on its Raft port, or of an older version).
 			return fmt.Errorf("%w (run restore against the leader's admin socket or --admin-url)", err)
 		}
 		return err
@@ -264,8 +268,15 @@ func snapshotRestore(args []string, stdout io.Writer) error {
 		return err
 	}
 	h := res.Header
-	fmt.Fprintf(stdout, "restored %s (index %d, audit head %d %s) at log index %d; every node installs it\n",
-		file, h.Index, h.AuditHead.Seq, h.AuditHead.Hash, out.Index)
+	by := ""
+	switch {
+	case out.Via != "":
+		by = fmt.Sprintf(" by the leader %s (sent through %s)", out.Leader, out.Via)
+	case out.Leader != "":
+		by = " by the leader " + out.Leader
+	}
+	fmt.Fprintf(stdout, "restored %s (index %d, audit head %d %s) at log index %d%s; every node installs it\n",
+		file, h.Index, h.AuditHead.Seq, h.AuditHead.Hash, out.Index, by)
 	return nil
 }
 

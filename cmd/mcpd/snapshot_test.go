@@ -3,6 +3,10 @@ package main
 import (
 	"bytes"
 	"encoding/binary"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -11,7 +15,9 @@ import (
 	"github.com/mcpd/mcpd/audit"
 	"github.com/mcpd/mcpd/cluster"
 	"github.com/mcpd/mcpd/fsm"
+	"github.com/mcpd/mcpd/internal/testcluster"
 	"github.com/mcpd/mcpd/snapshot"
+	"github.com/mcpd/mcpd/transport"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -147,4 +153,46 @@ func TestAuditOfSnapshotFile(t *testing.T) {
 	if left, _ := filepath.Glob(filepath.Join(os.TempDir(), "mcpd-audit-*")); len(left) != 0 {
 		t.Fatalf("temporary copies left behind: %v", left)
 	}
+}
+
+// mcpd snapshot restore sent to a follower's admin socket: the follower
+// has the leader restore the file, and the CLI says who did.
+func TestSnapshotRestoreThroughFollower(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a 3-node cluster")
+	}
+	cluster.RaftDBChecker = cluster.CheckRaftDB
+	c := testcluster.Start(t, 3, testcluster.Options{})
+	leader := c.WaitLeader()
+	follower := c.Followers()[0]
+	sock := filepath.Join(t.TempDir(), "admin.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: transport.NewAdmin(follower.Node, nil, slog.New(slog.DiscardHandler)).LocalHandler()}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	// The other nodes' admin APIs, which restore what the follower sends
+	// while they lead.
+	for _, nd := range c.Nodes {
+		if nd != follower {
+			transport.NewAdmin(nd.Node, nil, slog.New(slog.DiscardHandler))
+		}
+	}
+
+	file := filepath.Join(t.TempDir(), "backup.snap")
+	var out bytes.Buffer
+	if err := snapshotSave([]string{"-o", file, "--admin-socket", sock}, &out, io.Discard); err != nil {
+		t.Fatalf("save: %v\n%s", err, out.String())
+	}
+	out.Reset()
+	if err := snapshotRestore([]string{file, "--admin-socket", sock}, &out); err != nil {
+		t.Fatalf("restore through %s: %v\n%s", follower.ID, err, out.String())
+	}
+	want := "by the leader " + leader.ID + " (sent through " + follower.ID + ")"
+	if !strings.Contains(out.String(), want) {
+		t.Fatalf("restore output lacks %q:\n%s", want, out.String())
+	}
+	c.WaitConverged()
 }

@@ -171,6 +171,10 @@ func (c *Cluster) startNode(nd *Node, raftLn net.Listener) {
 // RaftAddr is the node's Raft address.
 func (nd *Node) RaftAddr() string { return nd.raftAddr }
 
+// Stopped reports whether the node was stopped or killed (and not
+// restarted since).
+func (nd *Node) Stopped() bool { return nd.stopped }
+
 // Stop shuts every running node down.
 func (c *Cluster) Stop() {
 	for _, nd := range c.Nodes {
