@@ -51,3 +51,82 @@ func BenchmarkApply(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkSettle measures the consume path per settle: entries of 64
+// acks or nacks of the deliveries a consumer (prefetch 64) holds, each
+// followed by the dispatch that leases the next message, so one op is a
+// settle plus a delivery (two rewrites of the message record). With nack
+// the same 64 messages come round again and again (no backoff), each
+// acked at its 500th attempt for a fresh one, so that records carry the
+// longest history they can.
+func BenchmarkSettle(b *testing.B) {
+	for _, kind := range []string{"ack", "nack"} {
+		b.Run(kind, func(b *testing.B) {
+			const perEntry, conn = 64, "n1/1/1"
+			f := mustFresh(b, "n1")
+			var col collector
+			f.SetSink(col.sink)
+			env := make([]byte, 256)
+			var index uint64
+			at := int64(1_700_000_000_000)
+			apply := func(cmds ...fsm.Command) {
+				index++
+				at++
+				f.ApplyBatch([]*raft.Log{mustLog(b, index, at, cmds...)})
+			}
+			maxAttempts := queue.MaxMaxAttempts
+			apply(mustCmd(b, fsm.TypeDeclare, conn, 0, &queue.DeclareArgs{Queue: "jobs", MaxAttempts: &maxAttempts, SetBackoff: true}))
+			const nackUntil = 500
+			msgs := perEntry
+			if kind == "ack" {
+				msgs += b.N
+			} else {
+				msgs += b.N / nackUntil
+			}
+			var cmds []fsm.Command
+			for i := range msgs {
+				e := append([]byte(fmt.Sprint(i)), env...)
+				cmds = append(cmds, mustCmd(b, fsm.TypeEnqueue, conn, 0, &queue.EnqueueArgs{
+					Queue: "jobs", From: "bench", ID: fmt.Sprintf("m%d", i), Env: e, Hash: sha256.Sum256(e),
+				}))
+				if len(cmds) == perEntry || i == msgs-1 {
+					apply(cmds...)
+					cmds = nil
+				}
+			}
+			apply(mustCmd(b, fsm.TypeConsume, conn, 0, &queue.ConsumeArgs{Queue: "jobs", Conn: conn, Prefetch: perEntry, LeaseMs: 3_600_000}))
+			f.Flush()
+			mt, zero := fsm.TypeAck, int64(0)
+			if kind == "nack" {
+				mt = fsm.TypeNack
+			}
+			b.ReportAllocs()
+			b.ResetTimer()
+			for done := 0; done < b.N; {
+				b.StopTimer()
+				cmds = cmds[:0]
+				for _, e := range col.take() {
+					d, ok := e.(*queue.Delivery)
+					if !ok || done+len(cmds) == b.N {
+						continue
+					}
+					a := &queue.SettleArgs{Queue: d.Queue, Seq: d.Seq, Attempt: d.Attempt, Conn: d.Conn}
+					t := mt
+					if mt == fsm.TypeNack && d.Attempt < nackUntil {
+						a.DelayMs = &zero
+					} else {
+						t = fsm.TypeAck
+					}
+					cmds = append(cmds, mustCmd(b, t, conn, 0, a))
+				}
+				if len(cmds) == 0 {
+					b.Fatalf("no deliveries after %d settles", done)
+				}
+				done += len(cmds)
+				b.StartTimer()
+				apply(cmds...)
+			}
+			f.Flush()
+		})
+	}
+}
