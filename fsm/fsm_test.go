@@ -209,7 +209,7 @@ func (g *genLog) command() fsm.Command {
 	case p < 66: // settle a delivery
 		a := queue.SettleArgs{Queue: "q0", Seq: uint64(1 + r.IntN(20)), Attempt: 1, Conn: conn}
 		if len(g.leases) > 0 && r.IntN(10) > 0 {
-			i := r.IntN(len(g.leases))
+			i := len(g.leases) - 1 - r.IntN(min(len(g.leases), 8)) // a recent one: it may still be leased
 			d := g.leases[i]
 			g.leases = append(g.leases[:i], g.leases[i+1:]...)
 			a = queue.SettleArgs{Queue: d.Queue, Seq: d.Seq, Attempt: d.Attempt, Conn: d.Conn}
@@ -274,8 +274,16 @@ func (g *genLog) command() fsm.Command {
 			g.pubs = append(g.pubs, a)
 		}
 		return mustCmd(g.t, fsm.TypePublish, conn, g.req, &a)
-	case p < 88:
+	case p < 87:
 		return mustCmd(g.t, fsm.TypeSubscribe, conn, g.req, &queue.SubscribeArgs{Pattern: genPats[r.IntN(len(genPats))], Conn: conn})
+	case p < 88: // an operator redrives dead letters
+		a := fsm.QueueRedriveArgs{DLQ: genQueues[3+r.IntN(2)], Limit: 1 + r.IntN(3)}
+		if r.IntN(3) == 0 {
+			a.To = genQueues[r.IntN(3)]
+		}
+		c := mustCmd(g.t, fsm.TypeQueueRedrive, conn, g.req, &a)
+		c.Actor = "operator:gen"
+		return c
 	case p < 91:
 		a := fsm.UnsubscribeArgs{Sub: uint64(1 + r.IntN(30)), Conn: conn}
 		if len(g.subs) > 0 && r.IntN(4) > 0 {
@@ -355,6 +363,8 @@ func (g *genLog) entry() {
 				}
 			case e.Result == nil:
 				g.stats["ok"]++
+			case e.Type == fsm.TypeQueueRedrive:
+				g.stats["redriven"] += len(e.Result.(*fsm.QueueRedriveResult).Moved)
 			default:
 				switch res := e.Result.(type) {
 				case *fsm.ConsumeResult:
@@ -372,6 +382,33 @@ func (g *genLog) entry() {
 				}
 			}
 		}
+	}
+}
+
+// sampleTimelines counts the events in the timelines of the messages
+// the reference holds now, by kind ("timeline:delivered"), and those
+// dropped to bound them: acked messages go, so the log's coverage of
+// timelines is what samples along the way saw.
+func (g *genLog) sampleTimelines() {
+	err := g.ref.View(func(tx *bolt.Tx) error {
+		for _, q := range genQueues {
+			var bad error
+			if err := queue.ReadMessages(tx, q, false, func(m queue.Message) bool {
+				es, err := m.Timeline()
+				for _, e := range es {
+					g.stats["timeline:"+e.Kind.String()]++
+				}
+				g.stats["timeline:dropped"] += m.TimelineDropped
+				bad = err
+				return err == nil
+			}); err != nil || bad != nil {
+				return errors.Join(err, bad)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		g.t.Fatalf("sample timelines: %v", err)
 	}
 }
 
@@ -413,8 +450,11 @@ func sharedLog(t *testing.T) testLog {
 		for range 2 {
 			g.conns = append(g.conns, g.newConn("n2", 1))
 		}
-		for range 3000 {
+		for i := range 3000 {
 			g.entry()
+			if i%100 == 99 {
+				g.sampleTimelines()
+			}
 		}
 		logCache = testLog{logs: g.logs, stats: g.stats}
 		logCache.final, _, logErr = ref.Digest()
@@ -443,8 +483,12 @@ func sharedLog(t *testing.T) testLog {
 func Test_FSM_GeneratedLog_CoversCommands(t *testing.T) {
 	tl := sharedLog(t)
 	t.Logf("stats: %v", tl.stats)
-	for _, k := range []string{"delivery", "event", "dup", "pubdup", "tick", "backwards", "dead",
-		"err:" + queue.ErrNotFound.Error(), "err:" + queue.ErrConflict.Error(), "err:" + queue.ErrBadRequest.Error(), "err:" + queue.ErrFull.Error()} {
+	for _, k := range []string{"delivery", "event", "dup", "pubdup", "tick", "backwards", "dead", "redriven",
+		"err:" + queue.ErrNotFound.Error(), "err:" + queue.ErrConflict.Error(), "err:" + queue.ErrBadRequest.Error(), "err:" + queue.ErrFull.Error(),
+		// Timelines, as sampled along the log: every kind of event, and
+		// timelines long enough to drop events.
+		"timeline:enqueued", "timeline:delivered", "timeline:nacked", "timeline:rejected", "timeline:expired",
+		"timeline:released", "timeline:dead", "timeline:redriven", "timeline:dropped"} {
 		if tl.stats[k] < 3 {
 			t.Errorf("stat %q = %d: the generated log barely exercises it", k, tl.stats[k])
 		}

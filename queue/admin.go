@@ -95,8 +95,9 @@ type redriven struct {
 
 // Redrive moves dead letters as RedriveArgs says. Each becomes a new
 // ready message at the end of its destination queue, with the unchanged
-// envelope and priority, no attempts and no dead-letter info; it leaves
-// the dead-letter queue. The destination must exist and is held to its
+// envelope and priority, no attempts and no dead-letter info, and the
+// dead letter's timeline with the redrive added; it leaves the
+// dead-letter queue. The destination must exist and is held to its
 // max_len as an enqueue is: when the messages do not all fit, none
 // moves (ErrFull). The destination's dead-lettered count, a count of what
 // happened, stays as it is.
@@ -173,7 +174,11 @@ func (t *Tx) Redrive(a RedriveArgs) (RedriveResult, error) {
 			return RedriveResult{}, err
 		}
 		q := dests[p.dest]
-		seq, err := t.store(p.dest, q, env, p.m.Pri, 0, nil)
+		m := &msgRec{Pri: p.m.Pri, History: p.m.History, Dropped: p.m.Dropped}
+		if err := m.record(TimelineEvent{At: t.now, Kind: EvRedriven, Who: t.actor, Detail: fmt.Sprintf("from %s/%d", a.DLQ, p.seq)}); err != nil {
+			return RedriveResult{}, fmt.Errorf("message %s/%d: %w", a.DLQ, p.seq, err)
+		}
+		seq, err := t.store(p.dest, q, env, m, 0)
 		if err != nil {
 			return RedriveResult{}, err
 		}

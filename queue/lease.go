@@ -128,6 +128,9 @@ func (t *Tx) leaseTo(name string, q *queueRec, seq, cid uint64, conn string, lea
 	m.Conn = conn
 	m.LeasedAt = t.now
 	m.LeaseUntil = t.now + leaseMs
+	if err := m.record(TimelineEvent{At: t.now, Kind: EvDelivered, Attempt: m.Attempts, Who: conn, Consumer: cid}); err != nil {
+		return nil, fmt.Errorf("message %s/%d: %w", name, seq, err)
+	}
 	q.Inflight++
 	if err := put(t.b(bucketMsgs), k, m); err != nil {
 		return nil, err
@@ -145,7 +148,7 @@ type SettleArgs struct {
 	Attempt int    `msgpack:"a"`
 	Conn    string `msgpack:"c"`
 	DelayMs *int64 `msgpack:"d,omitempty"` // nack
-	Reason  string `msgpack:"r,omitempty"` // reject
+	Reason  string `msgpack:"r,omitempty"` // reject (the timeline keeps its first MaxDetailLen bytes)
 	LeaseMs int64  `msgpack:"l,omitempty"` // extend
 }
 
@@ -219,6 +222,9 @@ func (t *Tx) Nack(a SettleArgs) error {
 	if err != nil {
 		return err
 	}
+	if err := m.record(TimelineEvent{At: t.now, Kind: EvNacked, Attempt: m.Attempts, Who: a.Conn}); err != nil {
+		return fmt.Errorf("message %s/%d: %w", a.Queue, a.Seq, err)
+	}
 	if err := t.fail(a.Queue, q, a.Seq, m, a.DelayMs); err != nil {
 		return err
 	}
@@ -230,6 +236,9 @@ func (t *Tx) Reject(a SettleArgs) error {
 	q, m, err := t.leased(a)
 	if err != nil {
 		return err
+	}
+	if err := m.record(TimelineEvent{At: t.now, Kind: EvRejected, Attempt: m.Attempts, Who: a.Conn, Detail: a.Reason}); err != nil {
+		return fmt.Errorf("message %s/%d: %w", a.Queue, a.Seq, err)
 	}
 	if err := t.unlease(a.Queue, q, a.Seq, m); err != nil {
 		return err
@@ -287,8 +296,8 @@ func (t *Tx) fail(name string, q *queueRec, seq uint64, m *msgRec, delay *int64)
 }
 
 // deadLetter moves an unleased message to the queue's dead-letter queue with
-// the unchanged envelope. A message already dead (a DLQ's own failures)
-// keeps its original origin.
+// the unchanged envelope and its timeline, which ends with the move. A
+// message already dead (a DLQ's own failures) keeps its original origin.
 func (t *Tx) deadLetter(name string, q *queueRec, seq uint64, m *msgRec, reason string) error {
 	k := qkey(name, seq)
 	env := append([]byte(nil), t.b(bucketBodies).Get(k)...)
@@ -308,7 +317,11 @@ func (t *Tx) deadLetter(name string, q *queueRec, seq uint64, m *msgRec, reason 
 	if err != nil {
 		return err
 	}
-	if _, err := t.store(dlqName, dlq, env, m.Pri, 0, dead); err != nil {
+	dm := &msgRec{Pri: m.Pri, Dead: dead, History: m.History, Dropped: m.Dropped}
+	if err := dm.record(TimelineEvent{At: t.now, Kind: EvDead, Attempt: m.Attempts, Detail: reason}); err != nil {
+		return fmt.Errorf("message %s/%d: %w", name, seq, err)
+	}
+	if _, err := t.store(dlqName, dlq, env, dm, 0); err != nil {
 		return err
 	}
 	return t.saveQueue(dlqName, dlq)
@@ -336,7 +349,11 @@ func (t *Tx) Cancel(a CancelArgs) error {
 // ConnClosed ends everything a connection held: its consumers and
 // subscriptions go away and its leases are released at once, each a failed
 // attempt.
-func (t *Tx) ConnClosed(conn string) error {
+func (t *Tx) ConnClosed(conn string) error { return t.connClosed(conn, "connection closed") }
+
+// connClosed is ConnClosed; why is for the timelines of the messages
+// whose leases end.
+func (t *Tx) connClosed(conn, why string) error {
 	// Consumers and subscriptions of the connection.
 	for _, bucket := range [][]byte{bucketConsumers, bucketSubs} {
 		keys, owners, err := t.owners(bucket)
@@ -366,7 +383,7 @@ func (t *Tx) ConnClosed(conn string) error {
 	zero := int64(0)
 	for _, k := range leases {
 		name, seq := splitQKey(k)
-		if err := t.expireLease(name, seq, &zero); err != nil {
+		if err := t.expireLease(name, seq, &zero, EvReleased, why); err != nil {
 			return err
 		}
 	}
@@ -395,7 +412,7 @@ func (t *Tx) owners(bucket []byte) (keys [][]byte, conns []string, err error) {
 // to its current epoch.
 func (t *Tx) NodeStarted(node string, epoch uint64) error {
 	current := fmt.Sprintf("%s/%d/", node, epoch)
-	return t.endNodeConns(node, false, func(conn string) bool { return !strings.HasPrefix(conn, current) })
+	return t.endNodeConns(node, false, "node restarted", func(conn string) bool { return !strings.HasPrefix(conn, current) })
 }
 
 // NodeDown ends every connection of a node the leader lost contact with,
@@ -403,11 +420,12 @@ func (t *Tx) NodeStarted(node string, epoch uint64) error {
 // node was only cut off, its open connections are told to close when it
 // applies this, and their clients reconnect.
 func (t *Tx) NodeDown(node string) error {
-	return t.endNodeConns(node, true, func(string) bool { return true })
+	return t.endNodeConns(node, true, "node down", func(string) bool { return true })
 }
 
-// endNodeConns closes the connections of node that match.
-func (t *Tx) endNodeConns(node string, kick bool, match func(conn string) bool) error {
+// endNodeConns closes the connections of node that match; why is for
+// the timelines of the messages whose leases end.
+func (t *Tx) endNodeConns(node string, kick bool, why string, match func(conn string) bool) error {
 	seen := map[string]bool{}
 	var conns []string
 	collect := func(conn string) {
@@ -436,15 +454,16 @@ func (t *Tx) endNodeConns(node string, kick bool, match func(conn string) bool) 
 		if kick && t.isLocal(conn) {
 			t.Effects = append(t.Effects, &Kick{Conn: conn})
 		}
-		if err := t.ConnClosed(conn); err != nil {
+		if err := t.connClosed(conn, why); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-// expireLease ends the lease of a message as a failed attempt.
-func (t *Tx) expireLease(name string, seq uint64, delay *int64) error {
+// expireLease ends the lease of a message as a failed attempt, recorded
+// in its timeline as an event of kind ev with detail.
+func (t *Tx) expireLease(name string, seq uint64, delay *int64, ev EventKind, detail string) error {
 	q, err := t.loadQueue(name)
 	if err != nil {
 		return err
@@ -452,6 +471,9 @@ func (t *Tx) expireLease(name string, seq uint64, delay *int64) error {
 	m := &msgRec{}
 	if ok, err := get(t.b(bucketMsgs), qkey(name, seq), m); err != nil || !ok || q == nil {
 		return fmt.Errorf("lease of %s/%d has no message (%v)", name, seq, err)
+	}
+	if err := m.record(TimelineEvent{At: t.now, Kind: ev, Attempt: m.Attempts, Who: m.Conn, Detail: detail}); err != nil {
+		return fmt.Errorf("message %s/%d: %w", name, seq, err)
 	}
 	if err := t.fail(name, q, seq, m, delay); err != nil {
 		return err
@@ -495,7 +517,7 @@ func (t *Tx) Expire() error {
 				return err
 			}
 		case StateInflight:
-			if err := t.expireLease(d.name, d.seq, nil); err != nil {
+			if err := t.expireLease(d.name, d.seq, nil, EvExpired, ""); err != nil {
 				return err
 			}
 		default:

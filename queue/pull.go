@@ -25,7 +25,17 @@ type Message struct {
 	LeaseUntil int64
 	Dead       *DeadInfo // where a dead letter came from, and why
 	Env        []byte
+	// TimelineDropped counts the events left out of its timeline (see
+	// Timeline) between the first and the latest.
+	TimelineDropped int
+
+	history []byte
 }
+
+// Timeline is what happened to the message, oldest first: its first
+// event and the latest ones, TimelineDropped events between them left
+// out. An error means the stored timeline cannot be read.
+func (m Message) Timeline() ([]TimelineEvent, error) { return decodeTimeline(m.history) }
 
 // Pull leases up to max ready messages of an existing queue to holder for
 // leaseMs each, highest priority then oldest first, and returns them.
@@ -150,5 +160,6 @@ func ReadHeld(tx *bolt.Tx, holder, name string, fn func(Message) bool) error {
 
 func message(seq uint64, m *msgRec, env []byte) Message {
 	return Message{Seq: seq, Enqueued: m.Enqueued, State: m.State, Attempts: m.Attempts, Conn: m.Conn,
-		LeasedAt: m.LeasedAt, LeaseUntil: m.LeaseUntil, Dead: m.Dead, Env: append([]byte(nil), env...)}
+		LeasedAt: m.LeasedAt, LeaseUntil: m.LeaseUntil, Dead: m.Dead, Env: append([]byte(nil), env...),
+		TimelineDropped: m.Dropped, history: m.History}
 }

@@ -62,7 +62,11 @@ func (t *Tx) Enqueue(a EnqueueArgs) (EnqueueResult, error) {
 	if q.Settings.MaxLen > 0 && q.Ready+q.Delayed+q.Inflight >= q.Settings.MaxLen {
 		return EnqueueResult{}, ErrFull
 	}
-	seq, err := t.store(a.Queue, q, a.Env, a.Priority, a.DelayMs, nil)
+	m := &msgRec{Pri: a.Priority}
+	if err := m.record(TimelineEvent{At: t.now, Kind: EvEnqueued, Who: a.From}); err != nil {
+		return EnqueueResult{}, err
+	}
+	seq, err := t.store(a.Queue, q, a.Env, m, a.DelayMs)
 	if err != nil {
 		return EnqueueResult{}, err
 	}
@@ -75,11 +79,12 @@ func (t *Tx) Enqueue(a EnqueueArgs) (EnqueueResult, error) {
 	return EnqueueResult{Seq: seq}, nil
 }
 
-// store appends a message to queue q (whose record the caller saves).
-func (t *Tx) store(name string, q *queueRec, env []byte, pri uint8, delayMs int64, dead *DeadInfo) (uint64, error) {
+// store appends a new message to queue q (whose record the caller
+// saves): m brings its priority, dead-letter origin and timeline.
+func (t *Tx) store(name string, q *queueRec, env []byte, m *msgRec, delayMs int64) (uint64, error) {
 	q.NextSeq++
 	seq := q.NextSeq
-	m := &msgRec{Pri: pri, Enqueued: t.now, Dead: dead}
+	m.Enqueued = t.now
 	k := qkey(name, seq)
 	if err := t.b(bucketBodies).Put(k, env); err != nil {
 		return 0, err

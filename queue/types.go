@@ -105,6 +105,8 @@ type msgRec struct {
 	Conn       string    `msgpack:"cn,omitempty"`
 	Enqueued   int64     `msgpack:"e"`
 	Dead       *DeadInfo `msgpack:"x,omitempty"`
+	History    []byte    `msgpack:"h,omitempty"`  // what happened to it, encoded (timeline.go)
+	Dropped    int       `msgpack:"hd,omitempty"` // events dropped from History to bound it
 }
 
 // consumerRec is one consumer: a connection's standing request for
