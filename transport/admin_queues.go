@@ -18,7 +18,9 @@ import (
 //
 //	GET /v1/queues                       every queue with its counts
 //	GET /v1/queues/{name}/messages       its messages, oldest first (?limit=N, default 50, at most 1000):
-//	                                     state, attempts, lease, dead-letter origin and reason, the envelope
+//	                                     state, attempts, lease, dead-letter origin and reason, the
+//	                                     timeline (enqueue, deliveries, settles, lapses, dead-lettering,
+//	                                     redrives), the envelope
 //
 // Changes are commands through Raft (fsm/queue_admin.go), audited with
 // the operator as their actor:
@@ -57,7 +59,38 @@ type AdminMessage struct {
 	LeasedAt   int64           `json:"leased_at,omitempty"`
 	LeaseUntil int64           `json:"lease_until,omitempty"`
 	Dead       *queue.DeadInfo `json:"dead,omitempty"`
-	Envelope   json.RawMessage `json:"envelope"`
+	// Timeline is what happened to the message, oldest first; a dead
+	// letter's begins with the message it was. At most queue.MaxTimeline
+	// events: the first and the latest, TimelineDropped left out between.
+	Timeline        []AdminEvent    `json:"timeline"`
+	TimelineDropped int             `json:"timeline_dropped,omitempty"`
+	Envelope        json.RawMessage `json:"envelope"`
+}
+
+// AdminEvent is one event of a message's timeline. Event is enqueued,
+// delivered, nacked, rejected, expired (the lease lapsed), released (the
+// holder's connection ended: detail says how), dead (detail: the reason)
+// or redriven (who: the operator; detail: "from DLQ/SEQ"). Attempt is the
+// delivery the event concerns (0 before the first, and again after a
+// redrive); Who is the sender of an enqueue, the connection or "redis:"
+// consumer of a delivery and its settles, the operator of a redrive;
+// Consumer the consumer id a delivery went to (none for a Redis pull).
+type AdminEvent struct {
+	AtMs     int64  `json:"at_ms"`
+	Event    string `json:"event"`
+	Attempt  int    `json:"attempt"`
+	Who      string `json:"who,omitempty"`
+	Consumer uint64 `json:"consumer,omitempty"`
+	Detail   string `json:"detail,omitempty"`
+}
+
+// adminTimeline is a message's timeline as the admin API shows it.
+func adminTimeline(events []queue.TimelineEvent) []AdminEvent {
+	out := make([]AdminEvent, len(events))
+	for i, e := range events {
+		out[i] = AdminEvent{AtMs: e.At, Event: e.Kind.String(), Attempt: e.Attempt, Who: e.Who, Consumer: e.Consumer, Detail: e.Detail}
+	}
+	return out
 }
 
 var stateNames = map[uint8]string{queue.StateReady: "ready", queue.StateDelayed: "delayed", queue.StateInflight: "inflight"}
@@ -106,8 +139,15 @@ func (a *Admin) peekQueue(w http.ResponseWriter, r *http.Request) {
 			if !json.Valid(env) {
 				env, _ = json.Marshal(string(m.Env))
 			}
+			// A timeline that cannot be read (state.db damaged there)
+			// shows as none rather than hiding the message.
+			events, err := m.Timeline()
+			if err != nil {
+				a.log.Warn("unreadable message timeline", "queue", name, "seq", m.Seq, "err", err)
+			}
 			out = append(out, AdminMessage{Seq: m.Seq, State: stateNames[m.State], Attempts: m.Attempts, Enqueued: m.Enqueued,
-				Holder: m.Conn, LeasedAt: m.LeasedAt, LeaseUntil: m.LeaseUntil, Dead: m.Dead, Envelope: env})
+				Holder: m.Conn, LeasedAt: m.LeasedAt, LeaseUntil: m.LeaseUntil, Dead: m.Dead,
+				Timeline: adminTimeline(events), TimelineDropped: m.TimelineDropped, Envelope: env})
 			return len(out) < limit
 		})
 	})

@@ -253,3 +253,81 @@ func TestAdminQueueRedriveManyCommands(t *testing.T) {
 		t.Fatalf("queue.info %s: %v", q, info)
 	}
 }
+
+// A dead letter's page shows its timeline: the enqueue, each delivery
+// and its nack or reject (with the reason), the dead-lettering; after a
+// redrive the message carries it on, with the operator's redrive.
+func TestAdminQueueTimeline(t *testing.T) {
+	c, rc := one(t, "alice")
+	admin := serveAdmin(t, transport.NewAdmin(c.Nodes[0].Node, nil, slog.New(slog.DiscardHandler)).LocalHandler())
+	q := qname(t, "q")
+	rc.ok("queue.declare", `"queue":"`+q+`","max_attempts":2,"backoff_ms":[]`)
+	rc.enqueue(q, env("alice", `"one"`), "")
+	cons := rc.consume(q, `"prefetch":1,"lease_ms":60000`)
+	if f := rc.settle("nack", rc.deliver(cons), ""); f.op() != "ok" {
+		t.Fatalf("nack: %s", f)
+	}
+	if f := rc.settle("reject", rc.deliver(cons), `"reason":"unparseable"`); f.op() != "ok" {
+		t.Fatalf("reject: %s", f)
+	}
+	rc.ok("cancel", `"consumer":`+strconv.Quote(cons))
+	rc.barrier()
+
+	// The JSON as the web UI reads it.
+	type event struct {
+		AtMs     int64  `json:"at_ms"`
+		Event    string `json:"event"`
+		Attempt  int    `json:"attempt"`
+		Who      string `json:"who"`
+		Consumer uint64 `json:"consumer"`
+		Detail   string `json:"detail"`
+	}
+	timeline := func(q string) []event {
+		t.Helper()
+		msgs := admin.wantList(t, "/v1/queues/"+q+"/messages")
+		if len(msgs) != 1 {
+			t.Fatalf("%s holds %d messages", q, len(msgs))
+		}
+		var m struct {
+			Timeline []event `json:"timeline"`
+		}
+		if err := json.Unmarshal(msgs[0], &m); err != nil {
+			t.Fatal(err)
+		}
+		for i, e := range m.Timeline {
+			if e.AtMs < time.Now().Add(-time.Minute).UnixMilli() || (i > 0 && e.AtMs < m.Timeline[i-1].AtMs) {
+				t.Fatalf("%s: event %d at %d: %s", q, i, e.AtMs, msgs[0])
+			}
+		}
+		return m.Timeline
+	}
+	brief := func(es []event) string {
+		var parts []string
+		for _, e := range es {
+			s := e.Event + "/" + strconv.Itoa(e.Attempt)
+			if e.Who != "" {
+				s += " " + e.Who
+			}
+			if e.Detail != "" {
+				s += ": " + e.Detail
+			}
+			parts = append(parts, s)
+		}
+		return strings.Join(parts, "; ")
+	}
+	dead := timeline(q + ".dlq")
+	conn := dead[1].Who
+	if dead[1].Consumer == 0 || !strings.HasPrefix(conn, "n1/") {
+		t.Fatalf("delivery event %+v", dead[1])
+	}
+	want := "enqueued/0 alice; delivered/1 " + conn + "; nacked/1 " + conn + "; delivered/2 " + conn +
+		"; rejected/2 " + conn + ": unparseable; dead/2: rejected: unparseable"
+	if got := brief(dead); got != want {
+		t.Fatalf("dead letter's timeline:\n%s\nwant\n%s", got, want)
+	}
+
+	admin.want(200, "POST", "/v1/queues/"+q+".dlq/redrive", `{}`, "")
+	if got, want := brief(timeline(q)), want+"; redriven/0 operator:local: from "+q+".dlq/1"; got != want {
+		t.Fatalf("redriven message's timeline:\n%s\nwant\n%s", got, want)
+	}
+}

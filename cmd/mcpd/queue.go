@@ -20,7 +20,7 @@ import (
 // state, and the operator's two changes to them.
 func runQueue(args []string) error { return queueCmd(args, os.Stdout) }
 
-const queueUsage = "expected 'mcpd queue list', 'mcpd queue peek NAME [--limit N]', " +
+const queueUsage = "expected 'mcpd queue list', 'mcpd queue peek NAME [--limit N] [--timeline]', " +
 	"'mcpd queue redrive DLQ (--seq N ... | --all [--limit N]) [--to QUEUE]' or 'mcpd queue delete QUEUE SEQ [--force]'"
 
 func queueCmd(args []string, stdout io.Writer) error {
@@ -59,6 +59,7 @@ func queueCmd(args []string, stdout io.Writer) error {
 		return tw.Flush()
 	}
 	limit := fs.Int("limit", 20, "show the oldest N messages (1 to 1000)")
+	timeline := fs.Bool("timeline", false, "show under each message what happened to it: enqueue, deliveries, nacks, rejects, lapsed leases, dead-lettering, redrives")
 	name, c, err := namedAdmin(fs, &af, args[1:])
 	if err != nil {
 		return err
@@ -70,7 +71,8 @@ func queueCmd(args []string, stdout io.Writer) error {
 	if *asJSON {
 		return json.NewEncoder(stdout).Encode(msgs)
 	}
-	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	var table bytes.Buffer
+	tw := tabwriter.NewWriter(&table, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "SEQ\tSTATE\tATTEMPTS\tENQUEUED\tHOLDER\tDEAD LETTER OF\tENVELOPE")
 	for _, m := range msgs {
 		dead := "-"
@@ -87,7 +89,57 @@ func queueCmd(args []string, stdout io.Writer) error {
 		}
 		fmt.Fprintf(tw, "%d\t%s\t%d\t%s\t%s\t%s\t%s\n", m.Seq, m.State, m.Attempts, msTime(m.Enqueued), dash(m.Holder), dead, env)
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if !*timeline {
+		_, err := table.WriteTo(stdout)
+		return err
+	}
+	// The rows stay aligned as one table; each one's events follow it.
+	rows := strings.SplitAfter(table.String(), "\n")
+	fmt.Fprint(stdout, rows[0])
+	for i, m := range msgs {
+		fmt.Fprint(stdout, rows[i+1])
+		if err := printTimeline(stdout, m); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// printTimeline writes a message's events, indented, one a line: time,
+// event, attempt, who (and the consumer of a delivery), detail.
+func printTimeline(w io.Writer, m transport.AdminMessage) error {
+	if len(m.Timeline) == 0 {
+		_, err := fmt.Fprintln(w, "    (no events: stored before timelines were kept)")
+		return err
+	}
+	var b bytes.Buffer
+	tw := tabwriter.NewWriter(&b, 0, 4, 2, ' ', 0)
+	for i, e := range m.Timeline {
+		if i == 1 && m.TimelineDropped > 0 {
+			fmt.Fprintf(tw, "    ...\t%d event%s not kept\t\t\t\n", m.TimelineDropped, pluralS(m.TimelineDropped))
+		}
+		attempt := ""
+		if e.Attempt > 0 {
+			attempt = "attempt " + strconv.Itoa(e.Attempt)
+		}
+		who := e.Who
+		if e.Consumer != 0 {
+			who += fmt.Sprintf(" (consumer %d)", e.Consumer)
+		}
+		fmt.Fprintf(tw, "    %s\t%s\t%s\t%s\t%s\n", msClock(e.AtMs), e.Event, attempt, who, e.Detail)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	for _, line := range strings.SplitAfter(b.String(), "\n") {
+		if line != "" {
+			fmt.Fprintln(w, strings.TrimRight(line, " \n"))
+		}
+	}
+	return nil
 }
 
 // queueRedrive is `mcpd queue redrive DLQ (--seq N ... | --all) [--to

@@ -50,6 +50,13 @@ func TestCLIQueueRedriveDelete(t *testing.T) {
 	if strings.Count(out, "rejected: unparseable") != 3 {
 		t.Fatalf("queue peek jobs.dlq:\n%s", out)
 	}
+	// With --timeline, each message's events follow its row.
+	out = mustRun(t, queueCmd, n.asOperator("peek", "jobs.dlq", "--timeline"))
+	tl := regexp.MustCompile(`(?m)^1 +ready .*\n +\S+Z +enqueued +alice *\n +\S+Z +delivered +attempt 1 +n1/\S+ \(consumer \d+\) *\n` +
+		` +\S+Z +rejected +attempt 1 +n1/\S+ +unparseable\n +\S+Z +dead +attempt 1 +rejected: unparseable\n2 +ready `)
+	if !tl.MatchString(out) || strings.Count(out, "rejected: unparseable") != 6 {
+		t.Fatalf("queue peek jobs.dlq --timeline:\n%s", out)
+	}
 
 	// Mistakes on the command line.
 	for _, args := range [][]string{
