@@ -19,6 +19,7 @@ import (
 
 	"github.com/chromedp/cdproto/webauthn"
 	"github.com/chromedp/chromedp"
+	"github.com/mcpd/mcpd/client"
 )
 
 // The operators' web UI in a real browser: Debian's chromium, headless,
@@ -280,6 +281,45 @@ func Test_Browser_OperatorUI(t *testing.T) {
 	b.waitJS("jobs at depth 3", `document.querySelector('tr[data-queue="jobs"] .depth')?.textContent === "3"`)
 	b.shot("queue-depth")
 
+	// A dead letter: its reason, its delivery timeline, its redrive.
+	cctx, cancel := context.WithTimeout(b.ctx, time.Minute)
+	defer cancel()
+	cl, err := client.Dial(cctx, client.Options{URLs: []string{wsURL}, Agent: "reporter", CAFile: ca})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cl.Enqueue(cctx, "reports", map[string]any{"week": 48}); err != nil {
+		t.Fatal(err)
+	}
+	cons, err := cl.Consume(cctx, "reports", client.ConsumeOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := cons.Next(cctx)
+	if err != nil || d.Nack(cctx, 0) != nil {
+		t.Fatalf("first delivery: %v", err)
+	}
+	if d, err = cons.Next(cctx); err != nil || d.Attempt != 2 || d.Reject(cctx, "malformed report") != nil {
+		t.Fatalf("second delivery: %+v %v", d, err)
+	}
+	cl.Close() // no consumer takes the message once it is redriven
+	b.do(chromedp.Navigate(origin + "/ui/#/queues/reports.dlq"))
+	deadRow := `tr[data-seq="1"]`
+	b.waitJS("the dead letter", fmt.Sprintf(`document.querySelector('%s')?.textContent.includes("rejected: malformed report")`, deadRow))
+	b.do(chromedp.Click(deadRow + " button.timeline"))
+	b.waitJS("its timeline", `document.querySelectorAll('[data-timeline="1"] li').length >= 4 && document.querySelector(".timeline-row").textContent.includes("reject by reporter")`)
+	b.shot("dead-letter-timeline")
+	b.do(chromedp.Click(deadRow+` input[type="checkbox"]`), chromedp.Click("#redrive-selected"))
+	b.waitJS("the redrive", `document.querySelector("#flash").textContent.startsWith("Redrove 1") && document.querySelector('tr[data-seq="1"]') === null`)
+	var back []struct {
+		State    string `json:"state"`
+		Attempts int    `json:"attempts"`
+	}
+	out := cli("queue", "peek", "reports", "--data-dir", dataDir, "--json")
+	if err := json.Unmarshal([]byte(out), &back); err != nil || len(back) != 1 || back[0].State != "ready" || back[0].Attempts != 0 {
+		t.Fatalf("the redriven message: %v\n%s", err, out)
+	}
+
 	// A task held for approval: the session alone cannot approve it, the
 	// passkey asked again can.
 	spec := filepath.Join(t.TempDir(), "graph.json")
@@ -345,7 +385,7 @@ func Test_Browser_OperatorUI(t *testing.T) {
 	b.waitJS("the refusal of a denial without a reason", `document.querySelector("#flash").textContent.startsWith("Say why")`)
 	b.do(chromedp.SendKeys(row+" input.reason", "not this week"), chromedp.Click(row+" button.deny"))
 	b.waitJS("the denial to land", fmt.Sprintf(`document.querySelector('%s') === null && document.querySelector("#flash").textContent.startsWith("Denied")`, row))
-	out := cli("task", "show", denied, "--data-dir", dataDir, "--json")
+	out = cli("task", "show", denied, "--data-dir", dataDir, "--json")
 	if !strings.Contains(out, "not this week") || !strings.Contains(out, "operator:alice") || strings.Contains(out, `"state": "held"`) {
 		t.Fatalf("the denied task:\n%s", out)
 	}

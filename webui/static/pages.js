@@ -84,17 +84,27 @@ async function queue(ctx, name) {
       h("td", {}, m.dead ? h("span", {}, `from ${m.dead.queue}/${m.dead.seq} after ${m.dead.attempts} attempt(s): `, h("b", {}, m.dead.reason)) : "-"),
       h("td", {}, json(m.envelope)),
       h("td", {},
-        h("button", { onclick: async () => { if (tl) delete ctx.open[m.seq]; else await act(() => timeline(m)); ctx.refresh(); } }, tl ? "Hide timeline" : "Timeline"),
+        h("button", { class: "timeline", onclick: async () => { if (tl) delete ctx.open[m.seq]; else await act(() => timeline(m)); ctx.refresh(); } }, tl ? "Hide timeline" : "Timeline"),
         m.dead ? h("button", { onclick: async () => { await redrive([m.seq]); ctx.refresh(); } }, "Redrive") : "",
         h("button", { class: "danger", onclick: async () => { if (confirm(`Delete message ${m.seq} of ${name}?`)) { await del(m.seq); ctx.refresh(); } } }, "Delete"))),
-    tl ? h("tr", {}, h("td", { colspan: 9 }, h("ul", { class: "timeline" },
-      tl.length ? tl.map((e) => h("li", {}, `${fmtTime(e.ts)} #${e.seq} ${e.kind} by ${e.actor || "the cluster"} on ${e.subject}: ${e.outcome}`)) : h("li", { class: "muted" }, "No audit entries name this message.")))) : null];
+    tl ? h("tr", { class: "timeline-row" }, h("td", { colspan: 9 },
+      h("b", {}, "Deliveries"),
+      h("ul", { class: "timeline", "data-timeline": m.seq }, (m.timeline || []).length
+        ? m.timeline.map((e) => h("li", {}, `${fmtTime(e.at_ms)} ${e.event}${e.attempt ? " (attempt " + e.attempt + ")" : ""}${e.who ? " " + e.who : ""}${e.detail ? ": " + e.detail : ""}`))
+        : h("li", { class: "muted" }, "No delivery history recorded.")),
+      h("b", {}, "Audit log"),
+      h("ul", { class: "timeline" }, tl.length
+        ? tl.map((e) => h("li", {}, `${fmtTime(e.ts)} #${e.seq} ${e.kind} by ${e.actor || "the cluster"} on ${e.subject}: ${e.outcome}`))
+        : h("li", { class: "muted" }, "No audit entries name this message.")))) : null];
   });
   return h("div", {},
     h("h1", {}, "Queue ", h("span", { class: "mono" }, name)),
     h("p", {}, h("a", { href: "#/queues" }, "← all queues")),
     dead.length ? h("div", { class: "row" },
-      h("button", { class: "primary", onclick: async () => { await redrive([...ctx.selected]); ctx.refresh(); }, disabled: false }, "Redrive selected"),
+      h("button", { class: "primary", id: "redrive-selected", onclick: async () => {
+        if (!ctx.selected.size) { flash("Select the dead letters to redrive first", "error"); return; }
+        await redrive([...ctx.selected]); ctx.refresh();
+      } }, "Redrive selected"),
       h("button", { onclick: async () => { if (confirm(`Redrive every dead letter of ${name}?`)) { await redrive(null); ctx.refresh(); } } }, "Redrive all"),
       h("span", { class: "muted" }, `${dead.length} dead letter(s) shown`)) : "",
     table(["", "Seq", "State", "Attempts", "Enqueued", "Lease holder", "Dead letter", "Envelope", ""],
