@@ -20,7 +20,7 @@ run: build
 
 test: vet deps
 	$(GO) test -count=1 -timeout 20m ./...
-	$(GO) test -count=1 -race -timeout 20m ./queue/ ./fsm/ ./cluster/ ./transport/ ./client/
+	$(GO) test -count=1 -race -timeout 20m ./queue/ ./fsm/ ./cluster/ ./transport/ ./client/ ./webui/
 
 # The fault suite in systemtest/ (docs/reliability.md) runs nodes in network
 # namespaces and on FUSE disks: it needs root, /dev/fuse and the ip tool.

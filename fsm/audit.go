@@ -130,8 +130,12 @@ func auditEvent(now int64, c *Command, args, res any, err error) audit.Event {
 		ev.Kind, ev.Subject = "schedule."+a.What, a.Name
 	case *OperatorInviteArgs:
 		ev.Kind, ev.Subject = "operator.invite", a.Name
-	case *OperatorEnrollArgs:
+	case *OperatorEnrollArgs, *OperatorLogoutArgs:
+		// The operator is known from the invite or the session only.
 		ev.Kind = "operator.enroll"
+		if _, ok := a.(*OperatorLogoutArgs); ok {
+			ev.Kind = "operator.logout"
+		}
 		if r, ok := res.(*OperatorResult); ok && r != nil {
 			ev.Subject = r.Name
 		}
@@ -139,11 +143,6 @@ func auditEvent(now int64, c *Command, args, res any, err error) audit.Event {
 		ev.Kind, ev.Subject = "operator.reauth", a.Name
 		if a.Session != nil {
 			ev.Kind = "operator.login"
-		}
-	case *OperatorLogoutArgs:
-		ev.Kind = "operator.logout"
-		if r, ok := res.(*OperatorResult); ok && r != nil {
-			ev.Subject = r.Name
 		}
 	case *OperatorRemoveArgs:
 		ev.Kind, ev.Subject = "operator.remove", a.Name

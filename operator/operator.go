@@ -183,26 +183,10 @@ func AddInvite(tx *bolt.Tx, now int64, by, name string, codeHash [32]byte, ttlMs
 // prune deletes the records of b whose expiry (read by exp) is at or
 // before now.
 func prune(b *bolt.Bucket, now int64, exp func([]byte) (int64, error)) error {
-	var dead [][]byte
-	err := b.ForEach(func(k, v []byte) error {
+	return deleteWhere(b, func(v []byte) (bool, error) {
 		e, err := exp(v)
-		if err != nil {
-			return err
-		}
-		if e <= now {
-			dead = append(dead, k)
-		}
-		return nil
+		return e <= now, err
 	})
-	if err != nil {
-		return err
-	}
-	for _, k := range dead {
-		if err := b.Delete(k); err != nil {
-			return err
-		}
-	}
-	return nil
 }
 
 // Enroll consumes the invite with codeHash and stores cred as a passkey

@@ -257,12 +257,7 @@ func (a *Admin) revokeAgent(w http.ResponseWriter, r *http.Request) {
 // propose runs an operator's command and answers its error; it reports
 // whether the command succeeded, with its reply.
 func (a *Admin) propose(w http.ResponseWriter, r *http.Request, t fsm.MessageType, body any) (*fsm.Reply, bool) {
-	ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)
-	defer cancel()
-	rep, err := a.node.Call(ctx, t, Operator(r), body)
-	if err == nil {
-		err = rep.Err
-	}
+	rep, err := a.command(r, t, body) // admin_queues.go
 	if err != nil {
 		adminFail(w, err)
 		return nil, false
