@@ -123,7 +123,11 @@ func newBrowser(t *testing.T, origin, ca, shots string) *browser {
 	ctx, cancelTime := context.WithTimeout(ctx, 4*time.Minute)
 	t.Cleanup(func() { cancelTime(); cancelTab(); cancelAlloc() })
 	b := &browser{t: t, ctx: ctx, shots: shots}
-	b.do(chromedp.Navigate("about:blank"))
+	// The first action starts the browser, which lives as long as the
+	// context it runs with: this one, not a step's.
+	if err := chromedp.Do(ctx, chromedp.Navigate("about:blank")); err != nil {
+		t.Fatalf("starting chromium: %v", err)
+	}
 	if _, err := chromedp.Call(ctx, webauthn.Enable, webauthn.EnableParams{}); err != nil {
 		t.Fatalf("WebAuthn.enable: %v", err)
 	}
@@ -140,11 +144,27 @@ func newBrowser(t *testing.T, origin, ca, shots string) *browser {
 	return b
 }
 
+// stepTimeout bounds one step, so that a step that cannot happen fails
+// the test with a screenshot instead of using up the whole test's time.
+const stepTimeout = 45 * time.Second
+
 func (b *browser) do(steps ...chromedp.Action[chromedp.Void]) {
 	b.t.Helper()
-	if err := chromedp.Do(b.ctx, steps...); err != nil {
+	ctx, cancel := context.WithTimeout(b.ctx, stepTimeout)
+	defer cancel()
+	if err := chromedp.Do(ctx, steps...); err != nil {
 		b.shot("failed")
 		b.t.Fatal(err)
+	}
+}
+
+// fill sets an input's value as typing would (an input event follows).
+func (b *browser) fill(sel, value string) {
+	b.t.Helper()
+	js := fmt.Sprintf(`(() => { const el = document.querySelector(%q); if (!el) return false; el.focus(); el.value = %q; el.dispatchEvent(new Event("input", {bubbles: true})); return true; })()`, sel, value)
+	if !eval[bool](b, js) {
+		b.shot("failed")
+		b.t.Fatalf("no %s to fill", sel)
 	}
 }
 
@@ -383,7 +403,11 @@ func Test_Browser_OperatorUI(t *testing.T) {
 	b.waitJS("the second held task", fmt.Sprintf(`document.querySelector('%s') !== null`, row))
 	b.do(chromedp.Click(row + " button.deny"))
 	b.waitJS("the refusal of a denial without a reason", `document.querySelector("#flash").textContent.startsWith("Say why")`)
-	b.do(chromedp.SendKeys(row+" input.reason", "not this week"), chromedp.Click(row+" button.deny"))
+	// The reason is filled in one step of the page's own script: the page
+	// refreshes every two seconds until an input has the focus, and keys
+	// typed between a refresh and the focus would go to a replaced field.
+	b.fill(row+" input.reason", "not this week")
+	b.do(chromedp.Click(row + " button.deny"))
 	b.waitJS("the denial to land", fmt.Sprintf(`document.querySelector('%s') === null && document.querySelector("#flash").textContent.startsWith("Denied")`, row))
 	out = cli("task", "show", denied, "--data-dir", dataDir, "--json")
 	if !strings.Contains(out, "not this week") || !strings.Contains(out, "operator:alice") || strings.Contains(out, `"state": "held"`) {

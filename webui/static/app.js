@@ -3,7 +3,7 @@
 // are served as they are, from the binary.
 import { pages } from "./pages.js";
 
-const state = { operator: null, csrf: null, timer: null };
+const state = { operator: null, csrf: null, timer: null, gen: 0 };
 
 // h builds an element; strings become text nodes, never HTML.
 export function h(tag, attrs, ...children) {
@@ -132,6 +132,9 @@ async function logout() {
 // seconds while it is shown.
 async function route() {
   clearInterval(state.timer);
+  // A render still in flight for the page shown before must not replace
+  // this one when its answer arrives.
+  const gen = ++state.gen;
   const main = document.getElementById("main");
   const [, name, ...rest] = (location.hash || "#/cluster").split("/");
   if (!state.operator) {
@@ -139,6 +142,7 @@ async function route() {
       const me = await fetch("/ui/api/session", { credentials: "same-origin" });
       if (me.ok) { const s = await me.json(); state.operator = s.operator; state.csrf = s.csrf; }
     } catch { /* offline: stay logged out */ }
+    if (gen !== state.gen) return;
   }
   document.getElementById("nav").hidden = !state.operator;
   document.getElementById("logout").hidden = !state.operator;
@@ -154,9 +158,9 @@ async function route() {
   const render = async () => {
     try {
       const view = await page(ctx);
-      if (view) main.replaceChildren(view);
+      if (view && gen === state.gen) main.replaceChildren(view);
     } catch (e) {
-      if (e instanceof APIError && e.status === 401) return;
+      if (gen !== state.gen || (e instanceof APIError && e.status === 401)) return;
       main.replaceChildren(h("div", { class: "card" }, h("p", { class: "muted" }, "Could not load this page: " + e.message)));
     }
   };
