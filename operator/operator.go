@@ -115,7 +115,8 @@ func CheckName(name string) error {
 }
 
 // CreateBuckets creates the package's buckets; the FSM calls it when it
-// opens state.db, so that a refused command never creates one.
+// opens state.db (after a restore too), so the functions that write find
+// them, and a refused command never creates one.
 func CreateBuckets(tx *bolt.Tx) error {
 	for _, name := range [][]byte{bOperators, bCreds, bInvites, bSessions} {
 		if _, err := tx.CreateBucketIfNotExists(name); err != nil {
@@ -123,13 +124,6 @@ func CreateBuckets(tx *bolt.Tx) error {
 		}
 	}
 	return nil
-}
-
-func bucket(tx *bolt.Tx, name []byte) (*bolt.Bucket, error) {
-	if tx.Writable() {
-		return tx.CreateBucketIfNotExists(name)
-	}
-	return tx.Bucket(name), nil
 }
 
 func get[T any](b *bolt.Bucket, key []byte) (*T, error) {
@@ -164,29 +158,33 @@ func AddInvite(tx *bolt.Tx, now int64, by, name string, codeHash [32]byte, ttlMs
 	if ttlMs < MinInviteTTLMs || ttlMs > MaxInviteTTLMs {
 		return fmt.Errorf("%w: an invite lives 1 minute to 7 days", ErrBadRequest)
 	}
-	b, err := bucket(tx, bInvites)
-	if err != nil {
-		return err
-	}
-	if err := prune(b, now, func(raw []byte) (int64, error) {
-		var v Invite
-		return v.Expires, msgpack.Unmarshal(raw, &v)
+	b := tx.Bucket(bInvites)
+	return putFresh(b, now, codeHash, &Invite{Name: name, By: by, Created: now, Expires: now + ttlMs}, "invite code")
+}
+
+// expiring is a record that lapses: an invite or a session.
+type expiring[T any] interface {
+	*T
+	expiry() int64
+}
+
+func (in *Invite) expiry() int64 { return in.Expires }
+func (s *Session) expiry() int64 { return s.Expires }
+
+// putFresh stores v under key in b after deleting the records of b that
+// expired by now; a key in use is a conflict.
+func putFresh[T any, P expiring[T]](b *bolt.Bucket, now int64, key [32]byte, v P, what string) error {
+	if err := deleteWhere(b, func(raw []byte) (bool, error) {
+		old := P(new(T))
+		err := msgpack.Unmarshal(raw, old)
+		return old.expiry() <= now, err
 	}); err != nil {
 		return err
 	}
-	if b.Get(codeHash[:]) != nil {
-		return fmt.Errorf("%w: that invite code exists", ErrConflict)
+	if b.Get(key[:]) != nil {
+		return fmt.Errorf("%w: that %s exists", ErrConflict, what)
 	}
-	return put(b, codeHash[:], &Invite{Name: name, By: by, Created: now, Expires: now + ttlMs})
-}
-
-// prune deletes the records of b whose expiry (read by exp) is at or
-// before now.
-func prune(b *bolt.Bucket, now int64, exp func([]byte) (int64, error)) error {
-	return deleteWhere(b, func(v []byte) (bool, error) {
-		e, err := exp(v)
-		return e <= now, err
-	})
+	return put(b, key[:], v)
 }
 
 // Enroll consumes the invite with codeHash and stores cred as a passkey
@@ -196,10 +194,7 @@ func Enroll(tx *bolt.Tx, now int64, codeHash [32]byte, handle []byte, cred NewCr
 	if err := cred.Check(); err != nil {
 		return "", err
 	}
-	inv, err := bucket(tx, bInvites)
-	if err != nil {
-		return "", err
-	}
+	inv := tx.Bucket(bInvites)
 	in, err := get[Invite](inv, codeHash[:])
 	if err != nil {
 		return "", err
@@ -207,14 +202,8 @@ func Enroll(tx *bolt.Tx, now int64, codeHash [32]byte, handle []byte, cred NewCr
 	if in == nil || in.Expires <= now {
 		return "", fmt.Errorf("%w: no such invite, or it expired or was used", ErrNotFound)
 	}
-	ops, err := bucket(tx, bOperators)
-	if err != nil {
-		return "", err
-	}
-	creds, err := bucket(tx, bCreds)
-	if err != nil {
-		return "", err
-	}
+	ops := tx.Bucket(bOperators)
+	creds := tx.Bucket(bCreds)
 	if creds.Get(cred.ID) != nil {
 		return "", fmt.Errorf("%w: that passkey is already enrolled", ErrConflict)
 	}
@@ -252,20 +241,8 @@ func openSession(tx *bolt.Tx, now int64, name string, sess [32]byte, ttlMs int64
 	if ttlMs < MinSessionTTLMs || ttlMs > MaxSessionTTLMs {
 		return fmt.Errorf("%w: a session lives 1 minute to 30 days", ErrBadRequest)
 	}
-	b, err := bucket(tx, bSessions)
-	if err != nil {
-		return err
-	}
-	if err := prune(b, now, func(raw []byte) (int64, error) {
-		var v Session
-		return v.Expires, msgpack.Unmarshal(raw, &v)
-	}); err != nil {
-		return err
-	}
-	if b.Get(sess[:]) != nil {
-		return fmt.Errorf("%w: that session exists", ErrConflict)
-	}
-	return put(b, sess[:], &Session{Operator: name, Created: now, Expires: now + ttlMs})
+	b := tx.Bucket(bSessions)
+	return putFresh(b, now, sess, &Session{Operator: name, Created: now, Expires: now + ttlMs}, "session")
 }
 
 // Use records an assertion made with passkey credID of operator name: the
@@ -273,10 +250,7 @@ func openSession(tx *bolt.Tx, now int64, name string, sess [32]byte, ttlMs int64
 // synced passkeys do, is exempt). With a session hash it also opens a
 // session: that is a login; without, it is a re-authentication.
 func Use(tx *bolt.Tx, now int64, name string, credID []byte, signCount uint32, sess *[32]byte, sessTTLMs int64) error {
-	ops, err := bucket(tx, bOperators)
-	if err != nil {
-		return err
-	}
+	ops := tx.Bucket(bOperators)
 	op, err := get[Operator](ops, []byte(name))
 	if err != nil {
 		return err
@@ -313,27 +287,18 @@ func (op *Operator) cred(id []byte) int {
 
 // EndSession deletes a session; ending one that is gone is no error.
 func EndSession(tx *bolt.Tx, sess [32]byte) error {
-	b, err := bucket(tx, bSessions)
-	if err != nil {
-		return err
-	}
+	b := tx.Bucket(bSessions)
 	return b.Delete(sess[:])
 }
 
 // Remove deletes an operator with its passkeys, sessions and invites.
 func Remove(tx *bolt.Tx, name string) error {
-	ops, err := bucket(tx, bOperators)
-	if err != nil {
-		return err
-	}
+	ops := tx.Bucket(bOperators)
 	op, err := get[Operator](ops, []byte(name))
 	if err != nil {
 		return err
 	}
-	invites, err := bucket(tx, bInvites)
-	if err != nil {
-		return err
-	}
+	invites := tx.Bucket(bInvites)
 	hadInvite := false
 	if err := deleteWhere(invites, func(raw []byte) (bool, error) {
 		var v Invite
@@ -349,19 +314,13 @@ func Remove(tx *bolt.Tx, name string) error {
 		}
 		return fmt.Errorf("%w: no operator %q", ErrNotFound, name)
 	}
-	creds, err := bucket(tx, bCreds)
-	if err != nil {
-		return err
-	}
+	creds := tx.Bucket(bCreds)
 	for _, c := range op.Creds {
 		if err := creds.Delete(c.ID); err != nil {
 			return err
 		}
 	}
-	sessions, err := bucket(tx, bSessions)
-	if err != nil {
-		return err
-	}
+	sessions := tx.Bucket(bSessions)
 	if err := deleteWhere(sessions, func(raw []byte) (bool, error) {
 		var v Session
 		err := msgpack.Unmarshal(raw, &v)

@@ -16,12 +16,10 @@ func testDB(t *testing.T) *bolt.DB {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { db.Close() })
+	if err := db.Update(CreateBuckets); err != nil {
+		t.Fatal(err)
+	}
 	return db
-}
-
-func update(t *testing.T, db *bolt.DB, fn func(tx *bolt.Tx) error) error {
-	t.Helper()
-	return db.Update(fn)
 }
 
 var handle = []byte("0123456789abcdef0123456789abcdef")
@@ -61,21 +59,21 @@ func TestInviteEnrollLoginRemove(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	must(update(t, db, func(tx *bolt.Tx) error { return AddInvite(tx, now, "operator:local", "alice", code, 3_600_000) }))
+	must(db.Update(func(tx *bolt.Tx) error { return AddInvite(tx, now, "operator:local", "alice", code, 3_600_000) }))
 	// The same code twice is a conflict; a bad name or lifetime is refused.
-	if err := update(t, db, func(tx *bolt.Tx) error { return AddInvite(tx, now, "x", "alice", code, 3_600_000) }); !errors.Is(err, ErrConflict) {
+	if err := db.Update(func(tx *bolt.Tx) error { return AddInvite(tx, now, "x", "alice", code, 3_600_000) }); !errors.Is(err, ErrConflict) {
 		t.Fatalf("same code twice: %v", err)
 	}
-	if err := update(t, db, func(tx *bolt.Tx) error { return AddInvite(tx, now, "x", "al ice", HashCode("2"), 3_600_000) }); !errors.Is(err, ErrBadRequest) {
+	if err := db.Update(func(tx *bolt.Tx) error { return AddInvite(tx, now, "x", "al ice", HashCode("2"), 3_600_000) }); !errors.Is(err, ErrBadRequest) {
 		t.Fatalf("bad name: %v", err)
 	}
-	if err := update(t, db, func(tx *bolt.Tx) error { return AddInvite(tx, now, "x", "bob", HashCode("2"), 1000) }); !errors.Is(err, ErrBadRequest) {
+	if err := db.Update(func(tx *bolt.Tx) error { return AddInvite(tx, now, "x", "bob", HashCode("2"), 1000) }); !errors.Is(err, ErrBadRequest) {
 		t.Fatalf("1 s invite: %v", err)
 	}
 
 	sess := HashToken("s1")
 	var name string
-	must(update(t, db, func(tx *bolt.Tx) (err error) {
+	must(db.Update(func(tx *bolt.Tx) (err error) {
 		name, err = Enroll(tx, now+10, code, handle, cred("k1"), sess, 60_000)
 		return err
 	}))
@@ -83,7 +81,7 @@ func TestInviteEnrollLoginRemove(t *testing.T) {
 		t.Fatalf("enrolled %q", name)
 	}
 	// The invite is spent.
-	if err := update(t, db, func(tx *bolt.Tx) error {
+	if err := db.Update(func(tx *bolt.Tx) error {
 		_, err := Enroll(tx, now+20, code, handle, cred("k2"), HashToken("s2"), 60_000)
 		return err
 	}); !errors.Is(err, ErrNotFound) {
@@ -107,35 +105,35 @@ func TestInviteEnrollLoginRemove(t *testing.T) {
 
 	// A second invite for alice adds a passkey; the same passkey twice is
 	// a conflict.
-	must(update(t, db, func(tx *bolt.Tx) error {
+	must(db.Update(func(tx *bolt.Tx) error {
 		return AddInvite(tx, now, "operator:alice", "alice", HashCode("second"), 3_600_000)
 	}))
-	if err := update(t, db, func(tx *bolt.Tx) error {
+	if err := db.Update(func(tx *bolt.Tx) error {
 		_, err := Enroll(tx, now+30, HashCode("second"), nil, cred("k1"), HashToken("s3"), 60_000)
 		return err
 	}); !errors.Is(err, ErrConflict) {
 		t.Fatalf("same passkey twice: %v", err)
 	}
-	must(update(t, db, func(tx *bolt.Tx) error {
+	must(db.Update(func(tx *bolt.Tx) error {
 		_, err := Enroll(tx, now+30, HashCode("second"), nil, cred("k2"), HashToken("s3"), 60_000)
 		return err
 	}))
 
 	// Counters: a passkey that counts must go forward; one that stays at
 	// zero is accepted.
-	must(update(t, db, func(tx *bolt.Tx) error { return Use(tx, now+40, "alice", []byte("k1"), 5, nil, 0) }))
-	if err := update(t, db, func(tx *bolt.Tx) error { return Use(tx, now+50, "alice", []byte("k1"), 5, nil, 0) }); !errors.Is(err, ErrConflict) {
+	must(db.Update(func(tx *bolt.Tx) error { return Use(tx, now+40, "alice", []byte("k1"), 5, nil, 0) }))
+	if err := db.Update(func(tx *bolt.Tx) error { return Use(tx, now+50, "alice", []byte("k1"), 5, nil, 0) }); !errors.Is(err, ErrConflict) {
 		t.Fatalf("counter replayed: %v", err)
 	}
-	must(update(t, db, func(tx *bolt.Tx) error { return Use(tx, now+50, "alice", []byte("k2"), 0, nil, 0) }))
-	if err := update(t, db, func(tx *bolt.Tx) error { return Use(tx, now+50, "alice", []byte("nope"), 9, nil, 0) }); !errors.Is(err, ErrNotFound) {
+	must(db.Update(func(tx *bolt.Tx) error { return Use(tx, now+50, "alice", []byte("k2"), 0, nil, 0) }))
+	if err := db.Update(func(tx *bolt.Tx) error { return Use(tx, now+50, "alice", []byte("nope"), 9, nil, 0) }); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("unknown passkey: %v", err)
 	}
 	login := HashToken("s4")
-	must(update(t, db, func(tx *bolt.Tx) error { return Use(tx, now+60, "alice", []byte("k1"), 6, &login, 60_000) }))
+	must(db.Update(func(tx *bolt.Tx) error { return Use(tx, now+60, "alice", []byte("k1"), 6, &login, 60_000) }))
 
 	// Expired sessions are pruned when a new one opens.
-	must(update(t, db, func(tx *bolt.Tx) error {
+	must(db.Update(func(tx *bolt.Tx) error {
 		return Use(tx, now+200_000, "alice", []byte("k1"), 7, new(HashToken("s5")), 60_000)
 	}))
 	must(db.View(func(tx *bolt.Tx) error {
@@ -146,8 +144,8 @@ func TestInviteEnrollLoginRemove(t *testing.T) {
 	}))
 
 	// Logout, then removal takes every passkey and session.
-	must(update(t, db, func(tx *bolt.Tx) error { return EndSession(tx, HashToken("s5")) }))
-	must(update(t, db, func(tx *bolt.Tx) error { return Remove(tx, "alice") }))
+	must(db.Update(func(tx *bolt.Tx) error { return EndSession(tx, HashToken("s5")) }))
+	must(db.Update(func(tx *bolt.Tx) error { return Remove(tx, "alice") }))
 	must(db.View(func(tx *bolt.Tx) error {
 		if op, _ := ByCred(tx, []byte("k1")); op != nil {
 			t.Fatal("passkey index kept after removal")
@@ -157,7 +155,7 @@ func TestInviteEnrollLoginRemove(t *testing.T) {
 		}
 		return nil
 	}))
-	if err := update(t, db, func(tx *bolt.Tx) error { return Remove(tx, "alice") }); !errors.Is(err, ErrNotFound) {
+	if err := db.Update(func(tx *bolt.Tx) error { return Remove(tx, "alice") }); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("removing twice: %v", err)
 	}
 }
@@ -165,7 +163,7 @@ func TestInviteEnrollLoginRemove(t *testing.T) {
 func TestEnrollRefusals(t *testing.T) {
 	db := testDB(t)
 	code := HashCode("c")
-	if err := update(t, db, func(tx *bolt.Tx) error { return AddInvite(tx, 0, "x", "bob", code, 60_000) }); err != nil {
+	if err := db.Update(func(tx *bolt.Tx) error { return AddInvite(tx, 0, "x", "bob", code, 60_000) }); err != nil {
 		t.Fatal(err)
 	}
 	for name, tc := range map[string]struct {
@@ -182,7 +180,7 @@ func TestEnrollRefusals(t *testing.T) {
 		"session too long": {1, handle, cred("k"), MaxSessionTTLMs + 1, ErrBadRequest},
 	} {
 		// bbolt rolls the transaction back on error: nothing is kept.
-		err := update(t, db, func(tx *bolt.Tx) error {
+		err := db.Update(func(tx *bolt.Tx) error {
 			_, err := Enroll(tx, tc.now, code, tc.handle, tc.cred, HashToken(name), tc.ttl)
 			return err
 		})
