@@ -134,7 +134,7 @@ func New(node *cluster.Node, admin *transport.Admin, cfg Config, log *slog.Logge
 		return nil, err
 	}
 	s := &Server{node: node, admin: admin, wa: wa, cfg: cfg, log: log.With("component", "webui"),
-		cer: newCeremonies(), mux: http.NewServeMux(), static: http.FileServerFS(sub)}
+		cer: newCeremonies(), mux: http.NewServeMux(), static: http.StripPrefix("/ui", http.FileServerFS(sub))}
 	s.routes()
 	admin.SetEnrollURLs(s.enrollURLs())
 	return s, nil
@@ -152,7 +152,7 @@ func (s *Server) routes() {
 	s.mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
 		http.Redirect(w, r, "/ui/", http.StatusFound)
 	})
-	s.mux.HandleFunc("GET /ui/", s.serveStatic)
+	s.mux.Handle("GET /ui/", s.static)
 	s.mux.HandleFunc("POST /ui/api/enroll/begin", s.enrollBegin)
 	s.mux.HandleFunc("POST /ui/api/enroll/finish", s.enrollFinish)
 	s.mux.HandleFunc("POST /ui/api/login/begin", s.loginBegin)
@@ -185,12 +185,6 @@ func securityHeaders(h http.Handler) http.Handler {
 		hd.Set("Cache-Control", "no-store")
 		h.ServeHTTP(w, r)
 	})
-}
-
-func (s *Server) serveStatic(w http.ResponseWriter, r *http.Request) {
-	r2 := r.Clone(r.Context())
-	r2.URL.Path = strings.TrimPrefix(r.URL.Path, "/ui")
-	s.static.ServeHTTP(w, r2)
 }
 
 // authed is a request's session: the operator, the token and its hash.
