@@ -43,12 +43,12 @@ type ListPage struct {
 	Next  string
 }
 
-// taskSeq is the number of a task id: ids are "t" and the value of the
-// "t" counter, so that their numbers give the order tasks were created
-// in (the bucket's key order does not: "t10" sorts before "t2"). ok is
-// false for anything else.
-func taskSeq(id string) (uint64, bool) {
-	s, ok := strings.CutPrefix(id, "t")
+// idSeq is the number of an id newID made with prefix: prefix and the
+// value of that counter ("t7", "g3"). Task ids' numbers give the order
+// tasks were created in (the bucket's key order does not: "t10" sorts
+// before "t2"). ok is false for anything else.
+func idSeq(id, prefix string) (uint64, bool) {
+	s, ok := strings.CutPrefix(id, prefix)
 	if !ok || s == "" || s[0] == '0' || len(s) > 20 {
 		return 0, false
 	}
@@ -56,18 +56,9 @@ func taskSeq(id string) (uint64, bool) {
 	return n, err == nil
 }
 
-func taskID(n uint64) string { return "t" + strconv.FormatUint(n, 10) }
+func taskSeq(id string) (uint64, bool) { return idSeq(id, "t") }
 
-// validGraphID reports whether id has the form of a graph id ("g" and
-// the value of the "g" counter).
-func validGraphID(id string) bool {
-	s, ok := strings.CutPrefix(id, "g")
-	if !ok || s == "" || s[0] == '0' || len(s) > 20 {
-		return false
-	}
-	_, err := strconv.ParseUint(s, 10, 64)
-	return err == nil
-}
+func taskID(n uint64) string { return "t" + strconv.FormatUint(n, 10) }
 
 // Check validates a filter: unknown states, malformed ids or capability
 // names and limits out of bounds are ErrBadRequest.
@@ -80,7 +71,7 @@ func (f *ListFilter) Check() error {
 	if f.Capability != "" && !route.ValidCapName(f.Capability) {
 		return bad("capability %q: a name of [A-Za-z0-9._-]", f.Capability)
 	}
-	if f.Graph != "" && !validGraphID(f.Graph) {
+	if _, ok := idSeq(f.Graph, "g"); f.Graph != "" && !ok {
 		return bad("graph %q: a graph id, like g1", f.Graph)
 	}
 	if _, ok := taskSeq(f.Before); f.Before != "" && !ok {
