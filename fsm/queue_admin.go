@@ -31,8 +31,13 @@ type (
 	MessageDeleteResult = queue.DeleteResult
 )
 
+// seqArg is a seq as checkRange takes it: every seq past queue.MaxSeq
+// becomes MaxSeq+1, which is out of range, rather than wrapping to
+// negative.
+func seqArg(seq uint64) int64 { return int64(min(seq, queue.MaxSeq+1)) }
+
 func checkSeq(field string, seq uint64) error {
-	return checkRange(field, int64(min(seq, queue.MaxSeq+1)), 1, queue.MaxSeq) // no wrap to negative
+	return checkRange(field, seqArg(seq), 1, queue.MaxSeq)
 }
 
 func checkRedrive(a *QueueRedriveArgs) error {
@@ -52,8 +57,8 @@ func checkRedrive(a *QueueRedriveArgs) error {
 	}
 	errs = append(errs,
 		checkRange("limit", int64(a.Limit), 0, queue.MaxRedrive),
-		checkRange("after", int64(min(a.After, queue.MaxSeq+1)), 0, queue.MaxSeq),
-		checkRange("through", int64(min(a.Through, queue.MaxSeq+1)), 0, queue.MaxSeq),
+		checkRange("after", seqArg(a.After), 0, queue.MaxSeq),
+		checkRange("through", seqArg(a.Through), 0, queue.MaxSeq),
 	)
 	return firstErr(errs...)
 }
