@@ -114,6 +114,7 @@ func (m *mux) route(c net.Conn) {
 		return
 	}
 	_ = c.SetDeadline(time.Time{})
+	var serve func(net.Conn)
 	switch b[0] {
 	case protoRaft:
 		if m.raftClosed.Load() {
@@ -125,34 +126,23 @@ func (m *mux) route(c net.Conn) {
 		case <-m.closed:
 			c.Close()
 		}
+		return
 	case protoClock:
-		if m.clock != nil {
-			m.clock(c)
-			return
-		}
-		c.Close()
+		serve = m.clock
 	case protoForward:
-		if m.forward != nil {
-			m.forward(c)
-			return
-		}
-		c.Close()
+		serve = m.forward
 	case protoMember:
-		if m.member != nil {
-			m.member(c)
-			return
-		}
-		c.Close()
+		serve = m.member
 	case protoRestore:
-		if m.restore != nil {
-			m.restore(c)
-			return
-		}
-		c.Close()
+		serve = m.restore
 	default:
 		m.log.Warn("unknown protocol on raft port", "remote", c.RemoteAddr(), "byte", b[0])
-		c.Close()
 	}
+	if serve == nil {
+		c.Close()
+		return
+	}
+	serve(c)
 }
 
 func (m *mux) close() {

@@ -9,7 +9,6 @@ import (
 	"io"
 	"net"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -268,25 +267,21 @@ func (n *Node) ForwardRestore(ctx context.Context, actor string, body io.Reader,
 		return RestoreAnswer{}, err
 	}
 	defer c.Close()
-	var stopped atomic.Bool
-	stop := context.AfterFunc(ctx, func() { stopped.Store(true); c.Close() })
-	defer stop()
-	done := make(chan struct{})
-	defer close(done)
+	// ctx ending or the node shutting down closes c; why then says which
+	// of the two broke the transfer off.
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
 	go func() {
 		select {
 		case <-n.shutdownCh:
-			stopped.Store(true)
-			c.Close()
-		case <-done:
+			cancel(ErrShutdown)
+		case <-ctx.Done():
 		}
 	}()
+	defer context.AfterFunc(ctx, func() { c.Close() })()
 	why := func(err error) error {
-		if stopped.Load() {
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			return ErrShutdown
+		if ctx.Err() != nil {
+			return context.Cause(ctx)
 		}
 		return err
 	}
