@@ -257,7 +257,7 @@ func (a *Admin) revokeAgent(w http.ResponseWriter, r *http.Request) {
 // propose runs an operator's command and answers its error; it reports
 // whether the command succeeded, with its reply.
 func (a *Admin) propose(w http.ResponseWriter, r *http.Request, t fsm.MessageType, body any) (*fsm.Reply, bool) {
-	rep, err := a.command(r, t, body) // admin_queues.go
+	rep, err := a.command(r, t, body)
 	if err != nil {
 		adminFail(w, err)
 		return nil, false
@@ -267,15 +267,9 @@ func (a *Admin) propose(w http.ResponseWriter, r *http.Request, t fsm.MessageTyp
 
 // call proposes an identity command and answers with the stored record.
 func (a *Admin) call(w http.ResponseWriter, r *http.Request, t fsm.MessageType, body any, status int) {
-	ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)
-	defer cancel()
-	rep, err := a.node.Call(ctx, t, Operator(r), body)
+	rep, err := a.command(r, t, body)
 	if err != nil {
 		adminFail(w, err)
-		return
-	}
-	if rep.Err != nil {
-		adminFail(w, rep.Err)
 		return
 	}
 	res, ok := rep.Result.(*fsm.AgentResult)
@@ -286,6 +280,27 @@ func (a *Admin) call(w http.ResponseWriter, r *http.Request, t fsm.MessageType, 
 	a.log.Info("agent identity changed", "op", map[fsm.MessageType]string{fsm.TypeAgentAdd: "add", fsm.TypeAgentRevoke: "revoke"}[t],
 		"agent", res.Agent.Name, "operator", Operator(r))
 	adminJSON(w, status, res.Agent)
+}
+
+// Call proposes a command as actor and answers its reply, or its error:
+// the node's, or the business error the command was refused with.
+func (a *Admin) Call(ctx context.Context, actor string, t fsm.MessageType, body any) (*fsm.Reply, error) {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	rep, err := a.node.Call(ctx, t, actor, body)
+	if err == nil {
+		err = rep.Err
+	}
+	if err != nil {
+		return nil, err
+	}
+	return rep, nil
+}
+
+// command proposes an operator's command as the request's operator:
+// Call without the answer, for a request made of several commands.
+func (a *Admin) command(r *http.Request, t fsm.MessageType, body any) (*fsm.Reply, error) {
+	return a.Call(r.Context(), Operator(r), t, body)
 }
 
 // Serve answers an admin request on behalf of operator, who is named in

@@ -1,12 +1,10 @@
 package transport
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
 	"strconv"
-	"time"
 
 	"github.com/mcpd/mcpd/auth"
 	"github.com/mcpd/mcpd/fsm"
@@ -330,20 +328,4 @@ func (a *Admin) deleteMessage(w http.ResponseWriter, r *http.Request) {
 	}
 	a.log.Info("message deleted", "queue", name, "seq", seq, "state", stateNames[res.State], "holder", res.Holder, "operator", Operator(r))
 	adminJSON(w, http.StatusOK, AdminDeleted{Queue: name, Seq: seq, State: stateNames[res.State], Attempts: res.Attempts, Holder: res.Holder, Dead: res.Dead})
-}
-
-// command proposes an operator's command and returns its reply, or its
-// error (the node's or the business error): propose without the answer,
-// for a request made of several commands.
-func (a *Admin) command(r *http.Request, t fsm.MessageType, body any) (*fsm.Reply, error) {
-	ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)
-	defer cancel()
-	rep, err := a.node.Call(ctx, t, Operator(r), body)
-	if err == nil {
-		err = rep.Err
-	}
-	if err != nil {
-		return nil, err
-	}
-	return rep, nil
 }

@@ -2,7 +2,6 @@ package webui
 
 import (
 	"bytes"
-	"context"
 	"crypto/rand"
 	"encoding/json"
 	"errors"
@@ -46,17 +45,6 @@ func newUser(op *operator.Operator) (*user, error) {
 		u.creds = append(u.creds, wc)
 	}
 	return u, nil
-}
-
-// call proposes an operator command and answers its result or its error.
-func (s *Server) call(r *http.Request, actor string, t fsm.MessageType, body any) (any, error) {
-	ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)
-	defer cancel()
-	rep, err := s.node.Call(ctx, t, actor, body)
-	if err != nil {
-		return nil, err
-	}
-	return rep.Result, rep.Err
 }
 
 // readBody reads a ceremony request body, bounded.
@@ -188,7 +176,7 @@ func (s *Server) enrollFinish(w http.ResponseWriter, r *http.Request) {
 	args := &fsm.OperatorEnrollArgs{CodeHash: c.codeHash, Handle: handle,
 		Cred:    operator.NewCred{ID: cred.ID, SignCount: cred.Authenticator.SignCount, Data: rec},
 		Session: operator.HashToken(token), SessionTTLMs: s.cfg.SessionTTL.Milliseconds()}
-	if _, err := s.call(r, "operator:"+c.name, fsm.TypeOperatorEnroll, args); err != nil {
+	if _, err := s.admin.Call(r.Context(), "operator:"+c.name, fsm.TypeOperatorEnroll, args); err != nil {
 		transport.WriteFail(w, err)
 		return
 	}
@@ -259,7 +247,7 @@ func (s *Server) loginFinish(w http.ResponseWriter, r *http.Request) {
 	hash := operator.HashToken(token)
 	args := &fsm.OperatorUseArgs{Name: name, CredID: cred.ID, SignCount: cred.Authenticator.SignCount,
 		Session: &hash, SessionTTLMs: s.cfg.SessionTTL.Milliseconds()}
-	if _, err := s.call(r, "operator:"+name, fsm.TypeOperatorUse, args); err != nil {
+	if _, err := s.admin.Call(r.Context(), "operator:"+name, fsm.TypeOperatorUse, args); err != nil {
 		transport.WriteFail(w, err)
 		return
 	}
@@ -384,7 +372,7 @@ func (s *Server) decide(w http.ResponseWriter, r *http.Request) {
 		s.refused(w, "confirmation", err)
 		return
 	}
-	if _, err := s.call(r, "operator:"+a.name, fsm.TypeOperatorUse,
+	if _, err := s.admin.Call(r.Context(), "operator:"+a.name, fsm.TypeOperatorUse,
 		&fsm.OperatorUseArgs{Name: a.name, CredID: cred.ID, SignCount: cred.Authenticator.SignCount}); err != nil {
 		transport.WriteFail(w, err)
 		return

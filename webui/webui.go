@@ -292,7 +292,7 @@ func (s *Server) logout(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	if _, err := s.call(r, "operator:"+a.name, fsm.TypeOperatorLogout, &fsm.OperatorLogoutArgs{Session: a.hash}); err != nil {
+	if _, err := s.admin.Call(r.Context(), "operator:"+a.name, fsm.TypeOperatorLogout, &fsm.OperatorLogoutArgs{Session: a.hash}); err != nil {
 		transport.WriteFail(w, err)
 		return
 	}
