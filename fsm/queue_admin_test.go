@@ -282,4 +282,7 @@ func Test_QueueAdmin_RepliesForwarded(t *testing.T) {
 	if !fsm.RepliedOnApply(fsm.TypeQueueRedrive) || !fsm.RepliedOnApply(fsm.TypeMessageDelete) {
 		t.Error("an operator's next read on the same node must see the change")
 	}
+	if !fsm.RepliedOnApply(fsm.TypeAuthEvent) {
+		t.Error("a snapshot saved on a follower must hold the entries before its own audit entry")
+	}
 }

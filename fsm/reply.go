@@ -145,6 +145,13 @@ func RepliedOnApply(t MessageType) bool {
 		// An operator who redrove or deleted messages peeks at the queue
 		// on the same node next.
 		return true
+	case TypeAuthEvent:
+		// An operator's snapshot save records its audit entry first and
+		// then copies this node's state.db: the copy must hold every
+		// command acknowledged before the request, so the entry must be
+		// applied here, not only on the leader, when the reply arrives.
+		// Auth decisions a node records itself are sent without a reply.
+		return true
 	}
 	return false
 }
