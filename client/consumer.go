@@ -142,9 +142,20 @@ func (d *Delivery) Ack(ctx context.Context) error {
 // delayMs (0: at once); a negative delayMs leaves the wait to the queue's
 // backoff_ms.
 func (d *Delivery) Nack(ctx context.Context, delayMs int64) error {
+	return d.NackReason(ctx, delayMs, "")
+}
+
+// NackReason is Nack with why the attempt failed (at most 1024 bytes).
+// The message's delivery timeline keeps it, and when this was the last
+// attempt allowed, the dead letter's reason names it
+// ("max_attempts: REASON").
+func (d *Delivery) NackReason(ctx context.Context, delayMs int64, reason string) error {
 	f := d.frame("nack")
 	if delayMs >= 0 {
 		f.int("delay_ms", delayMs)
+	}
+	if reason != "" {
+		f.str("reason", reason)
 	}
 	_, err := d.settle(ctx, f)
 	return err

@@ -157,7 +157,12 @@ func rejectReason(err error) string {
 	if errors.As(err, &se) {
 		msg = se.reason.Error()
 	}
-	msg = prefix + strings.TrimPrefix(msg, prefix)
+	return clipReason(prefix + strings.TrimPrefix(msg, prefix))
+}
+
+// clipReason cuts a settle reason to the 1024 bytes the server takes,
+// at a UTF-8 boundary.
+func clipReason(msg string) string {
 	if len(msg) > 1024 {
 		msg = strings.ToValidUTF8(msg[:1024], "")
 	}
@@ -202,7 +207,7 @@ func (k *Consumer) admit(d *Delivery) bool {
 		err = d.Reject(ctx, rejectReason(err))
 	} else {
 		c.log.Warn("cannot verify the sender of a delivery; handing it back", "queue", d.Queue, "seq", d.Seq, "err", err)
-		err = d.Nack(ctx, -1)
+		err = d.NackReason(ctx, -1, clipReason("cannot verify the sender: "+err.Error()))
 	}
 	if err != nil && !IsStale(err) && c.ctx.Err() == nil {
 		c.log.Warn("settling an unverified delivery failed; its lease will run out", "queue", d.Queue, "seq", d.Seq, "err", err)

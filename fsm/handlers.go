@@ -249,6 +249,10 @@ func checkSettle(mt MessageType) func(a *queue.SettleArgs) error {
 			if a.DelayMs != nil {
 				errs = append(errs, checkRange("delay_ms", *a.DelayMs, 0, queue.MaxDelayMs))
 			}
+			// A nack's reason is not checked here: nodes of earlier
+			// versions ignore the field, and refusing what they accept
+			// would split the replicas' replies. The front doors bound
+			// it as a reject's; what is stored is clipped.
 		case TypeReject:
 			if len(a.Reason) > queue.MaxReasonLen {
 				errs = append(errs, badArg("reason", fmt.Sprintf("must be at most %d bytes", queue.MaxReasonLen)))

@@ -148,7 +148,7 @@ type SettleArgs struct {
 	Attempt int    `msgpack:"a"`
 	Conn    string `msgpack:"c"`
 	DelayMs *int64 `msgpack:"d,omitempty"` // nack
-	Reason  string `msgpack:"r,omitempty"` // reject (the timeline keeps its first MaxDetailLen bytes)
+	Reason  string `msgpack:"r,omitempty"` // reject, nack (the timeline keeps its first MaxDetailLen bytes)
 	LeaseMs int64  `msgpack:"l,omitempty"` // extend
 }
 
@@ -216,16 +216,17 @@ func (t *Tx) Ack(a SettleArgs) error {
 
 // Nack ends an attempt as failed; the message is retried after DelayMs when
 // given, else after the queue's backoff, or dead-lettered after its last
-// allowed attempt.
+// allowed attempt. The reason, when the holder gave one, is in the
+// attempt's timeline event and in the dead-lettering it causes.
 func (t *Tx) Nack(a SettleArgs) error {
 	q, m, err := t.leased(a)
 	if err != nil {
 		return err
 	}
-	if err := m.record(TimelineEvent{At: t.now, Kind: EvNacked, Attempt: m.Attempts, Who: a.Conn}); err != nil {
+	if err := m.record(TimelineEvent{At: t.now, Kind: EvNacked, Attempt: m.Attempts, Who: a.Conn, Detail: a.Reason}); err != nil {
 		return fmt.Errorf("message %s/%d: %w", a.Queue, a.Seq, err)
 	}
-	if err := t.fail(a.Queue, q, a.Seq, m, a.DelayMs); err != nil {
+	if err := t.fail(a.Queue, q, a.Seq, m, a.DelayMs, a.Reason); err != nil {
 		return err
 	}
 	return t.saveQueue(a.Queue, q)
@@ -275,14 +276,19 @@ func (t *Tx) Extend(a SettleArgs) (int64, error) {
 }
 
 // fail records a failed attempt of a leased message. delay overrides the
-// backoff schedule (a nack's delay_ms; zero for a closed connection).
-func (t *Tx) fail(name string, q *queueRec, seq uint64, m *msgRec, delay *int64) error {
+// backoff schedule (a nack's delay_ms; zero for a closed connection); why
+// is the holder's reason for a nack, which a dead-lettering names.
+func (t *Tx) fail(name string, q *queueRec, seq uint64, m *msgRec, delay *int64, why string) error {
 	if err := t.unlease(name, q, seq, m); err != nil {
 		return err
 	}
 	m.Failures++
 	if m.Attempts >= q.Settings.MaxAttempts {
-		return t.deadLetter(name, q, seq, m, "max_attempts")
+		reason := "max_attempts"
+		if why != "" {
+			reason += ": " + why
+		}
+		return t.deadLetter(name, q, seq, m, reason)
 	}
 	var d int64
 	switch {
@@ -475,7 +481,7 @@ func (t *Tx) expireLease(name string, seq uint64, delay *int64, ev EventKind, de
 	if err := m.record(TimelineEvent{At: t.now, Kind: ev, Attempt: m.Attempts, Who: m.Conn, Detail: detail}); err != nil {
 		return fmt.Errorf("message %s/%d: %w", name, seq, err)
 	}
-	if err := t.fail(name, q, seq, m, delay); err != nil {
+	if err := t.fail(name, q, seq, m, delay, ""); err != nil {
 		return err
 	}
 	return t.saveQueue(name, q)

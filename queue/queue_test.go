@@ -222,6 +222,10 @@ func nackDelay(q string, seq uint64, attempt int, conn string, delay int64) op {
 	return settle("nack-delay", (*queue.Tx).Nack, queue.SettleArgs{Queue: q, Seq: seq, Attempt: attempt, Conn: conn, DelayMs: &delay})
 }
 
+func nackReason(q string, seq uint64, attempt int, conn, reason string) op {
+	return settle("nack-reason", (*queue.Tx).Nack, queue.SettleArgs{Queue: q, Seq: seq, Attempt: attempt, Conn: conn, Reason: reason})
+}
+
 func reject(q string, seq uint64, attempt int, conn, reason string) op {
 	return settle("reject", (*queue.Tx).Reject, queue.SettleArgs{Queue: q, Seq: seq, Attempt: attempt, Conn: conn, Reason: reason})
 }

@@ -31,7 +31,7 @@ type EventKind uint8
 const (
 	EvEnqueued  EventKind = 1 // stored by an enqueue (Who: the sender)
 	EvDelivered EventKind = 2 // leased (Who: the connection or Redis consumer; Consumer: the consumer, 0 for a pull)
-	EvNacked    EventKind = 3 // its holder nacked the attempt
+	EvNacked    EventKind = 3 // its holder nacked the attempt (Detail: the reason given, if any)
 	EvRejected  EventKind = 4 // its holder rejected it (Detail: the reason given)
 	EvExpired   EventKind = 5 // the attempt's lease lapsed
 	EvReleased  EventKind = 6 // the lease ended with its holder's connection (Detail: why)

@@ -96,6 +96,30 @@ func Test_Timeline_DeliverNackExpireDeadRedrive(t *testing.T) {
 		ev(2000, queue.EvDelivered, 1, c1, 1, ""))...)
 }
 
+// A nack's reason is in its event, clipped to MaxDetailLen bytes; the
+// dead-lettering its last attempt causes names it in the dead letter's
+// reason and in the event that ends the timeline.
+func Test_Timeline_NackReason(t *testing.T) {
+	db := mustDB(t)
+	mustOK(t, db, 1000, declare(queue.DeclareArgs{Queue: "jobs", MaxAttempts: pint(2), BackoffMs: []int64{0}}))
+	mustOK(t, db, 1000, enq("jobs", "m1"))
+	mustOK(t, db, 1000, consume("jobs", c1, 1, 60000))
+	long := strings.Repeat("x", 300)
+	mustOK(t, db, 1100, nackReason("jobs", 1, 1, c1, long))
+	mustOK(t, db, 1200, nackReason("jobs", 1, 2, c1, "upstream 503"))
+	dl := msgAt(t, db, "jobs.dlq", 1)
+	if dl.Dead == nil || *dl.Dead != (queue.DeadInfo{Queue: "jobs", Seq: 1, Reason: "max_attempts: upstream 503", Attempts: 2}) {
+		t.Fatalf("dead letter info %+v", dl.Dead)
+	}
+	wantTimeline(t, dl, 0,
+		ev(1000, queue.EvEnqueued, 0, "alice", 0, ""),
+		ev(1000, queue.EvDelivered, 1, c1, 1, ""),
+		ev(1100, queue.EvNacked, 1, c1, 0, long[:queue.MaxDetailLen]),
+		ev(1100, queue.EvDelivered, 2, c1, 1, ""),
+		ev(1200, queue.EvNacked, 2, c1, 0, "upstream 503"),
+		ev(1200, queue.EvDead, 2, "", 0, "max_attempts: upstream 503"))
+}
+
 // A reject's reason is in its event, clipped to MaxDetailLen bytes at a
 // UTF-8 boundary, and the dead-lettering names it; a closed connection
 // or a node that went down releases leases with an event saying so.

@@ -339,6 +339,7 @@ func settleOp(t fsm.MessageType) opHandler {
 				}
 				a.DelayMs = &d
 			}
+			fallthrough
 		case fsm.TypeReject:
 			if a.Reason, err = r.str("reason", false); err != nil {
 				return err

@@ -340,6 +340,24 @@ func Test_MaxAttempts_LeaseExpiry(t *testing.T) {
 	}
 }
 
+// A nack's reason stays with the message: the dead letter its last
+// attempt makes names it.
+func Test_MaxAttempts_NackReason(t *testing.T) {
+	_, rc := one(t, "alice")
+	q := qname(t, "q")
+	rc.ok("queue.declare", fmt.Sprintf(`"queue":%q,"max_attempts":1`, q))
+	seq := rc.enqueue(q, env("alice", "1"), "")
+	cons := rc.consume(q, "")
+	d := rc.deliver(cons)
+	if f := rc.settle("nack", d, `"reason":"upstream 503"`); f.op() != "ok" {
+		t.Fatalf("nack: %s", f)
+	}
+	x := rc.deliver(rc.consume(q+".dlq", ""))
+	if dq, ds, reason, attempts := deadField(t, x); dq != q || ds != int64(seq) || reason != "max_attempts: upstream 503" || attempts != 1 {
+		t.Fatalf("dead %s", x["dead"])
+	}
+}
+
 func Test_Extend_LeaseUntil(t *testing.T) {
 	_, rc := one(t, "alice")
 	q := qname(t, "q")
