@@ -265,15 +265,23 @@ func (c *Cluster) Dial(agent string, urls ...string) *client.Client {
 	return cl
 }
 
-// WaitApplied waits until every running node has applied the same index as
-// the leader's last one.
+// WaitApplied waits until every running node has applied every command
+// committed before the call. The target is the leader's state machine's
+// applied index after a barrier, not a Raft log index: a new leader's
+// no-op and a barrier never reach the state machines, so after an
+// election the last log index may be one no node's FSM ever reports.
 func (c *Cluster) WaitApplied() {
 	c.t.Helper()
+	var want uint64
 	WaitFor(c.t, 20*time.Second, func() bool {
-		var want uint64
-		for _, nd := range c.Nodes {
-			if !nd.stopped {
-				want = max(want, nd.Node.Raft().LastIndex())
+		if want == 0 {
+			for _, nd := range c.Nodes {
+				if !nd.stopped && nd.Node.IsLeader() && nd.Node.Raft().Barrier(time.Second).Error() == nil {
+					want = nd.Node.FSM().AppliedIndex()
+				}
+			}
+			if want == 0 {
+				return false // no leader, or it lost leadership meanwhile
 			}
 		}
 		for _, nd := range c.Nodes {
