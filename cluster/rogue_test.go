@@ -18,6 +18,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -241,28 +242,66 @@ func frame(t *testing.T, v any) []byte {
 	return b.Bytes()
 }
 
-// watchVotes counts the vote and pre-vote requests any node's raft
-// received from the candidate "rogue".
-func watchVotes(t *testing.T, c *testcluster.Cluster) *atomic.Int64 {
-	var n atomic.Int64
+// elections is what the nodes' rafts saw of elections while it watched:
+// the vote and pre-vote requests from the candidate "rogue", and the
+// members' own: the terms they campaigned in, and how many of their
+// campaigns a leadership transfer started (only a TimeoutNow does that).
+type elections struct {
+	rogue atomic.Int64
+
+	mu        sync.Mutex
+	terms     map[uint64]bool
+	transfers int
+}
+
+// watchElections records what every node's raft is asked to vote on
+// (raft calls the filter before it acts on the request).
+func watchElections(t *testing.T, c *testcluster.Cluster) *elections {
+	e := &elections{terms: map[uint64]bool{}}
 	for _, nd := range c.Nodes {
 		obs := raft.NewObserver(nil, false, func(o *raft.Observation) bool {
-			var from []byte
 			switch req := o.Data.(type) {
 			case raft.RequestVoteRequest:
-				from = req.ID
+				if string(req.ID) == "rogue" {
+					e.rogue.Add(1)
+					break
+				}
+				e.mu.Lock()
+				e.terms[req.Term] = true
+				if req.LeadershipTransfer {
+					e.transfers++
+				}
+				e.mu.Unlock()
 			case raft.RequestPreVoteRequest:
-				from = req.ID
-			}
-			if string(from) == "rogue" {
-				n.Add(1)
+				if string(req.ID) == "rogue" {
+					e.rogue.Add(1)
+				}
 			}
 			return false
 		})
 		nd.Node.Raft().RegisterObserver(obs)
 		t.Cleanup(func() { nd.Node.Raft().DeregisterObserver(obs) })
 	}
-	return &n
+	return e
+}
+
+// stableLeader waits until every node names the same leader in the same
+// term, and returns them.
+func stableLeader(t *testing.T, c *testcluster.Cluster) (*testcluster.Node, uint64) {
+	t.Helper()
+	var leader *testcluster.Node
+	var term uint64
+	testcluster.WaitFor(t, 20*time.Second, func() bool {
+		leader = c.WaitLeader()
+		term = leader.Node.Raft().CurrentTerm()
+		for _, nd := range c.Nodes {
+			if nd.Node.Leader() != leader.ID || nd.Node.Raft().CurrentTerm() != term {
+				return false
+			}
+		}
+		return leader.Node.IsLeader()
+	})
+	return leader, term
 }
 
 func voters(t *testing.T, nd *testcluster.Node) int {
@@ -282,14 +321,13 @@ func voters(t *testing.T, nd *testcluster.Node) int {
 
 func Test_PeerTLS_RogueIsRefused(t *testing.T) {
 	c, logs := startLogged(t)
-	leader := c.WaitLeader()
 	if _, err := c.Dial("alice").Enqueue(ctx(t), "legit", map[string]any{"n": 1}); err != nil {
 		t.Fatal(err)
 	}
 	c.WaitApplied()
-	term := leader.Node.Raft().CurrentTerm()
+	leader, term := stableLeader(t, c)
 	rogueTerm := term + 1000
-	votes := watchVotes(t, c)
+	votes := watchElections(t, c)
 	rs := rogues(t, c)
 	cmd, entry := rogueEnqueue(t)
 
@@ -370,7 +408,16 @@ func Test_PeerTLS_RogueIsRefused(t *testing.T) {
 		}
 	})
 
-	victim := c.Followers()[0]
+	// The requests below go to the node that led at the start; whether it
+	// still leads does not matter, the refusals come before any question
+	// of leadership.
+	var victim *testcluster.Node
+	for _, nd := range c.Nodes {
+		if nd != leader {
+			victim = nd
+			break
+		}
+	}
 	t.Run("membership", func(t *testing.T) {
 		req := frame(t, cluster.MemberRequest{Op: cluster.MemberDemote, ID: victim.ID})
 		for _, r := range append(rs, rogue{name: "plaintext"}) {
@@ -410,19 +457,23 @@ func Test_PeerTLS_RogueIsRefused(t *testing.T) {
 		}
 	})
 
-	// Nothing changed: same term and leader everywhere, every node still a
-	// voter, no vote request reached raft, the rogue's message is nowhere.
+	// Nothing changed: no vote request from the rogue reached raft, every
+	// node is still a voter, the rogue's message is nowhere, and the term
+	// and the leader are the ones of the start, the same everywhere.
+	//
+	// With the test cluster's fast timeouts (300 ms; a leader's lease is
+	// 150 ms), a loaded machine can stall a node long enough for a member
+	// to time out and win an election meanwhile: that is raft working, not
+	// the rogue's doing, if every term since is one a member campaigned in
+	// by timing out, not by a leadership transfer (which only a TimeoutNow
+	// starts, and nothing here transfers leadership), and none is as high
+	// as the rogue's terms.
 	if _, err := c.Dial("bob").Enqueue(ctx(t), "legit", map[string]any{"n": 2}); err != nil {
 		t.Fatal(err)
 	}
 	c.WaitApplied()
+	now, nowTerm := stableLeader(t, c)
 	for _, nd := range c.Nodes {
-		if got := nd.Node.Raft().CurrentTerm(); got != term {
-			t.Errorf("%s: term %d, was %d", nd.ID, got, term)
-		}
-		if got := nd.Node.Leader(); got != leader.ID {
-			t.Errorf("%s: leader %q, was %q", nd.ID, got, leader.ID)
-		}
 		if n := voters(t, nd); n != 3 {
 			t.Errorf("%s: %d voters", nd.ID, n)
 		}
@@ -438,8 +489,29 @@ func Test_PeerTLS_RogueIsRefused(t *testing.T) {
 			t.Errorf("%s logged %d refusals, want 1 per interval", nd.ID, n)
 		}
 	}
-	if n := votes.Load(); n != 0 {
+	if n := votes.rogue.Load(); n != 0 {
 		t.Errorf("raft saw %d vote requests from the rogue", n)
+	}
+	votes.mu.Lock()
+	defer votes.mu.Unlock()
+	if votes.transfers != 0 {
+		t.Errorf("%d campaigns started by a leadership transfer: a TimeoutNow got through", votes.transfers)
+	}
+	var held []uint64
+	for tm := range votes.terms {
+		held = append(held, tm)
+		if tm >= rogueTerm {
+			t.Errorf("a member campaigned in term %d, the rogue's terms start at %d", tm, rogueTerm)
+		}
+	}
+	slices.Sort(held)
+	switch {
+	case nowTerm == term && now != leader:
+		t.Errorf("leader %s, was %s, in the same term %d", now.ID, leader.ID, term)
+	case nowTerm != term && !votes.terms[nowTerm]:
+		t.Errorf("term %d, was %d, and no member campaigned in it (they did in %v)", nowTerm, term, held)
+	case nowTerm != term:
+		t.Logf("a member timed out: elections in terms %v; term %d and leader %s, were %d and %s", held, nowTerm, now.ID, term, leader.ID)
 	}
 }
 
