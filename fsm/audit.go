@@ -119,6 +119,12 @@ func auditEvent(now int64, c *Command, args, res any, err error) audit.Event {
 		if a.Approve {
 			ev.Kind = "task.approve"
 		}
+	case *TaskPruneArgs:
+		// The roots are in the details; the subject says what went.
+		ev.Kind, ev.Subject = "task.prune", fmt.Sprintf("%d roots", len(a.Roots))
+		if r, ok := res.(*task.PruneResult); ok && r != nil {
+			ev.Subject = fmt.Sprintf("%d trees, %d tasks", r.Graphs, r.Tasks)
+		}
 	case *CapSensitiveArgs:
 		ev.Kind, ev.Subject = "capability.sensitive", a.Cap
 		if !a.On {

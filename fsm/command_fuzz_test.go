@@ -74,6 +74,8 @@ func fzArgs(t fsm.MessageType) any {
 		return &task.DecideArgs{}
 	case fsm.TypeCapSensitive:
 		return &fsm.CapSensitiveArgs{}
+	case fsm.TypeTaskPrune:
+		return &fsm.TaskPruneArgs{}
 	case fsm.TypeQueueRedrive:
 		return &fsm.QueueRedriveArgs{}
 	case fsm.TypeMessageDelete:
@@ -406,7 +408,7 @@ var fzTypes = []fsm.MessageType{
 	0, fsm.TypeEnqueue, fsm.TypeConsume, fsm.TypeAck, fsm.TypeNack, fsm.TypeReject, fsm.TypeExtend, fsm.TypeCancel,
 	fsm.TypeDeclare, fsm.TypePublish, fsm.TypeSubscribe, fsm.TypeUnsubscribe, fsm.TypeConnClosed, fsm.TypeNodeStarted, fsm.TypeNodeDown,
 	fsm.TypeRegister, fsm.TypeTaskSubmit, fsm.TypeTaskDone, fsm.TypeTaskFail, fsm.TypeTaskCancel, fsm.TypeTaskDecide, fsm.TypeCapSensitive,
-	fsm.TypeQueueRedrive, fsm.TypeMessageDelete,
+	fsm.TypeTaskPrune, fsm.TypeQueueRedrive, fsm.TypeMessageDelete,
 }
 
 func init() { fzTypes[0] = fsm.TypeNodeDown }
@@ -478,6 +480,12 @@ func fzBody(mt fsm.MessageType, name, conn, from, id string, n1, n2 int64, n3 ui
 		return &task.DecideArgs{Task: id, Operator: from, Approve: opt(0), Reason: name}
 	case fsm.TypeCapSensitive:
 		return &fsm.CapSensitiveArgs{Cap: name, Operator: from, On: opt(0)}
+	case fsm.TypeTaskPrune:
+		a := &fsm.TaskPruneArgs{Roots: []string{id, name}[:1+n3%2], RetentionMs: n2}
+		if opt(0) {
+			a.Roots = []string{"g1", "g2"}[:1+n3%2]
+		}
+		return a
 	case fsm.TypeQueueRedrive:
 		a := &fsm.QueueRedriveArgs{DLQ: name, Limit: int(n1), After: uint64(n2), Through: n3}
 		if opt(0) {

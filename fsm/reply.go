@@ -5,6 +5,7 @@ import (
 
 	"github.com/mcpd/mcpd/internal/mpack"
 	"github.com/mcpd/mcpd/queue"
+	"github.com/mcpd/mcpd/task"
 	"github.com/vmihailenco/msgpack/v5"
 )
 
@@ -66,6 +67,8 @@ func newResult(t MessageType) any {
 		return &ScheduleResult{}
 	case TypeTaskDecide:
 		return &TaskResult{}
+	case TypeTaskPrune:
+		return &task.PruneResult{}
 	case TypeOperatorInvite, TypeOperatorEnroll, TypeOperatorLogout:
 		return &OperatorResult{}
 	}

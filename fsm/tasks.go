@@ -21,7 +21,19 @@ const (
 	TypeTaskCancel   MessageType = 24 // a task or graph cancelled
 	TypeTaskDecide   MessageType = 25 // an operator approves or denies a held task
 	TypeCapSensitive MessageType = 26 // an operator marks a capability sensitive or not
+	TypeTaskPrune    MessageType = 37 // the leader removes task trees past the retention
 )
+
+// TaskPruneArgs removes the trees of the root graphs named that ended
+// RetentionMs or longer before the command's time (task.Prune checks each
+// again: one that changed since the leader read it stays).
+type TaskPruneArgs struct {
+	Roots       []string `msgpack:"r"`
+	RetentionMs int64    `msgpack:"k"`
+}
+
+// MaxRetentionMs bounds a prune's retention (about 100 years).
+const MaxRetentionMs = 100 * 365 * 24 * 3600 * 1000
 
 // ErrCycle answers a task graph whose dependencies form a cycle.
 var ErrCycle = errors.New("cycle")
@@ -154,6 +166,18 @@ func init() {
 		return nil
 	}, func(t *Tx, a *CapSensitiveArgs) (any, error) {
 		return nil, taskErr(t.Tasks.SetSensitive(a.Cap, a.Operator, a.On))
+	})
+	register(TypeTaskPrune, func(a *TaskPruneArgs) error {
+		return firstErr(
+			checkRange("roots", int64(len(a.Roots)), 1, task.MaxPruneRoots),
+			checkRange("retention_ms", a.RetentionMs, 0, MaxRetentionMs),
+		)
+	}, func(t *Tx, a *TaskPruneArgs) (any, error) {
+		r, err := t.Tasks.Prune(a.Roots, t.Now()-a.RetentionMs)
+		if err != nil {
+			return nil, taskErr(err)
+		}
+		return &r, nil
 	})
 }
 

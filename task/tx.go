@@ -78,14 +78,19 @@ func (t *Tx) isLocal(conn string) bool {
 	return t.local != "" && ok && node == t.local
 }
 
-func (t *Tx) next(counter string) (uint64, error) {
-	b := t.b(bucketCounters)
-	var n uint64
-	if v := b.Get([]byte(counter)); len(v) == 8 {
-		n = binary.BigEndian.Uint64(v)
+func (t *Tx) next(counter string) (uint64, error) { return t.add(counter, 1) }
+
+// add adds d to a counter and returns its new value.
+func (t *Tx) add(counter string, d uint64) (uint64, error) {
+	n := counterValue(t.tx, counter) + d
+	return n, t.b(bucketCounters).Put([]byte(counter), binary.BigEndian.AppendUint64(nil, n))
+}
+
+func counterValue(tx *bolt.Tx, counter string) uint64 {
+	if v := tx.Bucket(bucketCounters).Get([]byte(counter)); len(v) == 8 {
+		return binary.BigEndian.Uint64(v)
 	}
-	n++
-	return n, b.Put([]byte(counter), binary.BigEndian.AppendUint64(nil, n))
+	return 0
 }
 
 func (t *Tx) newID(prefix string) (string, error) {

@@ -185,6 +185,12 @@ var (
 	descTasks = prometheus.NewDesc("mcpd_tasks",
 		"Stored tasks by state (waiting, held, ready, assigned, succeeded, failed, cancelled). From this node's applied state.",
 		[]string{"state"}, nil)
+	descTasksPruned = prometheus.NewDesc("mcpd_tasks_pruned_total",
+		"Ended tasks task retention has removed since the store began (cluster-wide, from this node's applied state).",
+		nil, nil)
+	descTaskTreesPruned = prometheus.NewDesc("mcpd_task_trees_pruned_total",
+		"Ended task trees (a root graph and what was delegated under it) task retention has removed (cluster-wide).",
+		nil, nil)
 	descScheduleFired = prometheus.NewDesc("mcpd_schedule_firings_total",
 		"Times a schedule fired since it was created (cluster-wide, from this node's applied state).",
 		[]string{"schedule"}, nil)
@@ -218,7 +224,7 @@ type stateCollector struct {
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descQueueMessages, descQueueConsumers, descQueueEnqueued, descQueueDead,
-		descTasks, descScheduleFired, descScheduleSkipped, descConnections, descStateReadErrors,
+		descTasks, descTasksPruned, descTaskTreesPruned, descScheduleFired, descScheduleSkipped, descConnections, descStateReadErrors,
 		descRaftIsLeader, descRaftTerm, descRaftCommitIndex, descRaftAppliedIndex, descRaftLastContact} {
 		ch <- d
 	}
@@ -259,6 +265,11 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 				task.StateSucceeded, task.StateFailed, task.StateCancelled} {
 				gauge(descTasks, float64(states[st]), st)
 			}
+		})
+		trees, pruned := task.Pruned(tx)
+		out = append(out, func() {
+			counter(descTasksPruned, float64(pruned))
+			counter(descTaskTreesPruned, float64(trees))
 		})
 		return schedule.List(tx, func(s *schedule.Schedule) error {
 			name, fired, skipped := s.Name, s.Fired, s.Skipped

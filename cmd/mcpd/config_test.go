@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"flag"
 	"os"
 	"path/filepath"
@@ -108,6 +109,36 @@ func Test_Config_UIFlags(t *testing.T) {
 		origins, err := u.originList(4436)
 		if err != nil || len(origins) != 1 || (tc.file == "" && origins[0] != "https://localhost:4436") {
 			t.Errorf("%q: origins %v %v", tc.file, origins, err)
+		}
+	}
+}
+
+// --task-retention: a week by default, 0 keeps ended tasks forever, and
+// less than an hour is refused.
+func Test_TaskRetentionFlag(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want time.Duration
+		ok   bool
+	}{
+		{nil, 7 * 24 * time.Hour, true},
+		{[]string{"--task-retention", "0"}, 0, true},
+		{[]string{"--task-retention", "1h"}, time.Hour, true},
+		{[]string{"--task-retention", "59m"}, 0, false},
+	} {
+		var tf taskFlags
+		fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+		tf.register(fs)
+		if err := fs.Parse(tc.args); err != nil {
+			t.Fatal(err)
+		}
+		err := tf.check()
+		var ue *usageError
+		switch {
+		case tc.ok && (err != nil || tf.retention != tc.want):
+			t.Errorf("%v: retention %v, %v; want %v", tc.args, tf.retention, err, tc.want)
+		case !tc.ok && !errors.As(err, &ue):
+			t.Errorf("%v: %v, want a usage error", tc.args, err)
 		}
 	}
 }

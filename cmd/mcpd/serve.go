@@ -77,6 +77,9 @@ func runServe(args []string) error {
 		return err
 	}
 	f.ui.resolve(fs, f.dev, f.adminPort)
+	if err := f.tasks.check(); err != nil {
+		return err
+	}
 	if fs.NArg() > 0 {
 		return &usageError{fmt.Sprintf("unexpected argument %q", fs.Arg(0))}
 	}
