@@ -30,7 +30,10 @@ import (
 // either way.
 func TestRESPWatchAcrossNodes(t *testing.T) {
 	_, leader, followers := startThree(t)
-	ctx, cancel := context.WithTimeout(context.Background(), waitTime)
+	// A guard against a hang, not a latency bound: 90 increments fighting
+	// over one key, through elections on a loaded machine (the race
+	// detector, 2 cores), took up to 14 s here.
+	ctx, cancel := context.WithTimeout(context.Background(), 3*waitTime)
 	defer cancel()
 	const workers, each = 6, 15
 	var addrs []string
