@@ -6,7 +6,6 @@ import (
 	"errors"
 	"time"
 
-	"github.com/hashicorp/raft"
 	"github.com/mcpd/mcpd/audit"
 	"github.com/mcpd/mcpd/fsm"
 	bolt "go.etcd.io/bbolt"
@@ -27,27 +26,16 @@ func (n *Node) RunAuditCheckpoints(key ed25519.PrivateKey, every time.Duration, 
 	if every <= 0 {
 		every = DefaultAuditCheckpointEvery
 	}
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-stop:
-			return
-		case <-t.C:
-		}
-		if n.Raft().State() == raft.Shutdown {
-			return
-		}
+	n.leaderTicks(every, stop, func() {
 		head, err := n.proposeAuditCheckpoint(key, every)
 		switch {
 		case errors.Is(err, ErrShutdown):
-			return
 		case err != nil:
 			n.log.Warn("audit checkpoint not proposed; trying again at the next interval", "seq", head.Seq, "err", err)
 		case head.Seq > 0:
 			n.log.Debug("audit checkpoint committed", "seq", head.Seq)
 		}
-	}
+	}, nil)
 }
 
 // proposeAuditCheckpoint proposes a checkpoint of the head this node has

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"time"
 
-	"github.com/hashicorp/raft"
 	"github.com/mcpd/mcpd/fsm"
 	"github.com/mcpd/mcpd/task"
 	bolt "go.etcd.io/bbolt"
@@ -38,33 +37,17 @@ func (n *Node) RunTaskRetention(retention, every time.Duration, stop <-chan stru
 	if every <= 0 {
 		every = retentionEvery
 	}
-	t := time.NewTicker(every)
-	defer t.Stop()
 	cursor := ""
-	for {
-		select {
-		case <-stop:
-			return
-		case <-n.shutdownCh:
-			return
-		case <-t.C:
-		}
-		if n.Raft().State() == raft.Shutdown {
-			return
-		}
-		if !n.IsLeader() {
-			cursor = ""
-			continue
-		}
+	n.leaderTicks(every, stop, func() {
 		next, err := n.pruneSlice(retention, cursor)
 		if err != nil {
 			if !errors.Is(err, ErrShutdown) {
 				n.log.Warn("task retention: a slice failed; it is read again", "after", cursor, "err", err)
 			}
-			continue
+			return
 		}
 		cursor = next
-	}
+	}, func() { cursor = "" })
 }
 
 // pruneSlice reads one slice of the store from the graph after cursor and

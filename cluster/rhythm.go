@@ -6,7 +6,6 @@ import (
 	"errors"
 	"time"
 
-	"github.com/hashicorp/raft"
 	"github.com/mcpd/mcpd/auth"
 	"github.com/mcpd/mcpd/fsm"
 	"github.com/mcpd/mcpd/schedule"
@@ -28,23 +27,7 @@ func (n *Node) RunSchedules(grace time.Duration, stop <-chan struct{}) {
 	if grace <= 0 {
 		grace = DefaultMisfireGrace
 	}
-	t := time.NewTicker(100 * time.Millisecond)
-	defer t.Stop()
-	for {
-		select {
-		case <-stop:
-			return
-		case <-n.shutdownCh:
-			return
-		case <-t.C:
-		}
-		if n.Raft().State() == raft.Shutdown {
-			return
-		}
-		if n.IsLeader() {
-			n.fireDue(grace.Milliseconds())
-		}
-	}
+	n.leaderTicks(100*time.Millisecond, stop, func() { n.fireDue(grace.Milliseconds()) }, nil)
 }
 
 // fireDue proposes the ticks due now of every running schedule.
