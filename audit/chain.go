@@ -14,10 +14,12 @@ import (
 // nothing the node says that the chain and the signatures do not prove.
 // A range that starts after seq 1 takes its first record's prev on trust.
 type Chain struct {
-	pub    ed25519.PublicKey
-	r      Report
-	first  uint64
-	recent [recentHashes][32]byte // hash of seq s at s % recentHashes
+	pub      ed25519.PublicKey
+	r        Report
+	first    uint64
+	base     Head                   // From: where the records must start
+	pruneRec bool                   // the entry recording the prune to base was seen
+	recent   [recentHashes][32]byte // hash of seq s at s % recentHashes
 }
 
 // recentHashes is how far back a checkpoint may name an entry and still
@@ -32,6 +34,14 @@ func NewChain(pub ed25519.PublicKey) *Chain {
 	return &Chain{pub: pub, r: Report{KeyGiven: pub != nil}}
 }
 
+// From makes the chain start at the base of a pruned log (Base): the
+// first record must follow it and link to its hash, and one record must
+// record the prune that reached it, as Verify requires.
+func (c *Chain) From(base Head) {
+	c.base = base
+	c.r.Pruned = base.Seq
+}
+
 // Add checks the next record. It returns false once the chain is broken;
 // Report then says where.
 func (c *Chain) Add(rec *Record) bool {
@@ -39,6 +49,14 @@ func (c *Chain) Add(rec *Record) bool {
 		return false
 	}
 	seq := rec.Seq
+	if c.first == 0 && c.base.Seq > 0 {
+		if seq != c.base.Seq+1 {
+			return c.fail(c.base.Seq+1, Missing, "the log was pruned up to %d, but its first entry is %d", c.base.Seq, seq)
+		}
+		c.first = seq
+		c.r.Head = c.base
+		c.recent[c.base.Seq%recentHashes] = c.base.Hash
+	}
 	if c.first == 0 {
 		c.first = seq
 		if seq == 1 && rec.Prev != [32]byte{} {
@@ -59,6 +77,9 @@ func (c *Chain) Add(rec *Record) bool {
 		return c.fail(seq, Changed, "its fields do not hash to its hash %x", rec.Hash)
 	case rec.Prev != c.r.Head.Hash:
 		return c.fail(seq, Reordered, "its prev %x is not the hash of entry %d (%x)", rec.Prev, seq-1, c.r.Head.Hash)
+	}
+	if c.base.Seq > 0 && rec.Kind == KindPrune && rec.Outcome == "ok" && rec.Subject == PruneSubject(c.base.Seq) {
+		c.pruneRec = true
 	}
 	c.recent[seq%recentHashes] = rec.Hash
 	c.r.Head = Head{Seq: seq, Hash: rec.Hash}
@@ -101,8 +122,12 @@ func (c *Chain) fail(seq uint64, why Reason, format string, args ...any) bool {
 func (c *Chain) Report() Report {
 	r := c.r
 	r.OK = r.BrokenSeq == 0
-	if c.first > 1 {
+	if c.first > 1 && c.base.Seq == 0 {
 		r.First = c.first
+	}
+	if r.OK && c.base.Seq > 0 && !c.pruneRec {
+		r.OK, r.BrokenSeq, r.Reason = false, c.base.Seq, Missing
+		r.Detail = fmt.Sprintf("the log starts after entry %d, but no %s entry records pruning up to it: entries were cut off the start", c.base.Seq, KindPrune)
 	}
 	return r
 }

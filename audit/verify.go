@@ -45,6 +45,10 @@ type Report struct {
 	// First is the first seq checked when it is not 1: a range (an
 	// export after some seq, a tail) takes that entry's prev on trust.
 	First uint64 `json:"first,omitempty"`
+	// Pruned is the base of a pruned chain: the entries up to it were
+	// removed (Prune), and the first one kept links to its hash, which
+	// the checkpoints after it cover.
+	Pruned uint64 `json:"pruned_through,omitempty"`
 	// Set when OK is false: the first broken seq and why.
 	BrokenSeq uint64 `json:"broken_seq,omitempty"`
 	Reason    Reason `json:"reason,omitempty"`
@@ -57,7 +61,12 @@ func (r Report) String() string {
 		return fmt.Sprintf("broken at seq %d: %s: %s", r.BrokenSeq, r.Reason, r.Detail)
 	}
 	s := fmt.Sprintf("ok: %d entries, head %x, %d checkpoints", r.Entries, r.Head.Hash, r.Checkpoints)
-	if r.First > 1 {
+	switch {
+	case r.Pruned > 0 && r.Checkpoints == 0:
+		s = fmt.Sprintf("ok: %d entries from seq %d (entries up to %d were pruned; no checkpoint covers the base, so it is taken on trust), head %x", r.Entries, r.Pruned+1, r.Pruned, r.Head.Hash)
+	case r.Pruned > 0:
+		s = fmt.Sprintf("ok: %d entries from seq %d (entries up to %d were pruned; the checkpoints cover the base), head %x, %d checkpoints", r.Entries, r.Pruned+1, r.Pruned, r.Head.Hash, r.Checkpoints)
+	case r.First > 1:
 		s = fmt.Sprintf("ok: %d entries from seq %d (its prev taken on trust), head %x, %d checkpoints", r.Entries, r.First, r.Head.Hash, r.Checkpoints)
 	}
 	if !r.KeyGiven && r.Checkpoints > 0 {
@@ -67,8 +76,8 @@ func (r Report) String() string {
 }
 
 // Verify checks the whole chain in tx: every entry's hash, the order of
-// seqs and prev links from seq 1, the head record, and every checkpoint's
-// signature and hash. pub, if not nil, is the cluster's audit public key;
+// seqs and prev links from seq 1 (or from the base of a pruned chain),
+// the head record, and every checkpoint's signature and hash. pub, if not nil, is the cluster's audit public key;
 // checkpoints signed by any other key then fail. The report names the
 // first broken seq. The error is for a database without an audit log.
 func Verify(tx *bolt.Tx, pub ed25519.PublicKey) (Report, error) {
@@ -81,6 +90,14 @@ func Verify(tx *bolt.Tx, pub ed25519.PublicKey) (Report, error) {
 	if v.head, err = headOf(meta); err != nil {
 		v.fail(1, Changed, "%v", err)
 		return v.r, nil
+	}
+	base, err := baseOf(meta)
+	if err != nil {
+		v.fail(1, Changed, "%v", err)
+		return v.r, nil
+	}
+	if base.Seq > 0 {
+		v.r.Head, v.prev, v.r.Pruned = base, base.Hash, base.Seq
 	}
 	v.cpK, v.cpV = v.cps.First()
 	c := entries.Cursor()
@@ -95,6 +112,7 @@ func Verify(tx *bolt.Tx, pub ed25519.PublicKey) (Report, error) {
 
 type verifier struct {
 	r        Report
+	pruneRec bool // the entry recording the prune to the base was seen
 	pub      ed25519.PublicKey
 	prev     [32]byte
 	head     Head // the head record
@@ -120,8 +138,8 @@ func (v *verifier) entry(k, val []byte) bool {
 			return v.fail(want, Missing, "entry %d is absent (the next one stored is %d)", want, seq)
 		}
 		return v.fail(want, Missing, "entries %d to %d are absent", want, seq-1)
-	case seq < want: // only seq 0 sorts before 1
-		return v.fail(seq, Reordered, "an entry stored under seq 0")
+	case seq < want: // seq 0, or one at or before a pruned chain's base
+		return v.fail(seq, Reordered, "an entry stored under seq %d, which is at or before the chain's base %d", seq, v.r.Pruned)
 	}
 	e, err := decodeEntry(val)
 	if err != nil {
@@ -152,6 +170,9 @@ func (v *verifier) entry(k, val []byte) bool {
 			return false
 		}
 		v.cpK, v.cpV = v.cps.Next()
+	}
+	if v.r.Pruned > 0 && e.Kind == KindPrune && e.Outcome == "ok" && e.Subject == PruneSubject(v.r.Pruned) {
+		v.pruneRec = true
 	}
 	v.prev = e.Hash
 	v.r.Head = Head{Seq: seq, Hash: e.Hash}
@@ -203,6 +224,10 @@ func (v *verifier) end() {
 			return
 		}
 		v.badCheckpointKey()
+		return
+	}
+	if v.r.Pruned > 0 && !v.pruneRec {
+		v.fail(v.r.Pruned, Missing, "the chain starts after entry %d, but no %s entry records pruning up to it: entries were cut off the start", v.r.Pruned, KindPrune)
 		return
 	}
 	v.r.OK = true

@@ -100,6 +100,13 @@ func auditEvent(now int64, c *Command, args, res any, err error) audit.Event {
 		}
 	case *AuditCheckpointArgs:
 		ev.Kind, ev.Subject = audit.KindCheckpoint, audit.CheckpointSubject(a.Seq)
+	case *AuditPruneArgs:
+		// The base the step reached (what Verify looks for), or the
+		// seq asked for when it was refused.
+		ev.Kind, ev.Subject = audit.KindPrune, audit.PruneSubject(a.Through)
+		if r, ok := res.(*audit.PruneResult); ok && r != nil && err == nil {
+			ev.Subject = audit.PruneSubject(r.Base)
+		}
 	case *route.RegisterArgs:
 		ev.Kind, ev.Subject = "register", a.Agent
 	case *task.SubmitArgs:
@@ -209,6 +216,33 @@ func init() {
 			return nil, fmt.Errorf("%w: %w", queue.ErrConflict, err)
 		}
 		return nil, err
+	})
+}
+
+// TypeAuditPrune removes the start of the audit chain (audit.Prune),
+// for an operator who exported it: one bounded step per command.
+const TypeAuditPrune MessageType = 38
+
+// AuditPruneArgs is one prune step: entries up to Through, at most Max
+// of them.
+type AuditPruneArgs struct {
+	Through uint64 `msgpack:"t"`
+	Max     int    `msgpack:"m"`
+}
+
+// MaxAuditPruneStep bounds the entries one command removes, so its
+// transaction and apply stay small.
+const MaxAuditPruneStep = 50_000
+
+func init() {
+	register(TypeAuditPrune, func(a *AuditPruneArgs) error {
+		return firstErr(checkSeq("through", a.Through), checkRange("max", int64(a.Max), 1, MaxAuditPruneStep))
+	}, func(t *Tx, a *AuditPruneArgs) (any, error) {
+		r, err := audit.Prune(t.Bolt(), a.Through, a.Max)
+		if errors.Is(err, audit.ErrPruneRange) {
+			return nil, fmt.Errorf("%w: %w", queue.ErrConflict, err)
+		}
+		return &r, err
 	})
 }
 

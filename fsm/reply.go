@@ -3,6 +3,7 @@ package fsm
 import (
 	"errors"
 
+	"github.com/mcpd/mcpd/audit"
 	"github.com/mcpd/mcpd/internal/mpack"
 	"github.com/mcpd/mcpd/queue"
 	"github.com/mcpd/mcpd/task"
@@ -69,6 +70,8 @@ func newResult(t MessageType) any {
 		return &TaskResult{}
 	case TypeTaskPrune:
 		return &task.PruneResult{}
+	case TypeAuditPrune:
+		return &audit.PruneResult{}
 	case TypeOperatorInvite, TypeOperatorEnroll, TypeOperatorLogout:
 		return &OperatorResult{}
 	}
@@ -144,9 +147,10 @@ func RepliedOnApply(t MessageType) bool {
 	case TypeRedis:
 		// A Redis client reads its own writes from this node.
 		return true
-	case TypeQueueRedrive, TypeMessageDelete:
+	case TypeQueueRedrive, TypeMessageDelete, TypeAuditPrune:
 		// An operator who redrove or deleted messages peeks at the queue
-		// on the same node next.
+		// on the same node next; one who pruned the audit log verifies
+		// it there, and the next step reads its base there.
 		return true
 	case TypeAuthEvent:
 		// An operator's snapshot save records its audit entry first and

@@ -72,6 +72,7 @@ func NewAdmin(node *cluster.Node, key *auth.ClusterKey, log *slog.Logger) *Admin
 	a.mux.HandleFunc("GET /v1/audit/head", a.auditHead)
 	a.mux.HandleFunc("GET /v1/audit/entries", a.auditEntries)
 	a.mux.HandleFunc("GET /v1/audit/verify", a.auditVerify)
+	a.mux.HandleFunc("POST /v1/audit/prune", a.auditPrune)
 	a.mux.HandleFunc("GET /v1/audit/search", a.auditSearch) // admin_audit_search.go
 	a.scheduleRoutes()
 	a.queueRoutes()

@@ -10,6 +10,7 @@ import (
 	"strconv"
 
 	"github.com/mcpd/mcpd/audit"
+	"github.com/mcpd/mcpd/fsm"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -101,6 +102,17 @@ func (a *Admin) auditVerify(w http.ResponseWriter, r *http.Request) {
 	a.node.FSM().Flush()
 	c := audit.NewChain(a.auditPub())
 	var last uint64
+	if err := a.node.FSM().ViewCommitted(func(tx *bolt.Tx) error {
+		base, err := audit.Base(tx)
+		if base.Seq > 0 {
+			c.From(base)
+			last = base.Seq
+		}
+		return err
+	}); err != nil && !errors.Is(err, audit.ErrNoLog) {
+		adminFail(w, err)
+		return
+	}
 	for {
 		recs, err := a.readAuditPage(last, maxAuditPage)
 		if err != nil && !errors.Is(err, audit.ErrNoLog) {
@@ -149,4 +161,54 @@ func queryUint(r *http.Request, name string, def uint64) (uint64, error) {
 		return def, nil
 	}
 	return strconv.ParseUint(s, 10, 64)
+}
+
+// AuditPruneResult answers POST /v1/audit/prune.
+type AuditPruneResult struct {
+	Removed uint64 `json:"removed"` // entries removed by this request
+	Base    uint64 `json:"base"`    // the chain now starts after this seq
+	Steps   int    `json:"steps"`   // commands it took
+}
+
+// auditPrune answers POST /v1/audit/prune {"through": SEQ}: the entries
+// up to SEQ go, in commands of at most fsm.MaxAuditPruneStep entries
+// each, so that no apply grows large; the chain verifies after each. SEQ
+// must be before the latest checkpoint. Export the entries first: what
+// is pruned is gone from every node and from later snapshots.
+func (a *Admin) auditPrune(w http.ResponseWriter, r *http.Request) {
+	var req struct {
+		Through uint64 `json:"through"`
+	}
+	if err := decodeBody(r, &req); err != nil {
+		adminErr(w, http.StatusBadRequest, "bad_request", "%v", err)
+		return
+	}
+	if req.Through == 0 {
+		adminErr(w, http.StatusBadRequest, "bad_request", "through must be the seq of the last entry to remove")
+		return
+	}
+	var res AuditPruneResult
+	for {
+		rep, err := a.command(r, fsm.TypeAuditPrune, &fsm.AuditPruneArgs{Through: req.Through, Max: fsm.MaxAuditPruneStep})
+		if err != nil {
+			if res.Steps > 0 {
+				a.log.Warn("audit log pruned in part", "operator", Operator(r), "through", res.Base, "removed", res.Removed, "err", err)
+			}
+			adminFail(w, err)
+			return
+		}
+		step, ok := rep.Result.(*audit.PruneResult)
+		if !ok {
+			adminFail(w, errors.New("the prune step produced no result"))
+			return
+		}
+		res.Removed += step.Removed
+		res.Base = step.Base
+		res.Steps++
+		if step.Done {
+			break
+		}
+	}
+	a.log.Warn("audit log pruned", "operator", Operator(r), "through", res.Base, "removed", res.Removed)
+	adminJSON(w, http.StatusOK, res)
 }

@@ -27,7 +27,7 @@ import (
 // audit log in a stopped node's data directory or in a snapshot.
 func runAudit(args []string) error {
 	if len(args) == 0 {
-		return &usageError{"expected 'mcpd audit verify|export|tail|search|key ...'"}
+		return &usageError{"expected 'mcpd audit verify|export|tail|search|prune|key ...'"}
 	}
 	switch args[0] {
 	case "verify":
@@ -40,6 +40,8 @@ func runAudit(args []string) error {
 		return auditTail(args[1:], os.Stdout)
 	case "search":
 		return auditSearch(args[1:], os.Stdout)
+	case "prune":
+		return auditPrune(args[1:], os.Stdout)
 	case "-h", "-help", "--help", "help":
 		fmt.Fprint(os.Stderr, `usage:
   mcpd audit verify [--data-dir DIR | --snapshot PATH | --export FILE] [--node] [--key KEY] [--json]
@@ -53,6 +55,9 @@ func runAudit(args []string) error {
                     [--queue Q] [--id ID] [--since T] [--until T] [--grep S] [--limit N] [--desc] [--json]
       a running node's entries that match: a table (seq, time, type, actor, subject, result)
       or JSON lines; --id QUEUE/SEQ is a message's settles, --since takes RFC 3339, unix ms or 15m
+  mcpd audit prune --through SEQ [--data-dir DIR | --admin-url URL ...] [--json]
+      remove a running cluster's entries up to SEQ (before the latest checkpoint) from every node;
+      export them first: the chain then verifies from SEQ, anchored by the checkpoints after it
   mcpd audit key --cluster-key-file FILE [--pem]
       print the cluster's audit public key, for --key
 `)

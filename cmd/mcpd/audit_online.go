@@ -87,6 +87,11 @@ func verifyOnline(af *adminFlags, keyArg string) (audit.Report, error) {
 			return audit.Report{}, err
 		}
 		for i := range recs {
+			if last == 0 && recs[i].Seq > 1 {
+				// A pruned log: it starts after its base, and one of
+				// its entries must record the prune that reached it.
+				chain.From(audit.Head{Seq: recs[i].Seq - 1, Hash: recs[i].Prev})
+			}
 			if !chain.Add(&recs[i]) {
 				return chain.Report(), nil
 			}

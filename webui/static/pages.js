@@ -246,7 +246,7 @@ async function audit(ctx) {
     h("div", { class: "row" },
       h("button", { class: "primary", id: "verify", onclick: async () => { await act(async () => { ctx.verify = await api("GET", "/v1/audit/verify"); }); ctx.refresh(); } }, "Verify the chain"),
       ctx.verify ? h("span", { id: "verify-result" }, ctx.verify.ok ? badge("ok") : badge("bad"),
-        ctx.verify.ok ? ` ${ctx.verify.entries} entries intact, ${ctx.verify.checkpoints} signed checkpoints, head ${String(ctx.verify.head?.hash || "").slice(0, 16)}…`
+        ctx.verify.ok ? ` ${ctx.verify.entries} entries intact${ctx.verify.pruned_through ? ` after seq ${ctx.verify.pruned_through} (the entries up to it were pruned)` : ""}, ${ctx.verify.checkpoints} signed checkpoints, head ${String(ctx.verify.head?.hash || "").slice(0, 16)}…`
           : ` broken at seq ${ctx.verify.broken_seq}: ${ctx.verify.reason} ${ctx.verify.detail || ""}`) : ""),
     h("div", { class: "row" }, input("q", "text"), input("actor", "actor"), input("type", "kind"), input("id", "subject / message id"),
       h("button", { onclick: () => ctx.refresh() }, "Search")),
