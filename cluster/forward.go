@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strings"
 	"sync"
 	"time"
 
@@ -207,9 +208,10 @@ func (f *forwarder) readLoop(c net.Conn) {
 			f.n.deliverReplies(r.Replies)
 			ch <- nil
 		case fwdNotLeader:
-			ch <- fmt.Errorf("%w: %s", ErrUnavailable, r.Msg)
+			ch <- fmt.Errorf("%w: %s", ErrUnavailable, strings.TrimPrefix(r.Msg, ErrUnavailable.Error()+": "))
 		default:
-			ch <- fmt.Errorf("%w: %s", ErrUnknown, r.Msg)
+			// The leader's message names the class already.
+			ch <- fmt.Errorf("%w: %s", ErrUnknown, strings.TrimPrefix(r.Msg, ErrUnknown.Error()+": "))
 		}
 	}
 }
