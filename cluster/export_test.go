@@ -35,3 +35,15 @@ func SetRestoreTimings(t interface{ Cleanup(func()) }, findLeader, idle, keepali
 	restoreFindLeader, restoreIdle, restoreKeepalive = findLeader, idle, keepalive
 	t.Cleanup(func() { restoreFindLeader, restoreIdle, restoreKeepalive = f, i, k })
 }
+
+// SetLevelCheckEvery sets how often nodes started afterwards check that
+// the state holds their command level; the function it returns restores
+// the default.
+func SetLevelCheckEvery(d time.Duration) func() {
+	old := levelCheckEvery
+	levelCheckEvery = d
+	return func() { levelCheckEvery = old }
+}
+
+// Epoch is the node's epoch, which its NodeStarted announcements carry.
+func (n *Node) Epoch() uint64 { return n.epoch }

@@ -201,10 +201,11 @@ func New(cfg Config) (*Node, error) {
 		n.closeStores()
 		return nil, err
 	}
-	n.wg.Add(3)
+	n.wg.Add(4)
 	go n.batchLoop()
 	go n.leaderLoop()
 	go n.announceStart()
+	go n.announceLevel(levelCheckEvery)
 	return n, nil
 }
 
@@ -527,7 +528,7 @@ func (n *Node) route(effects []queue.Effect) {
 // its earlier incarnations held. It retries until it is applied.
 func (n *Node) announceStart() {
 	defer n.wg.Done()
-	cmd, _ := fsm.NewCommand(fsm.TypeNodeStarted, "", 0, &fsm.NodeStartedArgs{Node: n.cfg.NodeID, Epoch: n.epoch})
+	cmd, _ := fsm.NewCommand(fsm.TypeNodeStarted, "", 0, n.startArgs())
 	for {
 		err := n.submit(cmd, n.cfg.SubmitTimeout)
 		if err == nil || errors.Is(err, ErrShutdown) {

@@ -37,8 +37,18 @@ func (n *Node) RunTaskRetention(retention, every time.Duration, stop <-chan stru
 	if every <= 0 {
 		every = retentionEvery
 	}
-	cursor := ""
+	cursor, waiting := "", ""
 	n.leaderTicks(every, stop, func() {
+		// During a rolling upgrade, nodes of a version without it would
+		// stop at the command: retention waits for them.
+		if err := n.MembersApply(fsm.TypeTaskPrune); err != nil {
+			if err.Error() != waiting {
+				n.log.Info("task retention waits until every node can apply it", "why", err)
+				waiting = err.Error()
+			}
+			return
+		}
+		waiting = ""
 		next, err := n.pruneSlice(retention, cursor)
 		if err != nil {
 			if !errors.Is(err, ErrShutdown) {

@@ -119,6 +119,10 @@ type ConnClosedArgs struct {
 type NodeStartedArgs struct {
 	Node  string `msgpack:"n"`
 	Epoch uint64 `msgpack:"e"`
+	// Level is the command level the node's version applies (levels.go);
+	// a version before levels sends none. A node announces it again,
+	// with the same epoch, when the state lost it (a snapshot restore).
+	Level int `msgpack:"l,omitempty"`
 }
 
 // NodeDownArgs ends the connections of a node the leader lost contact with.

@@ -130,6 +130,9 @@ func init() {
 			if err := t.NodeStarted(a.Node, a.Epoch); err != nil {
 				return nil, err
 			}
+			if err := recordLevel(t.Bolt(), a.Node, a.Level); err != nil {
+				return nil, err
+			}
 			current := fmt.Sprintf("%s/%d/", a.Node, a.Epoch)
 			return nil, t.endRegistrations(func(c string) bool {
 				return queue.ConnNode(c) == a.Node && !strings.HasPrefix(c, current)
