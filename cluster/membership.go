@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+	"github.com/mcpd/mcpd/fsm"
+	bolt "go.etcd.io/bbolt"
 )
 
 // Operator membership changes (mcpd cluster join, remove,
@@ -47,6 +49,9 @@ type ServerStatus struct {
 	Healthy     bool   `json:"healthy" msgpack:"ok"`
 	Reason      string `json:"reason,omitempty" msgpack:"why"` // why not healthy
 	Error       string `json:"error,omitempty" msgpack:"err"`
+	// Level is the command level the server last announced, as this
+	// node's applied state records it (0: none; fsm.LevelOf).
+	Level int `json:"command_level" msgpack:"-"`
 }
 
 // ErrNotMember is a remove or transfer naming no server of the
@@ -137,6 +142,12 @@ func (n *Node) ClusterStatus(ctx context.Context, timeout time.Duration) ([]Serv
 		}()
 	}
 	wg.Wait()
+	var levels map[string]int
+	if err := n.FSM().View(func(tx *bolt.Tx) error { levels = fsm.NodeLevels(tx); return nil }); err == nil {
+		for i := range out {
+			out[i].Level = levels[out[i].ID]
+		}
+	}
 	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
 	return out, nil
 }

@@ -9,8 +9,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mcpd/mcpd/fsm"
 	"github.com/mcpd/mcpd/internal/testcluster"
 	"github.com/mcpd/mcpd/transport"
+	bolt "go.etcd.io/bbolt"
 )
 
 // adminOf serves nd's admin API as its unix socket does.
@@ -146,6 +148,20 @@ func Test_AdminCluster_JoinTransferRemove(t *testing.T) {
 // without a target picks a voter that is up.
 func Test_AdminCluster_StatusWithANodeDown(t *testing.T) {
 	c, leader, f := startThree(t)
+	// Every node's command level is recorded: a node down still shows
+	// the one it announced.
+	testcluster.WaitFor(t, 10*time.Second, func() bool {
+		var n int
+		_ = leader.Node.FSM().View(func(tx *bolt.Tx) error {
+			for _, l := range fsm.NodeLevels(tx) {
+				if l == fsm.Level {
+					n++
+				}
+			}
+			return nil
+		})
+		return n == 3
+	})
 	c.KillNode(f[1])
 	u := adminOf(t, leader)
 	st := clusterStatusOf(t, u)
@@ -154,7 +170,7 @@ func Test_AdminCluster_StatusWithANodeDown(t *testing.T) {
 	}
 	for _, s := range st.Servers {
 		down := s.ID == f[1].ID
-		if down != (s.Error != "") || down == s.Healthy {
+		if down != (s.Error != "") || down == s.Healthy || s.Level != fsm.Level {
 			t.Fatalf("server %+v (down: %s)", s, f[1].ID)
 		}
 	}

@@ -85,7 +85,7 @@ func clusterStatus(args []string, stdout io.Writer) error {
 		return err
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "NODE\tADDRESS\tSUFFRAGE\tROLE\tLEADER\tTERM\tAPPLIED/COMMIT\tLAST CONTACT\tHEALTH")
+	fmt.Fprintln(tw, "NODE\tADDRESS\tSUFFRAGE\tROLE\tLEADER\tTERM\tAPPLIED/COMMIT\tLAST CONTACT\tLEVEL\tHEALTH")
 	unhealthy := 0
 	for _, s := range st.Servers {
 		health := "ok"
@@ -112,7 +112,7 @@ func clusterStatus(args []string, stdout io.Writer) error {
 		if s.Term > 0 {
 			term = fmt.Sprint(s.Term)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", s.ID, s.Address, s.Suffrage, dash(s.Role), dash(s.Leader), term, idx, dash(s.LastContact), health)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", s.ID, s.Address, s.Suffrage, dash(s.Role), dash(s.Leader), term, idx, dash(s.LastContact), s.Level, health)
 	}
 	if err := tw.Flush(); err != nil {
 		return err
