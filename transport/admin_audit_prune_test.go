@@ -37,6 +37,8 @@ func TestAdminAuditPrune(t *testing.T) {
 	via := admins[c.Followers()[0].ID]
 
 	leader := c.WaitLeader()
+	// Every node has announced a command level that applies the prune.
+	testcluster.WaitFor(t, 10*time.Second, func() bool { return leader.Node.MembersApply(fsm.TypeAuditPrune) == nil })
 	head, err := leader.Node.FSM().AuditHead()
 	if err != nil {
 		t.Fatal(err)

@@ -12,6 +12,7 @@ import (
 
 	"github.com/mcpd/mcpd/audit"
 	"github.com/mcpd/mcpd/fsm"
+	"github.com/mcpd/mcpd/internal/testcluster"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -30,6 +31,7 @@ func TestCLIAuditPrune(t *testing.T) {
 		}
 	}
 	node := n.c.Nodes[0].Node
+	testcluster.WaitFor(t, 10*time.Second, func() bool { return node.MembersApply(fsm.TypeAuditPrune) == nil })
 	head, err := node.FSM().AuditHead()
 	if err != nil {
 		t.Fatal(err)
