@@ -239,13 +239,17 @@ func intact(v []byte) bool {
 	return sha256.Sum256(v[:len(v)-hashLen]) == [32]byte(v[len(v)-hashLen:])
 }
 
-func headOf(meta *bolt.Bucket) (Head, error) {
-	v := meta.Get(keyHead)
+func headOf(meta *bolt.Bucket) (Head, error) { return headRecord(meta, keyHead) }
+
+// headRecord reads a seq(8) || hash(32) record of the meta bucket: the
+// head, or the base of a pruned chain. An absent one is zero.
+func headRecord(meta *bolt.Bucket, key []byte) (Head, error) {
+	v := meta.Get(key)
 	if v == nil {
 		return Head{}, nil
 	}
 	if len(v) != headValLen {
-		return Head{}, fmt.Errorf("audit head record has %d bytes, want %d", len(v), headValLen)
+		return Head{}, fmt.Errorf("audit %s record has %d bytes, want %d", key, len(v), headValLen)
 	}
 	return Head{Seq: binary.BigEndian.Uint64(v), Hash: [32]byte(v[8:])}, nil
 }

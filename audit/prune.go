@@ -46,16 +46,7 @@ func Base(tx *bolt.Tx) (Head, error) {
 	return baseOf(meta)
 }
 
-func baseOf(meta *bolt.Bucket) (Head, error) {
-	v := meta.Get(keyBase)
-	if v == nil {
-		return Head{}, nil
-	}
-	if len(v) != headValLen {
-		return Head{}, fmt.Errorf("audit base record has %d bytes, want %d", len(v), headValLen)
-	}
-	return Head{Seq: binary.BigEndian.Uint64(v), Hash: [32]byte(v[8:])}, nil
-}
+func baseOf(meta *bolt.Bucket) (Head, error) { return headRecord(meta, keyBase) }
 
 // PruneResult says what one Prune step did.
 type PruneResult struct {

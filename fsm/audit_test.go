@@ -89,6 +89,25 @@ func mustVerifyAudit(t *testing.T, f *fsm.FSM, pub ed25519.PublicKey) audit.Repo
 	return r
 }
 
+// auditKey is a fixed cluster audit key.
+func auditKey() (ed25519.PrivateKey, ed25519.PublicKey) {
+	key := ed25519.NewKeyFromSeed(bytes.Repeat([]byte{7}, ed25519.SeedSize))
+	return key, key.Public().(ed25519.PublicKey)
+}
+
+// twoReplicas are two fresh state machines and a function that applies
+// an entry of commands to both, at the next index and a later time.
+func twoReplicas(t *testing.T) (a, b *fsm.FSM, apply func(cmds ...fsm.Command)) {
+	a, b = mustFresh(t, "n1"), mustFresh(t, "n2")
+	idx := uint64(0)
+	return a, b, func(cmds ...fsm.Command) {
+		idx++
+		l := mustLog(t, idx, 1_700_000_000_000+int64(idx), cmds...)
+		a.Apply(l)
+		b.Apply(l)
+	}
+}
+
 // Replicas that apply the same log, whatever their batching and node id,
 // hold the same chain: one entry per command, none for ticks and expiries.
 func Test_FSM_Audit_SameHeadOnEveryReplica(t *testing.T) {
@@ -205,16 +224,8 @@ func Test_FSM_Audit_EntriesDescribeCommands(t *testing.T) {
 // verifies and the entry it names has its hash; its own entry records the
 // outcome either way.
 func Test_FSM_Audit_Checkpoint(t *testing.T) {
-	key := ed25519.NewKeyFromSeed(bytes.Repeat([]byte{7}, ed25519.SeedSize))
-	pub := key.Public().(ed25519.PublicKey)
-	a, b := mustFresh(t, "n1"), mustFresh(t, "n2")
-	idx := uint64(0)
-	apply := func(cmds ...fsm.Command) {
-		idx++
-		l := mustLog(t, idx, 1_700_000_000_000+int64(idx), cmds...)
-		a.Apply(l)
-		b.Apply(l)
-	}
+	key, pub := auditKey()
+	a, b, apply := twoReplicas(t)
 	for i := range 5 {
 		apply(mustCmd(t, fsm.TypeDeclare, "n1/1/1", uint64(i), &queue.DeclareArgs{Queue: fmt.Sprintf("q%d", i)}))
 	}
@@ -271,16 +282,8 @@ func Test_FSM_Audit_Checkpoint(t *testing.T) {
 // reached, the chain verifies from there after every step, and two
 // replicas stay identical.
 func Test_FSM_Audit_Prune(t *testing.T) {
-	key := ed25519.NewKeyFromSeed(bytes.Repeat([]byte{7}, ed25519.SeedSize))
-	pub := key.Public().(ed25519.PublicKey)
-	a, b := mustFresh(t, "n1"), mustFresh(t, "n2")
-	idx := uint64(0)
-	apply := func(cmds ...fsm.Command) {
-		idx++
-		l := mustLog(t, idx, 1_700_000_000_000+int64(idx), cmds...)
-		a.Apply(l)
-		b.Apply(l)
-	}
+	key, pub := auditKey()
+	a, b, apply := twoReplicas(t)
 	for i := range 30 {
 		apply(mustCmd(t, fsm.TypeDeclare, "n1/1/1", uint64(i), &queue.DeclareArgs{Queue: fmt.Sprintf("q%d", i)}))
 	}
