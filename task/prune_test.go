@@ -185,3 +185,33 @@ func Test_Prune_Refused(t *testing.T) {
 		t.Fatalf("state %s", got)
 	}
 }
+
+// BenchmarkPruneCandidates reads one slice of retention's size from a
+// store of 3,000 ended trees of three tasks each (a root graph of two and
+// one task delegated under it), as the leader does every 10 s.
+func BenchmarkPruneCandidates(b *testing.B) {
+	w := newWorld(b)
+	w.register("editor", route.Cap{Name: "edit", MaxInflight: 10})
+	w.register("reviewer", route.Cap{Name: "review", MaxInflight: 10})
+	for range 3000 {
+		w.submit("origin", "", spec("a", "edit"), spec("b", "edit", "a"))
+		pa := w.take("editor")
+		if _, err := w.submit("editor", pa.Task.ID, spec("r", "review")); err != nil {
+			b.Fatal(err)
+		}
+		w.done("reviewer", w.take("reviewer"), `1`)
+		w.done("editor", pa, `1`)
+		w.done("editor", w.take("editor"), `1`)
+	}
+	w.now += 1000
+	for b.Loop() {
+		var roots []string
+		_ = w.db.View(func(tx *bolt.Tx) (err error) {
+			roots, _, err = task.PruneCandidates(tx, w.now, "", 5000)
+			return err
+		})
+		if len(roots) == 0 {
+			b.Fatal("no candidates")
+		}
+	}
+}

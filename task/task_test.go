@@ -20,14 +20,14 @@ const t0 = int64(1_700_000_000_000)
 // world is a state.db with the route and task buckets, and the pushes
 // each agent received.
 type world struct {
-	t      *testing.T
+	t      testing.TB
 	db     *bolt.DB
 	now    int64
 	pushes map[string][]*task.Push // by agent (its connection "n1/1/AGENT")
 	revoke map[string][]*task.Revoked
 }
 
-func newWorld(t *testing.T) *world {
+func newWorld(t testing.TB) *world {
 	db, err := bolt.Open(filepath.Join(t.TempDir(), "state.db"), 0o600, &bolt.Options{NoSync: true})
 	if err != nil {
 		t.Fatal(err)
