@@ -49,11 +49,19 @@ func Test_Keepalive_SilentClientClosesWith4002(t *testing.T) {
 	}
 }
 
+// keepaliveIdle is the idle timeout of the tests that a connection kept
+// alive outlives. The client and the server share this process: a stall
+// of the whole process (a starved scheduler) longer than the idle timeout
+// is silence on the wire in fact, and the server rightly closes. The
+// timeout is therefore well above any stall a loaded test machine has,
+// and the tests wait three of them.
+const keepaliveIdle = 1500 * time.Millisecond
+
 func Test_Keepalive_PongsKeepTheConnection(t *testing.T) {
-	c := startCluster(t, 1, transport.Options{PingInterval: 100 * time.Millisecond, IdleTimeout: 500 * time.Millisecond})
+	c := startCluster(t, 1, transport.Options{PingInterval: 100 * time.Millisecond, IdleTimeout: keepaliveIdle})
 	rc := login(t, c, c.Nodes[0].URL, "lively")
 	// Reading answers pings; three idle timeouts pass without a close.
-	end := time.Now().Add(1500 * time.Millisecond)
+	end := time.Now().Add(3 * keepaliveIdle)
 	for time.Now().Before(end) {
 		if _, err := rc.readWithin(time.Until(end)); err != nil {
 			var ne interface{ Timeout() bool }
@@ -181,12 +189,13 @@ func Test_SlowConsumer_Disconnected(t *testing.T) {
 }
 
 func Test_Keepalive_ClientPingsCountAsActivity(t *testing.T) {
-	c := startCluster(t, 1, transport.Options{PingInterval: time.Hour, IdleTimeout: 500 * time.Millisecond})
+	c := startCluster(t, 1, transport.Options{PingInterval: time.Hour, IdleTimeout: keepaliveIdle})
 	rc := login(t, c, c.Nodes[0].URL, "pinger")
 	pongs := make(chan struct{}, 16)
 	rc.ws.SetPongHandler(func(string) error { pongs <- struct{}{}; return nil })
 	// The server never pings (PingInterval is an hour); the client's own
-	// pings, every 100 ms for three idle timeouts, keep it open.
+	// pings, every fifth of an idle timeout for three idle timeouts, keep
+	// it open.
 	done := make(chan error, 1)
 	go func() {
 		_, _, err := rc.ws.ReadMessage()
@@ -203,6 +212,6 @@ func Test_Keepalive_ClientPingsCountAsActivity(t *testing.T) {
 		case <-time.After(5 * time.Second):
 			t.Fatal("no pong")
 		}
-		time.Sleep(100 * time.Millisecond) // the client's ping interval
+		time.Sleep(keepaliveIdle / 5) // the client's ping interval
 	}
 }
