@@ -269,25 +269,49 @@ func Test_Cluster_ReelectedLeaderForgetsOldPeerFailures(t *testing.T) {
 	leader := c.WaitLeader()
 	f := c.Followers()
 	missed, other := f[0], f[1]
-	transfer := func(from, to *testcluster.Node) {
+	// lead moves the leadership to nd. Raft does not promise that the
+	// leader of a moment still leads when asked to hand over (an election
+	// can move it first), so whoever leads is asked, until nd does.
+	lead := func(nd *testcluster.Node) {
 		t.Helper()
-		err := from.Node.Raft().LeadershipTransferToServer(raft.ServerID(to.ID), raft.ServerAddress(to.RaftAddr())).Error()
-		if err != nil {
-			t.Fatalf("transfer %s -> %s: %v", from.ID, to.ID, err)
-		}
-		testcluster.WaitFor(t, 10*time.Second, to.Node.IsLeader)
+		testcluster.WaitFor(t, 20*time.Second, func() bool {
+			if nd.Node.IsLeader() {
+				return true
+			}
+			from := c.WaitLeader()
+			if from == nd {
+				return true
+			}
+			err := from.Node.Raft().LeadershipTransferToServer(raft.ServerID(nd.ID), raft.ServerAddress(nd.RaftAddr())).Error()
+			if err != nil {
+				t.Logf("transfer %s -> %s: %v", from.ID, nd.ID, err)
+				return false
+			}
+			deadline := time.Now().Add(2 * time.Second)
+			for !nd.Node.IsLeader() && time.Now().Before(deadline) {
+				time.Sleep(10 * time.Millisecond)
+			}
+			return nd.Node.IsLeader()
+		})
 	}
-	// The leader misses heartbeats to one follower for a moment...
+	// The leader misses heartbeats to one follower for a moment
 	c.StopNode(missed)
-	testcluster.WaitFor(t, 10*time.Second, func() bool { return leader.Node.PeerUnreachable(missed.ID) })
+	// (while it leads: an election that moved the leadership first is
+	// undone)...
+	testcluster.WaitFor(t, 20*time.Second, func() bool {
+		if !leader.Node.IsLeader() {
+			lead(leader)
+		}
+		return leader.Node.PeerUnreachable(missed.ID)
+	})
 	// ...leadership moves away, the follower returns, leadership comes back.
-	transfer(leader, other)
+	lead(other)
 	c.RestartNode(missed)
 	cl := c.Dial("worker", missed.URL)
 	if _, err := cl.Consume(ctx(t), "kept", client.ConsumeOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	transfer(other, leader)
+	lead(leader)
 	// Wait past NodeDownAfter: a stale failure would end the consumer.
 	time.Sleep(3 * time.Second)
 	info, err := cl.QueueInfo(ctx(t), "kept")
