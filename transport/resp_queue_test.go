@@ -345,7 +345,11 @@ func (rc *rawConn) consumeSure(queue, extra string) string {
 	rc.t.Helper()
 	before := rc.info(queue)[4]
 	for range 20 {
-		f, unknown := rc.sure("consume", `"queue":`+strconv.Quote(queue)+","+extra)
+		fields := `"queue":` + strconv.Quote(queue)
+		if extra != "" {
+			fields += "," + extra
+		}
+		f, unknown := rc.sure("consume", fields)
 		if !unknown {
 			if f.op() != "ok" || f.str("consumer") == "" {
 				rc.t.Fatalf("consume: %s", f)
