@@ -3,6 +3,7 @@ package webui_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"log/slog"
 	"net/http"
@@ -11,11 +12,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mcpd/mcpd/cluster"
 	"github.com/mcpd/mcpd/fsm"
 	"github.com/mcpd/mcpd/internal/testcluster"
 	"github.com/mcpd/mcpd/operator"
 	"github.com/mcpd/mcpd/transport"
 	"github.com/mcpd/mcpd/webui"
+	bolt "go.etcd.io/bbolt"
 )
 
 // The passkey ceremonies themselves run in a real browser
@@ -73,27 +76,72 @@ func (u uiNode) do(t *testing.T, r req) (int, http.Header, map[string]any) {
 
 // session makes an operator with a session, as an enrollment would,
 // proposing the commands the UI proposes (the passkey record is a
-// stand-in: no ceremony is run here).
+// stand-in: no ceremony is run here). An election may answer a command
+// unavailable, its outcome unknown: an invite is then made again under a
+// new code (a lost one expires unused), and an enrollment counts once its
+// session is there when everything committed has been applied.
 func session(t *testing.T, c *testcluster.Cluster, name string) string {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	nd := c.Nodes[0].Node
-	code := operator.NewCode()
-	rep, err := nd.Call(ctx, fsm.TypeOperatorInvite, "operator:local", &fsm.OperatorInviteArgs{Name: name, CodeHash: operator.HashCode(code), TTLMs: 60_000})
-	if err != nil || rep.Err != nil {
-		t.Fatalf("invite: %v %v", err, rep.Err)
+	call := func(what string, typ fsm.MessageType, actor string, body any) bool {
+		t.Helper()
+		rep, err := nd.Call(ctx, typ, actor, body)
+		switch {
+		case err == nil && rep.Err == nil:
+			return true
+		case err != nil && (errors.Is(err, cluster.ErrUnavailable) || errors.Is(err, cluster.ErrUnknown)) && ctx.Err() == nil:
+			t.Logf("%s: %v", what, err)
+			return false
+		case err != nil:
+			t.Fatalf("%s: %v", what, err)
+		}
+		t.Fatalf("%s: %v", what, rep.Err)
+		return false
+	}
+	var code string
+	for {
+		code = operator.NewCode()
+		if call("invite", fsm.TypeOperatorInvite, "operator:local", &fsm.OperatorInviteArgs{Name: name, CodeHash: operator.HashCode(code), TTLMs: 60_000}) {
+			break
+		}
 	}
 	tok := operator.NewToken()
-	rep, err = nd.Call(ctx, fsm.TypeOperatorEnroll, "operator:"+name, &fsm.OperatorEnrollArgs{
+	for !call("enroll", fsm.TypeOperatorEnroll, "operator:"+name, &fsm.OperatorEnrollArgs{
 		CodeHash: operator.HashCode(code), Handle: []byte("handle-of-" + name + "-0123456789"),
 		Cred:    operator.NewCred{ID: []byte("cred-" + name), Data: []byte(`{}`)},
-		Session: operator.HashToken(tok), SessionTTLMs: 3_600_000})
-	if err != nil || rep.Err != nil {
-		t.Fatalf("enroll: %v %v", err, rep.Err)
+		Session: operator.HashToken(tok), SessionTTLMs: 3_600_000}) {
+		c.WaitApplied()
+		var sess *operator.Session
+		if err := nd.Read(func(tx *bolt.Tx) (err error) {
+			sess, err = operator.GetSession(tx, operator.HashToken(tok))
+			return err
+		}); err == nil && sess != nil {
+			break // the enrollment whose answer was lost took effect
+		}
 	}
 	c.WaitApplied()
 	return tok
+}
+
+// doAgain is do for a request that changes something and may be sent
+// again when it is answered 503 unavailable: an election lost the
+// command, or its answer (docs/protocol.md: safe to retry). lost reports
+// that an earlier attempt's outcome was unknown: it may have taken
+// effect, so the last answer may be the one to a request made twice.
+func (u uiNode) doAgain(t *testing.T, r req) (got int, hdr http.Header, body map[string]any, lost bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		got, hdr, body = u.do(t, r)
+		if got != http.StatusServiceUnavailable || body["code"] != "unavailable" || time.Now().After(deadline) {
+			return got, hdr, body, lost
+		}
+		msg, _ := body["error"].(string)
+		lost = lost || strings.Contains(msg, "outcome unknown")
+		t.Logf("%s %s: %d %v; sending it again", r.method, r.path, got, body)
+	}
 }
 
 func cookie(tok string) string { return "__Host-mcpd_session=" + tok }
@@ -148,7 +196,9 @@ func TestWhoGetsIn(t *testing.T) {
 
 	// With the CSRF header the session may invite, and the invite names
 	// the operator.
-	got, _, body := ui.do(t, req{method: "POST", path: "/v1/operators/invites", body: `{"name":"bob"}`,
+	// Sent again, an invite whose answer was lost is another invite (the
+	// lost code expires unused).
+	got, _, body, _ := ui.doAgain(t, req{method: "POST", path: "/v1/operators/invites", body: `{"name":"bob"}`,
 		header: map[string]string{"Cookie": cookie(tok), "X-CSRF-Token": csrf}})
 	if got != 201 || body["code"] == "" {
 		t.Fatalf("invite by a session: %d %v", got, body)
@@ -181,9 +231,11 @@ func TestSessionsAreClusterWide(t *testing.T) {
 		}
 	}
 	// Logging out on one node ends the session on all of them.
-	got, hdr, _ := uis[2].do(t, req{method: "POST", path: "/ui/api/logout",
+	// A logout sent again after its answer was lost finds no session (401);
+	// the checks below hold what it did.
+	got, hdr, _, lost := uis[2].doAgain(t, req{method: "POST", path: "/ui/api/logout",
 		header: map[string]string{"Cookie": cookie(tok), "X-CSRF-Token": operator.CSRFToken(tok)}})
-	if got != 204 || !strings.Contains(hdr.Get("Set-Cookie"), "Max-Age=0") {
+	if !(lost && got == 401) && (got != 204 || !strings.Contains(hdr.Get("Set-Cookie"), "Max-Age=0")) {
 		t.Fatalf("logout: %d %v", got, hdr)
 	}
 	c.WaitApplied()
@@ -194,8 +246,10 @@ func TestSessionsAreClusterWide(t *testing.T) {
 	}
 	// Removing an operator ends their sessions.
 	tok2 := session(t, c, "carol")
-	if got, _, _ := uis[0].do(t, req{method: "DELETE", path: "/v1/operators/carol", header: map[string]string{"Authorization": "Bearer " + token}}); got != 204 {
-		t.Fatalf("remove: %d", got)
+	// A removal sent again after its answer was lost finds no carol (404);
+	// the check below holds what it did.
+	if got, _, body, lost := uis[0].doAgain(t, req{method: "DELETE", path: "/v1/operators/carol", header: map[string]string{"Authorization": "Bearer " + token}}); got != 204 && !(lost && got == 404) {
+		t.Fatalf("remove: %d %v", got, body)
 	}
 	c.WaitApplied()
 	if got, _, _ := uis[1].do(t, req{method: "GET", path: "/ui/api/session", header: map[string]string{"Cookie": cookie(tok2)}}); got != 401 {
