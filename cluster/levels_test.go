@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/raft"
 	"github.com/mcpd/mcpd/audit"
 	"github.com/mcpd/mcpd/cluster"
 	"github.com/mcpd/mcpd/fsm"
@@ -39,30 +40,57 @@ func Test_Cluster_CommandLevels(t *testing.T) {
 		t.Fatalf("every node announced level %d: %v", fsm.Level, err)
 	}
 
-	// A member that announced nothing.
-	if err := leader.Node.Raft().AddNonvoter("old", "127.0.0.1:1", 0, 5*time.Second).Error(); err != nil {
-		t.Fatal(err)
+	// Raft does not promise that the node that led at the start still
+	// leads: a membership change goes to the leader of the moment, and is
+	// made again when an election took the leadership from under it.
+	member := func(what string, change func(r *raft.Raft) raft.Future) {
+		t.Helper()
+		testcluster.WaitFor(t, 20*time.Second, func() bool {
+			err := change(c.WaitLeader().Node.Raft()).Error()
+			switch {
+			case err == nil:
+				return true
+			case errors.Is(err, raft.ErrNotLeader), errors.Is(err, raft.ErrLeadershipLost), errors.Is(err, raft.ErrLeadershipTransferInProgress):
+				t.Logf("%s: %v", what, err)
+				return false
+			}
+			t.Fatalf("%s: %v", what, err)
+			return false
+		})
 	}
+
+	// A member that announced nothing.
+	member("add old", func(r *raft.Raft) raft.Future { return r.AddNonvoter("old", "127.0.0.1:1", 0, 5*time.Second) })
+	leader = c.WaitLeader()
 	err := leader.Node.MembersApply(fsm.TypeTaskPrune)
 	if !errors.Is(err, cluster.ErrLevel) || !strings.Contains(err.Error(), "old must run a version of command level 1") {
 		t.Fatalf("with an old member: %v", err)
 	}
-	before := leader.Node.Raft().LastIndex()
-	if _, err := leader.Node.Call(ctx, fsm.TypeTaskPrune, "", &fsm.TaskPruneArgs{Roots: []string{"g1"}}); !errors.Is(err, cluster.ErrLevel) {
-		t.Fatalf("a prune proposed with an old member: %v", err)
-	}
-	if got := leader.Node.Raft().LastIndex(); got != before {
-		t.Fatalf("a refused command reached the log: index %d, was %d", got, before)
-	}
+	// Nothing reaches the log for a refused command. An election appends
+	// the new leader's no-op, so the log is measured again when the term
+	// changed meanwhile.
+	testcluster.WaitFor(t, 20*time.Second, func() bool {
+		ld := c.WaitLeader()
+		term, before := ld.Node.Raft().CurrentTerm(), ld.Node.Raft().LastIndex()
+		if _, err := ld.Node.Call(ctx, fsm.TypeTaskPrune, "", &fsm.TaskPruneArgs{Roots: []string{"g1"}}); !errors.Is(err, cluster.ErrLevel) {
+			t.Fatalf("a prune proposed with an old member: %v", err)
+		}
+		got := ld.Node.Raft().LastIndex()
+		if ld.Node.Raft().CurrentTerm() != term {
+			t.Logf("term %d -> %d while a refused command was checked; checking again", term, ld.Node.Raft().CurrentTerm())
+			return false
+		}
+		if got != before {
+			t.Fatalf("a refused command reached the log: index %d, was %d", got, before)
+		}
+		return true
+	})
 	if err := leader.Node.MembersApply(fsm.TypeEnqueue); err != nil {
 		t.Fatalf("a level 0 command: %v", err)
 	}
-	if err := leader.Node.Raft().RemoveServer("old", 0, 5*time.Second).Error(); err != nil {
-		t.Fatal(err)
-	}
-	if err := leader.Node.MembersApply(fsm.TypeTaskPrune); err != nil {
-		t.Fatalf("the old member removed: %v", err)
-	}
+	member("remove old", func(r *raft.Raft) raft.Future { return r.RemoveServer("old", 0, 5*time.Second) })
+	// Every member's configuration drops old once it has the change.
+	testcluster.WaitFor(t, 10*time.Second, func() bool { return leader.Node.MembersApply(fsm.TypeTaskPrune) == nil })
 
 	// n2's announcement lost: it announces again.
 	var n2 *testcluster.Node
@@ -91,8 +119,17 @@ func Test_Cluster_CommandLevels(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := leader.Node.Submit(ctx, cmd); err != nil {
-		t.Fatal(err)
+	// Submitted again if an election answers it unavailable (its outcome
+	// maybe unknown): a second forced announcement changes nothing below.
+	for {
+		err := leader.Node.Submit(ctx, cmd)
+		if err == nil {
+			break
+		}
+		if !(errors.Is(err, cluster.ErrUnavailable) || errors.Is(err, cluster.ErrUnknown)) || ctx.Err() != nil {
+			t.Fatal(err)
+		}
+		t.Logf("forced announcement: %v", err)
 	}
 	testcluster.WaitFor(t, 10*time.Second, func() bool {
 		return announced() >= was+2 && levels(leader)["n2"] == fsm.Level
