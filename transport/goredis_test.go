@@ -2,8 +2,10 @@ package transport_test
 
 import (
 	"context"
+	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -213,18 +215,50 @@ func TestGoRedisBlockingPopAcrossNodes(t *testing.T) {
 	// waits until that listener reports one blocked client, pushes
 	// values to key through the other node's listener, and returns what
 	// pop answered.
-	blockThenPush := func(t *testing.T, other *testcluster.Node, key string, pop func(*redis.Client) (any, error), values ...any) any {
+	//
+	// A pop is a write, and the leader can change while it commits (a
+	// stalled process): TRYAGAIN. Before the push there is nothing to
+	// pop, so the pop is sent again. After it, a TRYAGAIN that applied
+	// nothing has the pop sent again too; one whose outcome is unknown is
+	// followed by a write of the blocked client's own connection that
+	// commits (which decides the pop), and then popped reads what the
+	// pop left: the answer it would have had if it was applied, else the
+	// pop is sent again.
+	// settle follows a write of unknown outcome with a write of the same
+	// connection (c has one) that commits: a leader that commits an entry
+	// of its term has decided every earlier one, and the connection's
+	// reads follow its writes.
+	settle := func(t *testing.T, c *redis.Client) {
+		t.Helper()
+		for err := c.Set(ctx, "goredis-test-settle", "1", 0).Err(); err != nil; err = c.Set(ctx, "goredis-test-settle", "1", 0).Err() {
+			if !tryAgain(err) || ctx.Err() != nil {
+				t.Fatalf("SET after an unknown outcome: %v", err)
+			}
+		}
+	}
+	blockThenPush := func(t *testing.T, other *testcluster.Node, key string, pop func(*redis.Client) (any, error),
+		popped func(*redis.Client) (any, bool), values ...any) any {
 		t.Helper()
 		addr := startRESP(t, followers[0])
-		blocked, observer := client(addr), client(addr)
+		// One connection: its reads follow its writes.
+		blocked := redis.NewClient(&redis.Options{Addr: addr, Protocol: 3, MaxRetries: -1, PoolSize: 1})
+		t.Cleanup(func() { blocked.Close() })
+		observer := client(addr)
 		type result struct {
 			v   any
 			err error
 		}
+		var pushed atomic.Bool
 		res := make(chan result, 1)
 		go func() {
-			v, err := pop(blocked)
-			res <- result{v, err}
+			for {
+				v, err := pop(blocked)
+				if tryAgain(err) && !pushed.Load() && ctx.Err() == nil {
+					continue // nothing to pop yet, so nothing was popped
+				}
+				res <- result{v, err}
+				return
+			}
 		}()
 		testcluster.WaitFor(t, waitTime, func() bool {
 			select {
@@ -235,14 +269,46 @@ func TestGoRedisBlockingPopAcrossNodes(t *testing.T) {
 			info, err := observer.Info(ctx, "clients").Result()
 			return err == nil && strings.Contains(info, "blocked_clients:1\r\n")
 		})
-		if n, err := client(startRESP(t, other)).RPush(ctx, key, values...).Result(); err != nil || n != int64(len(values)) {
-			t.Fatalf("RPUSH %s: %d %v", key, n, err)
+		pushed.Store(true)
+		// The push is a write too. Every case pushes two values and pops
+		// one: after an RPUSH of unknown outcome, decided as the pop's
+		// above, the key holds a value if and only if it was applied.
+		push := redis.NewClient(&redis.Options{Addr: startRESP(t, other), Protocol: 3, MaxRetries: -1, PoolSize: 1})
+		t.Cleanup(func() { push.Close() })
+		for {
+			n, err := push.RPush(ctx, key, values...).Result()
+			if tryAgain(err) && ctx.Err() == nil {
+				t.Logf("RPUSH %s: %v", key, err)
+				if !strings.Contains(err.Error(), "outcome is unknown") {
+					continue // nothing was pushed
+				}
+				settle(t, push)
+				if l, err := push.LLen(ctx, key).Result(); err == nil && l > 0 {
+					break
+				}
+				continue
+			}
+			if err != nil || n != int64(len(values)) {
+				t.Fatalf("RPUSH %s: %d %v", key, n, err)
+			}
+			break
 		}
 		var r result
 		select {
 		case r = <-res:
 		case <-ctx.Done():
 			t.Fatalf("the blocked client was not woken by the push on %s", key)
+		}
+		for tryAgain(r.err) && ctx.Err() == nil {
+			t.Logf("blocking pop on %s: %v", key, r.err)
+			if strings.Contains(r.err.Error(), "outcome is unknown") {
+				settle(t, blocked)
+				if v, ok := popped(blocked); ok {
+					r = result{v, nil}
+					break
+				}
+			}
+			r.v, r.err = pop(blocked)
 		}
 		if r.err != nil {
 			t.Fatalf("blocking pop on %s: %v", key, r.err)
@@ -253,22 +319,31 @@ func TestGoRedisBlockingPopAcrossNodes(t *testing.T) {
 		})
 		return r.v
 	}
+	// list reads a list through c; only says whether it is want.
+	list := func(c *redis.Client, key string, want ...string) bool {
+		v, err := c.LRange(ctx, key, 0, -1).Result()
+		return err == nil && slices.Equal(v, want)
+	}
 
 	t.Run("BLPOP", func(t *testing.T) {
 		got := blockThenPush(t, followers[1], "bq", func(c *redis.Client) (any, error) {
 			return c.BLPop(ctx, waitTime, "bq-empty", "bq").Result()
+		}, func(c *redis.Client) (any, bool) {
+			return []string{"bq", "first"}, list(c, "bq", "second")
 		}, "first", "second")
 		if kv := got.([]string); len(kv) != 2 || kv[0] != "bq" || kv[1] != "first" {
 			t.Fatalf("BLPOP answered %q, want [bq first]", kv)
 		}
-		// The element not popped stays, on every node.
-		if v, err := client(startRESP(t, leader)).LRange(ctx, "bq", 0, -1).Result(); err != nil || len(v) != 1 || v[0] != "second" {
-			t.Fatalf("LRANGE bq after BLPOP: %q %v", v, err)
-		}
+		// The element not popped stays, on every node (the first leader
+		// may follow by now, and apply the pop on its own time).
+		l := client(startRESP(t, leader))
+		testcluster.WaitFor(t, waitTime, func() bool { return list(l, "bq", "second") })
 	})
 	t.Run("BRPOPLPUSH", func(t *testing.T) {
 		got := blockThenPush(t, leader, "src1", func(c *redis.Client) (any, error) {
 			return c.BRPopLPush(ctx, "src1", "dst1", waitTime).Result()
+		}, func(c *redis.Client) (any, bool) {
+			return "y", list(c, "dst1", "y")
 		}, "x", "y")
 		if got.(string) != "y" {
 			t.Fatalf("BRPOPLPUSH answered %q, want y", got)
@@ -283,6 +358,8 @@ func TestGoRedisBlockingPopAcrossNodes(t *testing.T) {
 	t.Run("BLMOVE", func(t *testing.T) {
 		got := blockThenPush(t, followers[1], "src2", func(c *redis.Client) (any, error) {
 			return c.BLMove(ctx, "src2", "dst2", "LEFT", "RIGHT", waitTime).Result()
+		}, func(c *redis.Client) (any, bool) {
+			return "p", list(c, "dst2", "p")
 		}, "p", "q")
 		if got.(string) != "p" {
 			t.Fatalf("BLMOVE answered %q, want p", got)
@@ -294,10 +371,18 @@ func TestGoRedisBlockingPopAcrossNodes(t *testing.T) {
 			return err1 == nil && err2 == nil && len(dst) == 1 && dst[0] == "p" && len(src) == 1 && src[0] == "q"
 		})
 	})
-	// A blocking pop that nothing wakes answers nil at its timeout.
+	// A blocking pop that nothing wakes answers nil at its timeout. Its
+	// pop is a write: a leader change while it commits (a stalled
+	// process) answers TRYAGAIN, and as nobody pushes the key, sending
+	// it again can only answer the same.
 	t.Run("timeout", func(t *testing.T) {
 		c := client(startRESP(t, followers[0]))
-		if v, err := c.BLPop(ctx, 100*time.Millisecond, "never").Result(); err != redis.Nil {
+		v, err := c.BLPop(ctx, 100*time.Millisecond, "never").Result()
+		for tryAgain(err) && ctx.Err() == nil {
+			t.Logf("BLPOP on a key nobody pushes: %v; again", err)
+			v, err = c.BLPop(ctx, 100*time.Millisecond, "never").Result()
+		}
+		if err != redis.Nil {
 			t.Fatalf("BLPOP on a key nobody pushes: %q %v, want redis.Nil", v, err)
 		}
 	})
