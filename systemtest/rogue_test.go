@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -42,6 +43,10 @@ func Test_Fault_RogueNode(t *testing.T) {
 		"--log-level", "info",
 	)}
 	manage(t, rogue)
+	offs := map[string]int64{}
+	for _, nd := range c.nodes {
+		offs[nd.id] = nd.proc.logSize(t)
+	}
 	at := w.fault("start rogue n4 at %s with a CA of its own", ip)
 	rogue.start(t)
 
@@ -62,14 +67,48 @@ func Test_Fault_RogueNode(t *testing.T) {
 	})
 	w.recovered(at, batch, 30*time.Second)
 
-	for _, nd := range c.nodes {
-		s, err := readyz(nd.health)
-		if err != nil {
-			t.Fatal(err)
+	// Every member is ready, on one term and leader: the ones of the
+	// start, unless a member timed out meanwhile (a starved or paused
+	// process misses heartbeats, and raft elects again: that is raft
+	// working, not the rogue's doing). Then every term since must be one
+	// a member campaigned in; a term only the rogue's campaigns could
+	// explain would mean they reached a member's raft.
+	var now status
+	waitFor(t, 30*time.Second, "every member ready on one term and leader", func() error {
+		var first *status
+		for _, nd := range c.nodes {
+			s, err := readyz(nd.health)
+			if err != nil {
+				return err
+			}
+			if !s.Ready {
+				return fmt.Errorf("%s not ready: %+v", nd.id, s)
+			}
+			if first == nil {
+				first = &s
+			} else if s.Term != first.Term || s.Leader != first.Leader {
+				return fmt.Errorf("%s: term %d, leader %q; %s: term %d, leader %q", nd.id, s.Term, s.Leader, c.nodes[0].id, first.Term, first.Leader)
+			}
 		}
-		if !s.Ready || s.Term != before.Term || s.Leader != leader.id {
-			t.Errorf("%s: ready %v, term %d, leader %q; was term %d, leader %q", nd.id, s.Ready, s.Term, s.Leader, before.Term, leader.id)
+		now = *first
+		return nil
+	})
+	switch {
+	case now.Term == before.Term && now.Leader != leader.id:
+		t.Errorf("leader %q, was %q, in the same term %d", now.Leader, leader.id, now.Term)
+	case now.Term < before.Term:
+		t.Errorf("term %d, was %d", now.Term, before.Term)
+	case now.Term != before.Term:
+		for term := before.Term + 1; term <= now.Term; term++ {
+			campaigned := false
+			for _, nd := range c.nodes {
+				campaigned = campaigned || campaignedIn(nd.proc.logSince(t, offs[nd.id]), term)
+			}
+			if !campaigned {
+				t.Errorf("term %d (was %d, leader %q, was %q): no member campaigned in term %d", now.Term, before.Term, now.Leader, leader.id, term)
+			}
 		}
+		t.Logf("a member timed out: term %d and leader %q, were %d and %q", now.Term, now.Leader, before.Term, leader.id)
 	}
 	s, err := readyz(health)
 	if err != nil {
@@ -92,6 +131,18 @@ func Test_Fault_RogueNode(t *testing.T) {
 	}
 	rogue.kill()
 	finishAndCheck(t, c, w)
+}
+
+// campaignedIn reports whether log has a node's raft entering the
+// candidate state for term.
+func campaignedIn(log string, term uint64) bool {
+	want := fmt.Sprintf("term=%d", term)
+	for _, line := range strings.Split(log, "\n") {
+		if strings.Contains(line, `msg="entering candidate state"`) && slices.Contains(strings.Fields(line), want) {
+			return true
+		}
+	}
+	return false
 }
 
 // logLine reports whether a line of log holds every one of subs.
