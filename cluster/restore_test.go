@@ -210,12 +210,25 @@ func Test_Restore_NoReachableLeader(t *testing.T) {
 	cluster.SetRestoreTimings(t, time.Second, time.Second, 100*time.Millisecond)
 	c := testcluster.Start(t, 3, testcluster.Options{})
 	l := recordRestores(c, 0)
+	// The survivor is a node that did not lead when asked; every other
+	// node is killed (not the leader and follower of a moment before: an
+	// election may have moved the leadership in between), and the
+	// survivor, alone, leads no more.
 	leader := c.WaitLeader()
-	f := c.Followers()
-	c.KillNode(leader)
-	c.KillNode(f[1])
+	var survivor *testcluster.Node
+	for _, nd := range c.Nodes {
+		if nd != leader && survivor == nil {
+			survivor = nd
+		}
+	}
+	for _, nd := range c.Nodes {
+		if nd != survivor {
+			c.KillNode(nd)
+		}
+	}
+	testcluster.WaitFor(t, 5*time.Second, func() bool { return !survivor.Node.IsLeader() })
 	start := time.Now()
-	_, err := f[0].Node.ForwardRestore(ctx(t), "operator:test", bytes.NewReader([]byte("snapshot")), 8)
+	_, err := survivor.Node.ForwardRestore(ctx(t), "operator:test", bytes.NewReader([]byte("snapshot")), 8)
 	if !errors.Is(err, cluster.ErrUnavailable) || !strings.Contains(err.Error(), "nothing was sent") ||
 		!(strings.Contains(err.Error(), "no leader known") || strings.Contains(err.Error(), "cannot reach the leader")) {
 		t.Fatalf("restore without a leader: %v", err)
