@@ -131,8 +131,10 @@ func (k *Consumer) dropFrom(cn *conn) {
 func (k *Consumer) end(err error)  { k.box.end(err) }
 func (k *Consumer) halt(err error) { k.box.halt(err) }
 
-// Ack settles the delivery as done. IsStale(err) means the lease is gone and
-// the message will be (or was) delivered again; callers may ignore that.
+// Ack settles the delivery as done. IsStale(err) means the lease is gone
+// and the message will be (or was) delivered again, or that this ack was
+// applied but its answer lost and the resend found it settled; callers may
+// ignore it either way.
 func (d *Delivery) Ack(ctx context.Context) error {
 	_, err := d.settle(ctx, d.frame("ack"))
 	return err

@@ -48,7 +48,10 @@ func IsCode(err error, code string) bool {
 // IsStale reports whether an Ack, Nack, Reject or Extend failed only because
 // the delivery is no longer leased to this client (its connection dropped,
 // or the server answered not_found). Such errors are safe to ignore: the
-// message will be delivered again.
+// lease ran out or ended with the connection, and the message will be
+// delivered again; or the settle itself was applied, its answer lost in a
+// leader change, and the client's resend found the delivery settled
+// already.
 func IsStale(err error) bool {
 	return errors.Is(err, ErrStaleDelivery) || IsCode(err, "not_found")
 }
