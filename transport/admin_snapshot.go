@@ -233,7 +233,12 @@ func (a *Admin) forwardedRestore(ctx context.Context, req cluster.RestoreRequest
 		return *fail
 	}
 	defer os.Remove(up)
-	return a.restoreOnLeader(ctx, req.Actor, req.From, up)
+	via := req.From
+	if via == a.node.ID() {
+		// The follower was elected while it sent the file on, to itself.
+		via = ""
+	}
+	return a.restoreOnLeader(ctx, req.Actor, via, up)
 }
 
 // restoreOnLeader restores the snapshot file up, uploaded to this node
