@@ -18,7 +18,10 @@ import (
 // error, and after it, time stands still until the true clocks catch up
 // (stamps never go backwards). So each node measures its peers' clocks and
 // the stamp is the median of the voters' clocks: one bad clock in three
-// (two in five) cannot move it.
+// (two in five) cannot move it, as long as every voter's clock was
+// measured in the last clockSampleTTL. With a voter of three unmeasured
+// for longer (down since), the other two are averaged: one bad clock
+// between them moves cluster time by half its error.
 
 // protoClock is the clock probe on the Raft port: the prober writes one
 // byte, the peer answers with its wall clock as 8 bytes of unix nanoseconds.
@@ -26,9 +29,17 @@ const protoClock byte = 'C'
 
 const (
 	clockProbeEvery = time.Second
-	clockSampleTTL  = 5 * clockProbeEvery // older samples are not used
-	clockMaxRTT     = time.Second         // a slower answer says too little
+	clockMaxRTT     = time.Second // a slower answer says too little
+	clockIdle       = 15 * time.Second
 )
+
+// clockSampleTTL is how long a peer's measured offset counts. An offset
+// moves only when a clock is stepped (a slewing clock drifts by at most
+// 0.5 ms a second, 60 ms in two minutes), so a measurement stays good
+// while that peer's probes fail for a while: a stalled process or a slow
+// link must not leave two clocks of three to split the difference, which
+// would move cluster time by half of one bad clock's error.
+const clockSampleTTL = 2 * time.Minute
 
 type clockSample struct {
 	offset time.Duration // the peer's clock minus ours
@@ -90,7 +101,7 @@ func (n *Node) serveClock(c net.Conn) {
 	var req [1]byte
 	var resp [8]byte
 	for {
-		_ = c.SetReadDeadline(time.Now().Add(3 * clockSampleTTL))
+		_ = c.SetReadDeadline(time.Now().Add(clockIdle))
 		if _, err := c.Read(req[:]); err != nil {
 			return
 		}
@@ -139,6 +150,11 @@ func (n *Node) clockLoop() {
 		}
 		n.clocks.mu.Lock()
 		n.clocks.voters = len(voters)
+		for id := range n.clocks.samples {
+			if _, ok := voters[id]; !ok {
+				delete(n.clocks.samples, id) // no longer a voter: its clock has no say
+			}
+		}
 		n.clocks.mu.Unlock()
 		for id, stop := range probers {
 			if _, ok := voters[id]; !ok {

@@ -31,6 +31,10 @@ func TestClockCorrectionIsTheMedian(t *testing.T) {
 		{"two clocks: the mean", map[raft.ServerID]clockSample{
 			"n2": {offset: 4 * time.Second, at: fresh},
 		}, 3, 2 * time.Second, true},
+		{"a peer unmeasured for a minute still outvotes this node's bad clock", map[raft.ServerID]clockSample{
+			"n2": {offset: -5 * time.Minute, at: fresh},
+			"n3": {offset: -5*time.Minute + 4*time.Millisecond, at: now.Add(-time.Minute)},
+		}, 3, -5*time.Minute + 4*time.Millisecond, true},
 		{"stale samples are ignored", map[raft.ServerID]clockSample{
 			"n2": {offset: 5 * time.Minute, at: stale},
 			"n3": {offset: 5 * time.Minute, at: stale},
