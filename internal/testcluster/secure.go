@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 
 	"github.com/mcpd/mcpd/auth"
 	"github.com/mcpd/mcpd/transport"
@@ -63,15 +64,46 @@ func (c *Cluster) AddAgent(name, alg string, acl auth.ACL, limits auth.Limits) a
 		req.Secret = key.Secret
 	}
 	body, _ := json.Marshal(req)
-	resp, err := http.Post(c.Nodes[0].AdminURL()+"/v1/agents", "application/json", bytes.NewReader(body))
-	if err != nil {
-		c.t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusCreated {
+	// An election may answer 503 (unavailable: nothing was done, or the
+	// outcome is unknown): the request goes again. After an unknown
+	// outcome, "already exists" is this request's own doing when the
+	// stored identity has the key it sent (an HMAC secret is not shown:
+	// the name, fresh in a test, has to do).
+	unknown := false
+	for attempt := 0; ; attempt++ {
+		resp, err := http.Post(c.Nodes[0].AdminURL()+"/v1/agents", "application/json", bytes.NewReader(body))
+		if err != nil {
+			c.t.Fatal(err)
+		}
 		var e transport.AdminError
-		_ = json.NewDecoder(resp.Body).Decode(&e)
+		if resp.StatusCode != http.StatusCreated {
+			_ = json.NewDecoder(resp.Body).Decode(&e)
+		}
+		resp.Body.Close()
+		switch {
+		case resp.StatusCode == http.StatusCreated:
+			return key
+		case resp.StatusCode == http.StatusServiceUnavailable && attempt < 20:
+			unknown = unknown || strings.Contains(e.Error, "outcome unknown")
+			continue
+		case resp.StatusCode == http.StatusConflict && unknown && c.storedKey(name, key):
+			return key
+		}
 		c.t.Fatalf("add agent %s: HTTP %d %s: %s", name, resp.StatusCode, e.Code, e.Error)
 	}
-	return key
+}
+
+// storedKey reports whether the identity stored under name has key's
+// public key (any key for an HMAC identity, whose secret is not shown).
+func (c *Cluster) storedKey(name string, key auth.Key) bool {
+	resp, err := http.Get(c.Nodes[0].AdminURL() + "/v1/agents/" + name)
+	if err != nil {
+		return false
+	}
+	defer resp.Body.Close()
+	var a auth.Agent
+	if resp.StatusCode != http.StatusOK || json.NewDecoder(resp.Body).Decode(&a) != nil {
+		return false
+	}
+	return a.Alg == key.Alg && bytes.Equal(a.Public, key.Public)
 }
