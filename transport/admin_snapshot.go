@@ -292,8 +292,9 @@ func (a *Admin) restoreOnLeader(ctx context.Context, actor, via, up string) clus
 			// Refused before Raft took anything.
 			return retry("leadership was lost just before the restore")
 		case errors.Is(err, raft.ErrLeadershipLost):
-			return restoreFailure(fmt.Errorf("%w: leadership was lost while the restore was committed: this node took the file, the cluster may not have; "+
-				"check mcpd cluster status and the snapshot.restore audit entry (mcpd audit search --type snapshot.restore --desc) before sending it again", cluster.ErrUnknown))
+			return restoreFailure(fmt.Errorf("%w: leadership was lost while the restore was committed: this node took the file, the cluster may not have, "+
+				"and no snapshot.restore audit entry records it either way; send the file again (the same file restored twice leaves the same state, and is recorded) "+
+				"or compare the cluster with it (docs/ops/snapshots.md)", cluster.ErrUnknown))
 		}
 		return restoreFailure(fmt.Errorf("%w: restore: %v", errRestore, err))
 	}
