@@ -78,7 +78,7 @@ func (c *Chain) Add(rec *Record) bool {
 	case rec.Prev != c.r.Head.Hash:
 		return c.fail(seq, Reordered, "its prev %x is not the hash of entry %d (%x)", rec.Prev, seq-1, c.r.Head.Hash)
 	}
-	if c.base.Seq > 0 && rec.Kind == KindPrune && rec.Outcome == "ok" && rec.Subject == PruneSubject(c.base.Seq) {
+	if c.base.Seq > 0 && recordsPrune(&rec.Entry, c.base.Seq) {
 		c.pruneRec = true
 	}
 	c.recent[seq%recentHashes] = rec.Hash
@@ -127,7 +127,7 @@ func (c *Chain) Report() Report {
 	}
 	if r.OK && c.base.Seq > 0 && !c.pruneRec {
 		r.OK, r.BrokenSeq, r.Reason = false, c.base.Seq, Missing
-		r.Detail = fmt.Sprintf("the log starts after entry %d, but no %s entry records pruning up to it: entries were cut off the start", c.base.Seq, KindPrune)
+		r.Detail = unrecordedBase(c.base.Seq)
 	}
 	return r
 }

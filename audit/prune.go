@@ -32,6 +32,18 @@ const KindPrune = "audit.prune"
 // moved the base to seq.
 func PruneSubject(seq uint64) string { return strconv.FormatUint(seq, 10) }
 
+// recordsPrune reports whether e is the entry of a prune step that moved
+// the base to seq.
+func recordsPrune(e *Entry, seq uint64) bool {
+	return e.Kind == KindPrune && e.Outcome == "ok" && e.Subject == PruneSubject(seq)
+}
+
+// unrecordedBase is the detail of a chain whose base no prune entry
+// names.
+func unrecordedBase(seq uint64) string {
+	return fmt.Sprintf("the chain starts after entry %d, but no %s entry records pruning up to it: entries were cut off the start", seq, KindPrune)
+}
+
 // ErrPruneRange: the seq to prune through is not before the latest
 // checkpoint, or there is no checkpoint at all.
 var ErrPruneRange = errors.New("cannot prune there")

@@ -171,7 +171,7 @@ func (v *verifier) entry(k, val []byte) bool {
 		}
 		v.cpK, v.cpV = v.cps.Next()
 	}
-	if v.r.Pruned > 0 && e.Kind == KindPrune && e.Outcome == "ok" && e.Subject == PruneSubject(v.r.Pruned) {
+	if v.r.Pruned > 0 && recordsPrune(&e, v.r.Pruned) {
 		v.pruneRec = true
 	}
 	v.prev = e.Hash
@@ -227,7 +227,7 @@ func (v *verifier) end() {
 		return
 	}
 	if v.r.Pruned > 0 && !v.pruneRec {
-		v.fail(v.r.Pruned, Missing, "the chain starts after entry %d, but no %s entry records pruning up to it: entries were cut off the start", v.r.Pruned, KindPrune)
+		v.fail(v.r.Pruned, Missing, "%s", unrecordedBase(v.r.Pruned))
 		return
 	}
 	v.r.OK = true

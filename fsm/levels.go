@@ -1,8 +1,8 @@
 package fsm
 
 import (
+	"bytes"
 	"encoding/binary"
-	"strings"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -41,7 +41,7 @@ func NodeLevels(tx *bolt.Tx) map[string]int {
 	out := map[string]int{}
 	c := tx.Bucket(bucketMeta).Cursor()
 	p := []byte("level:")
-	for k, v := c.Seek(p); k != nil && strings.HasPrefix(string(k), string(p)); k, v = c.Next() {
+	for k, v := c.Seek(p); k != nil && bytes.HasPrefix(k, p); k, v = c.Next() {
 		if n, w := binary.Uvarint(v); w > 0 {
 			out[string(k[len(p):])] = int(n)
 		}

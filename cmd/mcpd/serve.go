@@ -166,8 +166,8 @@ func runServe(args []string) error {
 	defer admin.close()
 	stopCheckpoints := startCheckpoints(&f, node, clusterKey)
 	defer stopCheckpoints()
-	stopSchedules := startSchedules(&f, node)
-	defer stopSchedules()
+	stopDuties := startLeaderDuties(&f, node)
+	defer stopDuties()
 	resp, err := startRESP(&f, node, ws, tlsConf, log, errc)
 	if err != nil {
 		wsLn.Close()

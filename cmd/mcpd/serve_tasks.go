@@ -42,10 +42,10 @@ func (t *taskFlags) register(fs *flag.FlagSet) {
 	fs.DurationVar(&t.grace, "schedule-misfire-grace", cluster.DefaultMisfireGrace, "how late a schedule's tick may fire as itself; older ticks follow the schedule's misfire policy")
 }
 
-// startSchedules fires the schedules, and removes ended task trees past
-// the retention, while the node leads; the function it returns stops
-// both.
-func startSchedules(f *serveFlags, node *cluster.Node) func() {
+// startLeaderDuties fires the schedules, and removes ended task trees
+// past the retention, while the node leads; the function it returns
+// stops both.
+func startLeaderDuties(f *serveFlags, node *cluster.Node) func() {
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Go(func() { node.RunSchedules(f.tasks.grace, stop) })
