@@ -157,17 +157,12 @@ func rejectReason(err error) string {
 	if errors.As(err, &se) {
 		msg = se.reason.Error()
 	}
-	return clipReason(prefix + strings.TrimPrefix(msg, prefix))
+	return truncate(prefix+strings.TrimPrefix(msg, prefix), maxSettleReason)
 }
 
-// clipReason cuts a settle reason to the 1024 bytes the server takes,
-// at a UTF-8 boundary.
-func clipReason(msg string) string {
-	if len(msg) > 1024 {
-		msg = strings.ToValidUTF8(msg[:1024], "")
-	}
-	return msg
-}
+// maxSettleReason is the most bytes of a reject's or nack's reason the
+// server takes.
+const maxSettleReason = 1024
 
 // Verify checks the delivery's sender (Client.VerifyEnvelope).
 func (d *Delivery) Verify(ctx context.Context) (*Verified, error) {
@@ -207,7 +202,7 @@ func (k *Consumer) admit(d *Delivery) bool {
 		err = d.Reject(ctx, rejectReason(err))
 	} else {
 		c.log.Warn("cannot verify the sender of a delivery; handing it back", "queue", d.Queue, "seq", d.Seq, "err", err)
-		err = d.NackReason(ctx, -1, clipReason("cannot verify the sender: "+err.Error()))
+		err = d.NackReason(ctx, -1, truncate("cannot verify the sender: "+err.Error(), maxSettleReason))
 	}
 	if err != nil && !IsStale(err) && c.ctx.Err() == nil {
 		c.log.Warn("settling an unverified delivery failed; its lease will run out", "queue", d.Queue, "seq", d.Seq, "err", err)

@@ -286,7 +286,10 @@ func (t *Tx) fail(name string, q *queueRec, seq uint64, m *msgRec, delay *int64,
 	if m.Attempts >= q.Settings.MaxAttempts {
 		reason := "max_attempts"
 		if why != "" {
-			reason += ": " + why
+			// Apply does not refuse a long nack reason (fsm's
+			// checkSettle says why): the dead letter keeps at most the
+			// MaxReasonLen bytes a reject's reason may have.
+			reason += ": " + clip(why, MaxReasonLen)
 		}
 		return t.deadLetter(name, q, seq, m, reason)
 	}

@@ -219,3 +219,17 @@ func Test_Timeline_Bound(t *testing.T) {
 	}
 	t.Logf("a record with %d events: %d bytes", queue.MaxTimeline, size)
 }
+
+// A nack's reason longer than a reject may give (Apply takes it, as
+// older nodes do) is cut to MaxReasonLen in the dead letter it makes.
+func Test_Timeline_LongNackReasonIsBounded(t *testing.T) {
+	db := mustDB(t)
+	mustOK(t, db, 1000, declare(queue.DeclareArgs{Queue: "jobs", MaxAttempts: pint(1)}))
+	mustOK(t, db, 1000, enq("jobs", "m1"))
+	mustOK(t, db, 1000, consume("jobs", c1, 1, 60000))
+	mustOK(t, db, 1100, nackReason("jobs", 1, 1, c1, strings.Repeat("x", 5000)))
+	dl := msgAt(t, db, "jobs.dlq", 1)
+	if dl.Dead == nil || dl.Dead.Reason != "max_attempts: "+strings.Repeat("x", queue.MaxReasonLen) {
+		t.Fatalf("dead letter reason of %d bytes", len(dl.Dead.Reason))
+	}
+}
