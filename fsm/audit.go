@@ -197,7 +197,12 @@ func errorCode(err error) string {
 
 // NewAuditCheckpoint is the command that records a signed checkpoint.
 func NewAuditCheckpoint(c audit.Checkpoint) (Command, error) {
-	return NewCommand(TypeAuditCheckpoint, "", 0, &AuditCheckpointArgs{Seq: c.Seq, Hash: c.Hash[:], Public: c.Public, Sig: c.Sig})
+	return NewCommand(TypeAuditCheckpoint, "", 0, AuditCheckpointOf(c))
+}
+
+// AuditCheckpointOf is the body of the command recording c.
+func AuditCheckpointOf(c audit.Checkpoint) *AuditCheckpointArgs {
+	return &AuditCheckpointArgs{Seq: c.Seq, Hash: c.Hash[:], Public: c.Public, Sig: c.Sig}
 }
 
 func init() {

@@ -53,7 +53,7 @@ func TestAdminAuditPrune(t *testing.T) {
 	}
 	key := ed25519.NewKeyFromSeed(bytes.Repeat([]byte{5}, ed25519.SeedSize))
 	cp := audit.Sign(key, head)
-	if rep, err := leader.Node.Call(ctx, fsm.TypeAuditCheckpoint, "", &fsm.AuditCheckpointArgs{Seq: cp.Seq, Hash: cp.Hash[:], Public: cp.Public, Sig: cp.Sig}); err != nil || rep.Err != nil {
+	if rep, err := leader.Node.Call(ctx, fsm.TypeAuditCheckpoint, "", fsm.AuditCheckpointOf(cp)); err != nil || rep.Err != nil {
 		t.Fatalf("checkpoint: %v %v", err, rep)
 	}
 	via.want(409, "POST", "/v1/audit/prune", fmt.Sprintf(`{"through":%d}`, head.Seq), "")

@@ -42,7 +42,7 @@ func TestCLIAuditPrune(t *testing.T) {
 	}
 	key := ed25519.NewKeyFromSeed(bytes.Repeat([]byte{9}, ed25519.SeedSize))
 	c := audit.Sign(key, head)
-	rep, err := node.Call(ctx, fsm.TypeAuditCheckpoint, "", &fsm.AuditCheckpointArgs{Seq: c.Seq, Hash: c.Hash[:], Public: c.Public, Sig: c.Sig})
+	rep, err := node.Call(ctx, fsm.TypeAuditCheckpoint, "", fsm.AuditCheckpointOf(c))
 	if err != nil || rep.Err != nil {
 		t.Fatalf("checkpoint: %v %v", err, rep)
 	}
