@@ -1,13 +1,12 @@
 package queue
 
 import (
-	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"unicode/utf8"
 
-	"github.com/vmihailenco/msgpack/v5"
+	"github.com/mcpd/mcpd/internal/mpack"
 )
 
 // A message's timeline: what happened to it, kept in its record so that
@@ -462,23 +461,15 @@ func readStr(b []byte, i int) ([]byte, int, error) {
 	return readN(b, j, n)
 }
 
-// skipValue returns the index after the value at b[i:].
+// skipValue returns the index after the value at b[i:] (a field a later
+// version added), without recursion or allocation per element.
 func skipValue(b []byte, i int) (int, error) {
 	if i >= len(b) {
 		return 0, errTimeline
 	}
-	if _, j, err := readInt(b, i); err == nil {
-		return j, nil
-	}
-	if _, j, err := readStr(b, i); err == nil {
-		return j, nil
-	}
-	if b[i] == 0xc0 {
-		return i + 1, nil
-	}
-	r := bytes.NewReader(b[i:])
-	if err := msgpack.NewDecoder(r).Skip(); err != nil {
+	n, err := mpack.Len(b[i:])
+	if err != nil {
 		return 0, errTimeline
 	}
-	return len(b) - r.Len(), nil
+	return i + n, nil
 }

@@ -43,6 +43,9 @@ func Check(b []byte) error {
 	return err
 }
 
+// Len is the length of the first value in b, walked as Check walks it.
+func Len(b []byte) (int, error) { return check(b) }
+
 // check is Check, also returning the length of the value.
 func check(b []byte) (int, error) {
 	var open []int // values still to read in each open array or map
