@@ -77,7 +77,7 @@ func queueCmd(args []string, stdout io.Writer) error {
 	for _, m := range msgs {
 		dead := "-"
 		if m.Dead != nil {
-			dead = fmt.Sprintf("%s/%d: %s", m.Dead.Queue, m.Dead.Seq, m.Dead.Reason)
+			dead = fmt.Sprintf("%s/%d: %s", m.Dead.Queue, m.Dead.Seq, oneLine(m.Dead.Reason))
 		}
 		var compact bytes.Buffer
 		env := string(m.Envelope)
@@ -108,6 +108,11 @@ func queueCmd(args []string, stdout io.Writer) error {
 	return nil
 }
 
+// oneLine is client text (a reason, a name) as one table cell: line
+// breaks and tabs would split the row, and --timeline matches rows to
+// messages by position.
+var oneLine = strings.NewReplacer("\r\n", " ", "\n", " ", "\r", " ", "\t", " ").Replace
+
 // printTimeline writes a message's events, indented, one a line: time,
 // event, attempt, who (and the consumer of a delivery), detail.
 func printTimeline(w io.Writer, m transport.AdminMessage) error {
@@ -125,11 +130,11 @@ func printTimeline(w io.Writer, m transport.AdminMessage) error {
 		if e.Attempt > 0 {
 			attempt = "attempt " + strconv.Itoa(e.Attempt)
 		}
-		who := e.Who
+		who := oneLine(e.Who)
 		if e.Consumer != 0 {
 			who += fmt.Sprintf(" (consumer %d)", e.Consumer)
 		}
-		fmt.Fprintf(tw, "    %s\t%s\t%s\t%s\t%s\n", msClock(e.AtMs), e.Event, attempt, who, e.Detail)
+		fmt.Fprintf(tw, "    %s\t%s\t%s\t%s\t%s\n", msClock(e.AtMs), e.Event, attempt, who, oneLine(e.Detail))
 	}
 	if err := tw.Flush(); err != nil {
 		return err

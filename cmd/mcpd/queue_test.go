@@ -133,3 +133,11 @@ func TestCLIQueueRedriveDelete(t *testing.T) {
 		t.Fatal("the ack of a deleted message succeeded")
 	}
 }
+
+// A reason or name with line breaks or tabs stays one table cell, so
+// --timeline keeps each message's events under its own row.
+func TestOneLine(t *testing.T) {
+	if got := oneLine("bad\ninput\r\nat\tline 3\r"); got != "bad input at line 3 " {
+		t.Fatalf("oneLine = %q", got)
+	}
+}
