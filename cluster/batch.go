@@ -21,6 +21,7 @@ type pending struct {
 	seq      uint64 // submission order, kept through retries
 	deadline time.Time
 	done     func(error) // called once with the outcome
+	last     error       // why its latest attempt was not applied
 }
 
 // Submit proposes a command and waits for its outcome: nil once it is
@@ -31,6 +32,9 @@ type pending struct {
 func (n *Node) Submit(ctx context.Context, cmd fsm.Command) error {
 	if n.rejoining.Load() {
 		return errRejoining
+	}
+	if err := n.cannotReply(cmd); err != nil {
+		return err
 	}
 	timeout := n.cfg.SubmitTimeout
 	if d, ok := ctx.Deadline(); ok {
@@ -52,6 +56,10 @@ func (n *Node) submit(cmd fsm.Command, timeout time.Duration) error {
 func (n *Node) SubmitAsync(cmd fsm.Command, done func(error)) {
 	if n.rejoining.Load() {
 		done(errRejoining)
+		return
+	}
+	if err := n.cannotReply(cmd); err != nil {
+		done(err)
 		return
 	}
 	n.submitAsync(cmd, n.cfg.SubmitTimeout, done)
@@ -155,9 +163,13 @@ func (n *Node) proposeRetries() bool {
 	now := time.Now()
 	live := retry[:0]
 	for _, p := range retry {
-		if now.After(p.deadline) {
-			p.done(fmt.Errorf("%w: no leader accepted the command in time", ErrUnavailable))
-		} else {
+		switch err := n.cannotReply(p.cmd); {
+		case now.After(p.deadline):
+			p.done(fmt.Errorf("%w: no leader accepted the command in time (last: %v)", ErrUnavailable, p.last))
+		case err != nil:
+			// Its reply would wait for this node's disk: say so now.
+			p.done(err)
+		default:
 			live = append(live, p)
 		}
 	}
@@ -222,7 +234,7 @@ func (n *Node) propose(batch []*pending) {
 			if n.hasRetries() {
 				// Go behind the retries, in submission order.
 				<-n.inflight
-				n.requeue(batch)
+				n.requeue(batch, fmt.Errorf("%w: the leader changed", ErrUnavailable))
 				return
 			}
 		}
@@ -269,12 +281,13 @@ func (n *Node) finish(batch []*pending, err error) {
 		}
 		return
 	}
-	n.requeue(batch)
+	n.requeue(batch, err)
 }
 
-// requeue puts commands on the retry list and wakes the batch loop; once
-// the loop has stopped they fail at once.
-func (n *Node) requeue(batch []*pending) {
+// requeue puts commands that were not applied (why: err) on the retry
+// list and wakes the batch loop; once the loop has stopped they fail at
+// once.
+func (n *Node) requeue(batch []*pending, err error) {
 	n.retryMu.Lock()
 	if n.retryClosed {
 		n.retryMu.Unlock()
@@ -282,6 +295,9 @@ func (n *Node) requeue(batch []*pending) {
 			p.done(ErrShutdown)
 		}
 		return
+	}
+	for _, p := range batch {
+		p.last = err
 	}
 	n.retry = append(n.retry, batch...)
 	n.retryMu.Unlock()
@@ -298,6 +314,11 @@ func (n *Node) requeue(batch []*pending) {
 func (n *Node) applyLeader(cmds []fsm.Command) (func() ([]*fsm.Reply, error), error) {
 	if !n.IsLeader() {
 		return nil, fmt.Errorf("%w: not the leader", ErrUnavailable)
+	}
+	// A leader that cannot apply would commit entries nobody here
+	// answers; it hands leadership over instead (handOver).
+	if err := n.applyProblem(ErrUnavailable); err != nil {
+		return nil, err
 	}
 	now, measured := n.stampTime()
 	if !measured {
@@ -318,9 +339,12 @@ func (n *Node) applyLeader(cmds []fsm.Command) (func() ([]*fsm.Reply, error), er
 	}
 	f := n.raft.Apply(data, 10*time.Second)
 	return func() ([]*fsm.Reply, error) {
-		if err := n.await(f); err != nil {
-			if errors.Is(err, ErrShutdown) {
+		if err := n.awaitApplied(f); err != nil {
+			switch {
+			case errors.Is(err, ErrShutdown):
 				return nil, fmt.Errorf("%w: node shutting down", ErrUnknown)
+			case errors.Is(err, ErrUnknown):
+				return nil, err
 			}
 			return nil, mapRaftError(err)
 		}
@@ -340,6 +364,29 @@ func (n *Node) await(f raft.Future) error {
 		return err
 	case <-n.shutdownCh:
 		return ErrShutdown
+	}
+}
+
+// awaitApplied is await for an entry this leader proposed. The future
+// ends once the entry is applied here, which waits while state.db cannot
+// commit (fsm/commitfail.go); the entry then ends with ErrUnknown rather
+// than keep its client waiting for the disk.
+func (n *Node) awaitApplied(f raft.Future) error {
+	errc := make(chan error, 1)
+	go func() { errc <- f.Error() }()
+	t := time.NewTicker(degradedPoll)
+	defer t.Stop()
+	for {
+		select {
+		case err := <-errc:
+			return err
+		case <-n.shutdownCh:
+			return ErrShutdown
+		case <-t.C:
+			if err := n.applyProblem(ErrUnknown); err != nil {
+				return err
+			}
+		}
 	}
 }
 

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+	"github.com/mcpd/mcpd/fsm"
 )
 
 // A full disk (or another write error) under the data directory. Raft's
@@ -160,6 +161,77 @@ func (n *Node) DiskProblem() string {
 		}
 	}
 	return ""
+}
+
+// degradedPoll is how often waits check whether state.db stopped
+// committing.
+const degradedPoll = 100 * time.Millisecond
+
+// applyProblem returns an error wrapping kind when this node applies
+// nothing until state.db commits again (fsm/commitfail.go), else nil.
+func (n *Node) applyProblem(kind error) error {
+	if r := n.fsm.Degraded(); r != "" {
+		return fmt.Errorf("%w: this node applies nothing until its state.db commits again (%s)", kind, r)
+	}
+	return nil
+}
+
+// cannotReply refuses a command whose reply this node produces (a
+// client's or an operator's request) while the node cannot apply it: the
+// answer would wait for the disk. A command nobody waits for here (an
+// audit event, a closed connection) goes on to the leader.
+func (n *Node) cannotReply(cmd fsm.Command) error {
+	if cmd.Req == 0 {
+		return nil
+	}
+	return n.applyProblem(ErrUnavailable)
+}
+
+// handOver runs while this node leads: a leader whose state.db cannot
+// commit applies nothing, so it hands leadership to a voter that can
+// (applyLeader refuses new entries meanwhile). A single voter keeps it
+// and refuses writes until the disk recovers.
+func (n *Node) handOver(stop <-chan struct{}) {
+	defer n.wg.Done()
+	t := time.NewTicker(degradedPoll)
+	defer t.Stop()
+	var last time.Time
+	for {
+		select {
+		case <-stop:
+			return
+		case <-n.shutdownCh:
+			return
+		case <-t.C:
+		}
+		reason := n.fsm.Degraded()
+		if reason == "" || time.Since(last) < handOverEvery || !n.hasOtherVoter() {
+			continue
+		}
+		last = time.Now()
+		n.log.Warn("state.db cannot commit; handing leadership over", "reason", reason)
+		if err := n.raft.LeadershipTransfer().Error(); err != nil {
+			n.log.Warn("leadership transfer failed; trying again", "err", err, "in", handOverEvery)
+		}
+	}
+}
+
+// handOverEvery spaces leadership transfer attempts.
+const handOverEvery = 5 * time.Second
+
+// hasOtherVoter reports whether the configuration has a voter besides
+// this node.
+func (n *Node) hasOtherVoter() bool {
+	f := n.raft.GetConfiguration()
+	if f.Error() != nil {
+		return false
+	}
+	for _, s := range f.Configuration().Servers {
+		if s.Suffrage == raft.Voter && string(s.ID) != n.cfg.NodeID {
+			return true
+		}
+	}
+	return false
 }
 
 // NotReadyReason says why Ready is false, or "" when it is true.

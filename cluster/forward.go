@@ -138,8 +138,9 @@ type forwarder struct {
 
 // forwardSilence is how long the leader may send nothing back while
 // batches wait for it; after that they fail (outcome unknown) and the
-// connection is dropped. The leader answers every batch within raft's
-// apply timeout (10 s), so only a dead or cut-off leader stays silent.
+// connection is dropped. The leader answers every batch once it applied
+// it, or at once when it cannot apply (awaitApplied), so only a dead,
+// cut-off or overloaded leader stays silent.
 const forwardSilence = 15 * time.Second
 
 // send writes a batch to the leader at addr and returns a channel that

@@ -17,6 +17,14 @@ import (
 // started since the state lost its announcement. Nothing was proposed.
 var ErrLevel = errors.New("not every node applies this command yet")
 
+// levelError is ErrLevel with the nodes that hold it back. It is also a
+// queue.ErrConflict (an answer of "conflict"), without that error's text.
+type levelError struct{ msg string }
+
+func (e *levelError) Error() string { return e.msg }
+
+func (e *levelError) Is(target error) bool { return target == ErrLevel || target == queue.ErrConflict }
+
 // MembersApply returns nil when every member of the configuration has
 // announced a command level that applies commands of type t, else an
 // error wrapping ErrLevel and queue.ErrConflict that names the others.
@@ -43,8 +51,8 @@ func (n *Node) MembersApply(t fsm.MessageType) error {
 		return nil
 	}
 	slices.Sort(behind)
-	return fmt.Errorf("%w: %w: %s must run a version of command level %d or later (restart it on the new version)",
-		queue.ErrConflict, ErrLevel, strings.Join(behind, ", "), need)
+	return &levelError{fmt.Sprintf("%v: %s must run a version of command level %d or later (restart it on the new version)",
+		ErrLevel, strings.Join(behind, ", "), need)}
 }
 
 // levelCheckEvery is how often a node checks that the state holds its

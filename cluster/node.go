@@ -563,8 +563,9 @@ func (n *Node) leaderLoop() {
 			n.peersMu.Unlock()
 			if leader && stop == nil {
 				stop = make(chan struct{})
-				n.wg.Add(1)
+				n.wg.Add(2)
 				go n.tickLoop(stop)
+				go n.handOver(stop)
 				n.log.Info("leadership acquired", "node", n.cfg.NodeID, "term", n.raft.CurrentTerm())
 			} else if !leader && stop != nil {
 				close(stop)

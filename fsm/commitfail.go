@@ -86,7 +86,19 @@ const (
 	recoverNag   = 30 * time.Second // a WARN line this often while it fails
 )
 
-// commitTx commits tx; a test hook may fail it (rolling tx back, as bbolt
+// InjectCommitFault makes every commit of state.db call h first; an error
+// from h fails the commit the way a full disk does (the transaction is
+// rolled back), and h may block to hold a commit in progress. nil removes
+// it. It is for tests of the FSM and of what is built on it.
+func (f *FSM) InjectCommitFault(h func() error) {
+	if h == nil {
+		f.commitHook.Store(nil)
+		return
+	}
+	f.commitHook.Store(&h)
+}
+
+// commitTx commits tx; an injected fault may fail it (rolling tx back, as bbolt
 // does when a commit fails).
 func (f *FSM) commitTx(tx *bolt.Tx) error {
 	if h := f.commitHook.Load(); h != nil {

@@ -85,7 +85,7 @@ func Test_FSM_CommitFailure_RecoversToReference(t *testing.T) {
 	var fx collector
 	f.SetSink(fx.sink)
 	var disk diskFull
-	fsm.SetCommitHook(f, disk.hook)
+	f.InjectCommitFault(disk.hook)
 
 	// First third committed; the disk fills; the second third applied
 	// (one batch: a failed commit could otherwise stop the next one).
@@ -184,7 +184,7 @@ func Test_FSM_CommitFailure_StopThenRestartReplays(t *testing.T) {
 	f.SetLogger(quietLogger())
 	f.SetLogSource(logStore(t, tl.logs))
 	var disk diskFull
-	fsm.SetCommitHook(f, disk.hook)
+	f.InjectCommitFault(disk.hook)
 	applyBatches(f, tl.logs[:n/2], rand.New(rand.NewPCG(9, 10)), 16)
 	f.Flush()
 	durable := f.AppliedIndex()
@@ -228,7 +228,7 @@ func Test_FSM_CommitFailure_FlusherRecovers(t *testing.T) {
 	f.SetLogSource(logStore(t, tl.logs))
 	var disk diskFull
 	disk.on.Store(true)
-	fsm.SetCommitHook(f, disk.hook)
+	f.InjectCommitFault(disk.hook)
 	f.ApplyBatch(tl.logs[:200])
 	waitUntil(t, "the flusher's commit to fail", func() bool { return f.Degraded() != "" })
 	disk.on.Store(false)

@@ -71,7 +71,7 @@ type FSM struct {
 	reason      atomic.Pointer[string]
 	logs        atomic.Pointer[LogSource]
 	logger      atomic.Pointer[slog.Logger]
-	commitHook  atomic.Pointer[func() error] // tests
+	commitHook  atomic.Pointer[func() error] // InjectCommitFault
 	stopOnce    sync.Once
 
 	applied  atomic.Uint64
