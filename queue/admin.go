@@ -175,9 +175,7 @@ func (t *Tx) Redrive(a RedriveArgs) (RedriveResult, error) {
 		}
 		q := dests[p.dest]
 		m := &msgRec{Pri: p.m.Pri, History: p.m.History, Dropped: p.m.Dropped}
-		if err := m.record(TimelineEvent{At: t.now, Kind: EvRedriven, Who: t.actor, Detail: fmt.Sprintf("from %s/%d", a.DLQ, p.seq)}); err != nil {
-			return RedriveResult{}, fmt.Errorf("message %s/%d: %w", a.DLQ, p.seq, err)
-		}
+		m.record(TimelineEvent{At: t.now, Kind: EvRedriven, Who: t.actor, Detail: fmt.Sprintf("from %s/%d", a.DLQ, p.seq)})
 		seq, err := t.store(p.dest, q, env, m, 0)
 		if err != nil {
 			return RedriveResult{}, err

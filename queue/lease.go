@@ -128,9 +128,7 @@ func (t *Tx) leaseTo(name string, q *queueRec, seq, cid uint64, conn string, lea
 	m.Conn = conn
 	m.LeasedAt = t.now
 	m.LeaseUntil = t.now + leaseMs
-	if err := m.record(TimelineEvent{At: t.now, Kind: EvDelivered, Attempt: m.Attempts, Who: conn, Consumer: cid}); err != nil {
-		return nil, fmt.Errorf("message %s/%d: %w", name, seq, err)
-	}
+	m.record(TimelineEvent{At: t.now, Kind: EvDelivered, Attempt: m.Attempts, Who: conn, Consumer: cid})
 	q.Inflight++
 	if err := put(t.b(bucketMsgs), k, m); err != nil {
 		return nil, err
@@ -223,9 +221,7 @@ func (t *Tx) Nack(a SettleArgs) error {
 	if err != nil {
 		return err
 	}
-	if err := m.record(TimelineEvent{At: t.now, Kind: EvNacked, Attempt: m.Attempts, Who: a.Conn, Detail: a.Reason}); err != nil {
-		return fmt.Errorf("message %s/%d: %w", a.Queue, a.Seq, err)
-	}
+	m.record(TimelineEvent{At: t.now, Kind: EvNacked, Attempt: m.Attempts, Who: a.Conn, Detail: a.Reason})
 	if err := t.fail(a.Queue, q, a.Seq, m, a.DelayMs, a.Reason); err != nil {
 		return err
 	}
@@ -238,9 +234,7 @@ func (t *Tx) Reject(a SettleArgs) error {
 	if err != nil {
 		return err
 	}
-	if err := m.record(TimelineEvent{At: t.now, Kind: EvRejected, Attempt: m.Attempts, Who: a.Conn, Detail: a.Reason}); err != nil {
-		return fmt.Errorf("message %s/%d: %w", a.Queue, a.Seq, err)
-	}
+	m.record(TimelineEvent{At: t.now, Kind: EvRejected, Attempt: m.Attempts, Who: a.Conn, Detail: a.Reason})
 	if err := t.unlease(a.Queue, q, a.Seq, m); err != nil {
 		return err
 	}
@@ -327,9 +321,7 @@ func (t *Tx) deadLetter(name string, q *queueRec, seq uint64, m *msgRec, reason 
 		return err
 	}
 	dm := &msgRec{Pri: m.Pri, Dead: dead, History: m.History, Dropped: m.Dropped}
-	if err := dm.record(TimelineEvent{At: t.now, Kind: EvDead, Attempt: m.Attempts, Detail: reason}); err != nil {
-		return fmt.Errorf("message %s/%d: %w", name, seq, err)
-	}
+	dm.record(TimelineEvent{At: t.now, Kind: EvDead, Attempt: m.Attempts, Detail: reason})
 	if _, err := t.store(dlqName, dlq, env, dm, 0); err != nil {
 		return err
 	}
@@ -481,9 +473,7 @@ func (t *Tx) expireLease(name string, seq uint64, delay *int64, ev EventKind, de
 	if ok, err := get(t.b(bucketMsgs), qkey(name, seq), m); err != nil || !ok || q == nil {
 		return fmt.Errorf("lease of %s/%d has no message (%v)", name, seq, err)
 	}
-	if err := m.record(TimelineEvent{At: t.now, Kind: ev, Attempt: m.Attempts, Who: m.Conn, Detail: detail}); err != nil {
-		return fmt.Errorf("message %s/%d: %w", name, seq, err)
-	}
+	m.record(TimelineEvent{At: t.now, Kind: ev, Attempt: m.Attempts, Who: m.Conn, Detail: detail})
 	if err := t.fail(name, q, seq, m, delay, ""); err != nil {
 		return err
 	}

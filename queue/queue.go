@@ -63,9 +63,7 @@ func (t *Tx) Enqueue(a EnqueueArgs) (EnqueueResult, error) {
 		return EnqueueResult{}, ErrFull
 	}
 	m := &msgRec{Pri: a.Priority}
-	if err := m.record(TimelineEvent{At: t.now, Kind: EvEnqueued, Who: a.From}); err != nil {
-		return EnqueueResult{}, err
-	}
+	m.record(TimelineEvent{At: t.now, Kind: EvEnqueued, Who: a.From})
 	seq, err := t.store(a.Queue, q, a.Env, m, a.DelayMs)
 	if err != nil {
 		return EnqueueResult{}, err

@@ -66,18 +66,21 @@ type TimelineEvent struct {
 }
 
 // record adds an event to the message's timeline, dropping the oldest
-// events but the first when it is full. It fails only on a stored
-// timeline it cannot read.
-func (m *msgRec) record(e TimelineEvent) error {
+// events but the first when it is full. A stored timeline it cannot read
+// (mcpd never writes one) starts again with e, its events counted as one
+// dropped: a display aid is not worth failing the command, which would
+// stop every replica. Every replica holds the same bytes, so every one
+// starts again alike.
+func (m *msgRec) record(e TimelineEvent) {
 	e.Who = clip(e.Who, MaxWhoLen)
 	e.Detail = clip(e.Detail, MaxDetailLen)
 	h, dropped, err := appendEvent(m.History, e)
 	if err != nil {
-		return err
+		h, dropped, _ = appendEvent(nil, e)
+		dropped = 1
 	}
 	m.History = h
 	m.Dropped += dropped
-	return nil
 }
 
 // clip cuts s to at most n bytes, at the start of a UTF-8 sequence.
