@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -232,6 +233,70 @@ func (n *Node) hasOtherVoter() bool {
 		}
 	}
 	return false
+}
+
+// stallGrace is how long state.db may fail to commit before the node
+// sends its clients elsewhere: most failures end at the first retry.
+var stallGrace = 5 * time.Second
+
+// OnStall registers fn, called on a goroutine of its own when this node
+// stalls: its state.db has not committed for stallGrace while another
+// voter can serve. A stalled node applies nothing, so it neither answers
+// its clients' writes nor delivers to its consumers; the transports close
+// their connections so the clients go to another node and the leases of
+// their consumers are released. fn runs once per stall.
+func (n *Node) OnStall(fn func(reason string)) {
+	n.stallMu.Lock()
+	n.stallFns = append(n.stallFns, fn)
+	n.stallMu.Unlock()
+}
+
+// Stalled returns why the node stalled (see OnStall), or "" when it has
+// not: new client connections are refused meanwhile.
+func (n *Node) Stalled() string {
+	if r := n.stalled.Load(); r != nil {
+		return *r
+	}
+	return ""
+}
+
+// watchStall reports stalls to the OnStall functions.
+func (n *Node) watchStall() {
+	defer n.wg.Done()
+	t := time.NewTicker(degradedPoll)
+	defer t.Stop()
+	var since time.Time
+	for {
+		select {
+		case <-n.shutdownCh:
+			return
+		case <-t.C:
+		}
+		reason := n.fsm.Degraded()
+		switch {
+		case reason == "":
+			if n.stalled.Swap(nil) != nil {
+				n.log.Info("state.db commits again; client connections are accepted again")
+			}
+			since = time.Time{}
+			continue
+		case since.IsZero():
+			since = time.Now()
+		}
+		if n.stalled.Load() != nil || time.Since(since) < stallGrace || !n.hasOtherVoter() {
+			continue
+		}
+		why := fmt.Sprintf("this node applies nothing until its state.db commits again (%s); connect to another node", reason)
+		n.stalled.Store(&why)
+		n.log.Warn("state.db has not committed for a while; closing client connections so their clients go to another node",
+			"for", time.Since(since).Round(time.Millisecond), "reason", reason)
+		n.stallMu.Lock()
+		fns := slices.Clone(n.stallFns)
+		n.stallMu.Unlock()
+		for _, fn := range fns {
+			go fn(why)
+		}
+	}
 }
 
 // NotReadyReason says why Ready is false, or "" when it is true.

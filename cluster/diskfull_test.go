@@ -1,8 +1,11 @@
 package cluster_test
 
 import (
+	"bufio"
 	"context"
 	"errors"
+	"io"
+	"net"
 	"strings"
 	"sync"
 	"syscall"
@@ -14,6 +17,7 @@ import (
 	"github.com/mcpd/mcpd/cluster"
 	"github.com/mcpd/mcpd/fsm"
 	"github.com/mcpd/mcpd/internal/testcluster"
+	"github.com/mcpd/mcpd/transport"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -169,5 +173,112 @@ func Test_Cluster_StateDBCannotCommit_LeaderHandsOver(t *testing.T) {
 
 	old.Node.FSM().InjectCommitFault(nil)
 	testcluster.WaitFor(t, 20*time.Second, func() bool { return old.Node.FSM().Degraded() == "" })
+	c.WaitConverged()
+}
+
+// A follower whose state.db has not committed for a while stalls: it
+// closes its client connections and refuses new ones, so its clients go
+// on through another node, and accepts them again once it commits.
+func Test_Cluster_StateDBCannotCommit_FollowerSendsClientsAway(t *testing.T) {
+	cluster.SetStallGrace(t, 300*time.Millisecond)
+	c := testcluster.Start(t, 3, testcluster.Options{})
+	f := c.Followers()[0]
+	var others []string
+	for _, nd := range c.Nodes {
+		if nd != f {
+			others = append(others, nd.URL)
+		}
+	}
+	// The Redis face of the follower, and a client of it.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp := transport.NewRESPServer(f.Node, transport.RESPOptions{Dev: true})
+	go resp.Serve(ln)
+	t.Cleanup(resp.Close)
+	redisLine := func(nc net.Conn) (string, error) {
+		_ = nc.SetReadDeadline(time.Now().Add(10 * time.Second))
+		return bufio.NewReader(nc).ReadString('\n')
+	}
+	redis, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer redis.Close()
+	if _, err := redis.Write([]byte("PING\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	if line, err := redisLine(redis); line != "+PONG\r\n" {
+		t.Fatalf("PING: %q, %v", line, err)
+	}
+
+	cl := c.Dial("agent", append([]string{f.URL}, others...)...)
+	if cl.Node() != f.ID {
+		t.Fatalf("client on %q, want the follower %s", cl.Node(), f.ID)
+	}
+	ctx := ctx(t)
+	// A consumer on the follower: the stalled node would deliver it
+	// nothing, so what it leased must go to it again elsewhere.
+	cons, err := cl.Consume(ctx, "jobs", client.ConsumeOptions{Prefetch: 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Node.FSM().InjectCommitFault(func() error { return syscall.ENOSPC })
+	t.Cleanup(func() { f.Node.FSM().InjectCommitFault(nil) })
+	// Any entry the follower applies leaves a commit pending there, which
+	// fails; its clients' writes are refused from then on, and retried by
+	// the client elsewhere once it reconnects.
+	first, err := c.Dial("other", others...).Enqueue(ctx, "jobs", map[string]any{"n": 0})
+	if err != nil {
+		t.Fatal(err)
+	}
+	testcluster.WaitFor(t, 20*time.Second, func() bool { return f.Node.Stalled() != "" })
+	testcluster.WaitFor(t, 20*time.Second, func() bool { n := cl.Node(); return n != "" && n != f.ID })
+	second, err := cl.Enqueue(ctx, "jobs", map[string]any{"n": 1})
+	if err != nil {
+		t.Fatalf("enqueue after the client left the stalled node: %v", err)
+	}
+	want := map[uint64]bool{first.Seq: true, second.Seq: true}
+	for len(want) > 0 {
+		d, err := cons.Next(ctx)
+		if err != nil {
+			t.Fatalf("waiting for seqs %v: %v", want, err)
+		}
+		// A delivery of the stalled connection cannot be acked; it comes
+		// again once its lease is released.
+		if err := d.Ack(ctx); err == nil {
+			delete(want, d.Seq)
+		}
+	}
+	dial := func() error {
+		short, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		cl, err := client.Dial(short, client.Options{URLs: []string{f.URL}, Agent: "late", TLSConfig: c.TLS.ClientTLS()})
+		if err == nil {
+			cl.Close()
+		}
+		return err
+	}
+	if err := dial(); !client.IsCode(err, "unavailable") || !strings.Contains(err.Error(), "state.db") {
+		t.Fatalf("dial to the stalled node: %v, want unavailable naming state.db", err)
+	}
+	if line, err := redisLine(redis); !errors.Is(err, io.EOF) {
+		t.Fatalf("the Redis connection of the stalled node: read %q, %v; want it closed", line, err)
+	}
+	late, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer late.Close()
+	if line, _ := redisLine(late); !strings.HasPrefix(line, "-TRYAGAIN ") || !strings.Contains(line, "state.db") {
+		t.Fatalf("a Redis connection to the stalled node got %q, want TRYAGAIN naming state.db", line)
+	}
+
+	f.Node.FSM().InjectCommitFault(nil)
+	testcluster.WaitFor(t, 20*time.Second, func() bool { return f.Node.Stalled() == "" })
+	if err := dial(); err != nil {
+		t.Fatalf("dial once the node commits again: %v", err)
+	}
 	c.WaitConverged()
 }

@@ -47,3 +47,11 @@ func SetLevelCheckEvery(d time.Duration) func() {
 
 // Epoch is the node's epoch, which its NodeStarted announcements carry.
 func (n *Node) Epoch() uint64 { return n.epoch }
+
+// SetStallGrace sets how long state.db may fail to commit before a node
+// stalls, until the test ends. Call it before starting nodes.
+func SetStallGrace(t interface{ Cleanup(func()) }, d time.Duration) {
+	was := stallGrace
+	stallGrace = d
+	t.Cleanup(func() { stallGrace = was })
+}

@@ -132,6 +132,11 @@ type Node struct {
 	raftUp chan struct{}
 	clocks peerClocks // the peers' clocks (clock.go)
 
+	// A stall: state.db has not committed for stallGrace (diskfull.go).
+	stallMu  sync.Mutex
+	stallFns []func(reason string)
+	stalled  atomic.Pointer[string]
+
 	// Peers the leader cannot reach: id -> since when (last contact).
 	peersMu   sync.Mutex
 	peersLost map[string]time.Time
@@ -201,11 +206,12 @@ func New(cfg Config) (*Node, error) {
 		n.closeStores()
 		return nil, err
 	}
-	n.wg.Add(4)
+	n.wg.Add(5)
 	go n.batchLoop()
 	go n.leaderLoop()
 	go n.announceStart()
 	go n.announceLevel(levelCheckEvery)
+	go n.watchStall()
 	return n, nil
 }
 

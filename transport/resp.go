@@ -75,7 +75,18 @@ func NewRESPServer(node *cluster.Node, opt RESPOptions) *RESPServer {
 	s := &RESPServer{node: node, opt: opt, log: opt.Logger.With("component", "resp"), conns: map[*respConn]struct{}{}, closing: make(chan struct{}),
 		chanSubs: map[string]map[*respConn]struct{}{}, patSubs: map[string]map[*respConn]struct{}{}}
 	noteRESPServer(node, s)
+	node.OnStall(s.closeStalled)
 	return s
+}
+
+// closeStalled closes every connection of a node that stalled
+// (cluster.Node.OnStall): its clients reconnect, to another node.
+func (s *RESPServer) closeStalled(string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for c := range s.conns {
+		c.nc.Close()
+	}
 }
 
 // Serve accepts connections on ln until Close.
@@ -101,6 +112,11 @@ func (s *RESPServer) Serve(ln net.Listener) error {
 				continue
 			}
 			return err
+		}
+		if why := s.node.Stalled(); why != "" {
+			// The client reads this as the reply to its first command.
+			go refuseRESP(nc, why)
+			continue
 		}
 		c := s.newConn(nc)
 		s.mu.Lock()
@@ -677,4 +693,12 @@ func appendValue(b []byte, v kv.Value, proto int) []byte {
 		return b
 	}
 	return redcon.AppendError(b, fmt.Sprintf("ERR internal: reply kind %d", v.K))
+}
+
+// refuseRESP answers a connection to a stalled node with one TRYAGAIN
+// error and closes it.
+func refuseRESP(nc net.Conn, why string) {
+	defer nc.Close()
+	_ = nc.SetWriteDeadline(time.Now().Add(time.Second))
+	_, _ = nc.Write([]byte("-TRYAGAIN " + strings.ReplaceAll(why, "\r\n", " ") + "\r\n"))
 }

@@ -158,7 +158,24 @@ func NewServer(node *cluster.Node, opt Options) *Server {
 	}
 	s.audit = auditor{s: s, window: time.Second, perWindow: 20}
 	node.SetNodeSink(nodeSink{s})
+	node.OnStall(s.closeStalled)
 	return s
+}
+
+// closeStalled closes every connection of a node that stalled
+// (cluster.Node.OnStall) with 1013 (try again later): its clients
+// reconnect to another node, and their consumers' leases are released
+// for consumers elsewhere.
+func (s *Server) closeStalled(string) {
+	s.mu.Lock()
+	conns := make([]*conn, 0, len(s.conns))
+	for c := range s.conns {
+		conns = append(conns, c)
+	}
+	s.mu.Unlock()
+	for _, c := range conns {
+		c.closeWith(websocket.CloseTryAgainLater, "this node cannot apply (state.db); connect to another node")
+	}
 }
 
 // Handler serves /v1.
@@ -173,7 +190,17 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	// closed, whichever way it ends.
 	if n := s.open.Add(1); n > int64(s.opt.MaxConns) {
 		s.open.Add(-1)
-		s.refuse(w)
+		s.refused.Add(1)
+		now := time.Now().UnixMilli()
+		if last := s.lastWarn.Load(); now-last >= 10_000 && s.lastWarn.CompareAndSwap(last, now) {
+			s.log.Warn("refusing connections: at the connection limit", "max_conns", s.opt.MaxConns, "refused_total", s.refused.Load())
+		}
+		refuse(w, fmt.Sprintf("connection limit reached: this node serves at most %d connections; retry later or on another node", s.opt.MaxConns))
+		return
+	}
+	if why := s.node.Stalled(); why != "" {
+		s.open.Add(-1)
+		refuse(w, why)
 		return
 	}
 	ws, err := s.up.Upgrade(w, r, nil)
@@ -209,18 +236,11 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	}()
 }
 
-// refuse answers a handshake beyond MaxConns: HTTP 503 with Retry-After
-// and an err frame as the body, before any upgrade.
-func (s *Server) refuse(w http.ResponseWriter) {
-	s.refused.Add(1)
-	now := time.Now().UnixMilli()
-	if last := s.lastWarn.Load(); now-last >= 10_000 && s.lastWarn.CompareAndSwap(last, now) {
-		s.log.Warn("refusing connections: at the connection limit", "max_conns", s.opt.MaxConns, "refused_total", s.refused.Load())
-	}
-	body, _ := json.Marshal(map[string]any{
-		"op": "err", "code": "unavailable",
-		"msg": fmt.Sprintf("connection limit reached: this node serves at most %d connections; retry later or on another node", s.opt.MaxConns),
-	})
+// refuse answers a handshake this node cannot serve (beyond MaxConns, or
+// stalled): HTTP 503 with Retry-After and an unavailable err frame as the
+// body, before any upgrade.
+func refuse(w http.ResponseWriter, msg string) {
+	body, _ := json.Marshal(map[string]any{"op": "err", "code": "unavailable", "msg": msg})
 	h := w.Header()
 	h.Set("Content-Type", "application/json")
 	h.Set("Retry-After", "1")
