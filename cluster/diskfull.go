@@ -188,32 +188,20 @@ func (n *Node) cannotReply(cmd fsm.Command) error {
 	return n.applyProblem(ErrUnavailable)
 }
 
-// handOver runs while this node leads: a leader whose state.db cannot
-// commit applies nothing, so it hands leadership to a voter that can
-// (applyLeader refuses new entries meanwhile). A single voter keeps it
-// and refuses writes until the disk recovers.
-func (n *Node) handOver(stop <-chan struct{}) {
-	defer n.wg.Done()
-	t := time.NewTicker(degradedPoll)
-	defer t.Stop()
-	var last time.Time
-	for {
-		select {
-		case <-stop:
-			return
-		case <-n.shutdownCh:
-			return
-		case <-t.C:
-		}
-		reason := n.fsm.Degraded()
-		if reason == "" || time.Since(last) < handOverEvery || !n.hasOtherVoter() {
-			continue
-		}
-		last = time.Now()
-		n.log.Warn("state.db cannot commit; handing leadership over", "reason", reason)
-		if err := n.raft.LeadershipTransfer().Error(); err != nil {
-			n.log.Warn("leadership transfer failed; trying again", "err", err, "in", handOverEvery)
-		}
+// handOver is the leader's duty (leaderTicks, every degradedPoll): a
+// leader whose state.db cannot commit applies nothing, so it hands
+// leadership to a voter that can (applyLeader refuses new entries
+// meanwhile). A single voter keeps it and refuses writes until the disk
+// recovers. last is when it last tried.
+func (n *Node) handOver(last *time.Time) {
+	reason := n.fsm.Degraded()
+	if reason == "" || time.Since(*last) < handOverEvery || !n.hasOtherVoter() {
+		return
+	}
+	*last = time.Now()
+	n.log.Warn("state.db cannot commit; handing leadership over", "reason", reason)
+	if err := n.raft.LeadershipTransfer().Error(); err != nil {
+		n.log.Warn("leadership transfer failed; trying again", "err", err, "in", handOverEvery)
 	}
 }
 
@@ -260,42 +248,42 @@ func (n *Node) Stalled() string {
 	return ""
 }
 
-// watchStall reports stalls to the OnStall functions.
-func (n *Node) watchStall() {
+// watchDisk runs every degradedPoll on every node: the leader hands
+// over (handOver), and any node reports its stalls to the OnStall
+// functions (checkStall).
+func (n *Node) watchDisk() {
 	defer n.wg.Done()
-	t := time.NewTicker(degradedPoll)
-	defer t.Stop()
-	var since time.Time
-	for {
-		select {
-		case <-n.shutdownCh:
-			return
-		case <-t.C:
+	var lastHandOver, degradedSince time.Time
+	stall := func() { n.checkStall(&degradedSince) }
+	n.leaderTicks(degradedPoll, nil, func() { n.handOver(&lastHandOver); stall() }, stall)
+}
+
+// checkStall stalls the node once state.db has failed to commit since
+// *since for stallGrace, and ends the stall once it commits.
+func (n *Node) checkStall(since *time.Time) {
+	reason := n.fsm.Degraded()
+	switch {
+	case reason == "":
+		if n.stalled.Swap(nil) != nil {
+			n.log.Info("state.db commits again; client connections are accepted again")
 		}
-		reason := n.fsm.Degraded()
-		switch {
-		case reason == "":
-			if n.stalled.Swap(nil) != nil {
-				n.log.Info("state.db commits again; client connections are accepted again")
-			}
-			since = time.Time{}
-			continue
-		case since.IsZero():
-			since = time.Now()
-		}
-		if n.stalled.Load() != nil || time.Since(since) < stallGrace || !n.hasOtherVoter() {
-			continue
-		}
-		why := fmt.Sprintf("this node applies nothing until its state.db commits again (%s); connect to another node", reason)
-		n.stalled.Store(&why)
-		n.log.Warn("state.db has not committed for a while; closing client connections so their clients go to another node",
-			"for", time.Since(since).Round(time.Millisecond), "reason", reason)
-		n.stallMu.Lock()
-		fns := slices.Clone(n.stallFns)
-		n.stallMu.Unlock()
-		for _, fn := range fns {
-			go fn(why)
-		}
+		*since = time.Time{}
+		return
+	case since.IsZero():
+		*since = time.Now()
+	}
+	if n.stalled.Load() != nil || time.Since(*since) < stallGrace || !n.hasOtherVoter() {
+		return
+	}
+	why := fmt.Sprintf("this node applies nothing until its state.db commits again (%s); connect to another node", reason)
+	n.stalled.Store(&why)
+	n.log.Warn("state.db has not committed for a while; closing client connections so their clients go to another node",
+		"for", time.Since(*since).Round(time.Millisecond), "reason", reason)
+	n.stallMu.Lock()
+	fns := slices.Clone(n.stallFns)
+	n.stallMu.Unlock()
+	for _, fn := range fns {
+		go fn(why)
 	}
 }
 

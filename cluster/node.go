@@ -211,7 +211,7 @@ func New(cfg Config) (*Node, error) {
 	go n.leaderLoop()
 	go n.announceStart()
 	go n.announceLevel(levelCheckEvery)
-	go n.watchStall()
+	go n.watchDisk()
 	return n, nil
 }
 
@@ -569,9 +569,8 @@ func (n *Node) leaderLoop() {
 			n.peersMu.Unlock()
 			if leader && stop == nil {
 				stop = make(chan struct{})
-				n.wg.Add(2)
+				n.wg.Add(1)
 				go n.tickLoop(stop)
-				go n.handOver(stop)
 				n.log.Info("leadership acquired", "node", n.cfg.NodeID, "term", n.raft.CurrentTerm())
 			} else if !leader && stop != nil {
 				close(stop)

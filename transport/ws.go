@@ -167,14 +167,21 @@ func NewServer(node *cluster.Node, opt Options) *Server {
 // reconnect to another node, and their consumers' leases are released
 // for consumers elsewhere.
 func (s *Server) closeStalled(string) {
+	s.closeAll(false, websocket.CloseTryAgainLater, "this node cannot apply (state.db); connect to another node")
+}
+
+// closeAll sends every connection a close frame, after what is queued
+// for it; with drain, no connection is accepted afterwards.
+func (s *Server) closeAll(drain bool, code int, reason string) {
 	s.mu.Lock()
+	s.draining = s.draining || drain
 	conns := make([]*conn, 0, len(s.conns))
 	for c := range s.conns {
 		conns = append(conns, c)
 	}
 	s.mu.Unlock()
 	for _, c := range conns {
-		c.closeWith(websocket.CloseTryAgainLater, "this node cannot apply (state.db); connect to another node")
+		c.closeWith(code, reason)
 	}
 }
 
@@ -265,16 +272,7 @@ func (s *Server) Stats() Stats {
 // Shutdown sends every connection a close frame (1001) and waits for them
 // to end, or for ctx.
 func (s *Server) Shutdown(ctx context.Context) {
-	s.mu.Lock()
-	s.draining = true
-	conns := make([]*conn, 0, len(s.conns))
-	for c := range s.conns {
-		conns = append(conns, c)
-	}
-	s.mu.Unlock()
-	for _, c := range conns {
-		c.closeWith(websocket.CloseGoingAway, "server shutting down")
-	}
+	s.closeAll(true, websocket.CloseGoingAway, "server shutting down")
 	done := make(chan struct{})
 	go func() { s.wg.Wait(); close(done) }()
 	select {
