@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"slices"
@@ -87,4 +88,54 @@ func (n *Node) announceLevel(every time.Duration) {
 // startArgs is what this node announces when it starts.
 func (n *Node) startArgs() *fsm.NodeStartedArgs {
 	return &fsm.NodeStartedArgs{Node: n.cfg.NodeID, Epoch: n.epoch, Level: fsm.Level}
+}
+
+// clusterLevelEvery is how often the leader checks whether it can raise
+// the cluster level (fsm.ClusterLevel): a read of one key.
+var clusterLevelEvery = 200 * time.Millisecond
+
+// raiseLevel is the leader's duty of raising the cluster level to this
+// version's fsm.Level once every member announced it (MembersApply of
+// fsm.TypeClusterLevel), so that what the newer level changes starts at
+// one entry on every replica.
+func (n *Node) raiseLevel() {
+	defer n.wg.Done()
+	var waiting string // why it last waited, logged once
+	n.leaderTicks(clusterLevelEvery, nil, func() {
+		have, err := n.ClusterLevel()
+		if err != nil || have >= fsm.Level {
+			return
+		}
+		if err := n.MembersApply(fsm.TypeClusterLevel); err != nil {
+			if why := err.Error(); why != waiting {
+				waiting = why
+				n.log.Info("the cluster level waits until every node runs this version", "cluster_level", have, "level", fsm.Level, "why", why)
+			}
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), n.cfg.SubmitTimeout)
+		defer cancel()
+		rep, err := n.Call(ctx, fsm.TypeClusterLevel, "", &fsm.ClusterLevelArgs{Level: fsm.Level})
+		if err == nil {
+			err = rep.Err
+		}
+		if errors.Is(err, queue.ErrConflict) {
+			return // raised already: an earlier proposal's outcome was unknown
+		}
+		if err != nil {
+			n.log.Debug("raising the cluster level failed; trying again", "err", err)
+			return
+		}
+		if r, ok := rep.Result.(*fsm.ClusterLevelResult); ok && r.Level != r.Was {
+			n.log.Info("cluster level raised", "from", r.Was, "to", r.Level)
+		}
+		waiting = ""
+	}, nil)
+}
+
+// ClusterLevel is the cluster level (fsm.ClusterLevel) of this node's
+// applied state.
+func (n *Node) ClusterLevel() (level int, err error) {
+	err = n.FSM().View(func(tx *bolt.Tx) error { level = fsm.ClusterLevel(tx); return nil })
+	return level, err
 }

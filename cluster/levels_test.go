@@ -3,6 +3,7 @@ package cluster_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -136,5 +137,55 @@ func Test_Cluster_CommandLevels(t *testing.T) {
 	})
 	if err := leader.Node.MembersApply(fsm.TypeTaskPrune); err != nil {
 		t.Fatalf("n2 announced again: %v", err)
+	}
+}
+
+// A cluster whose members all run this version raises its cluster level
+// to it on its own, once, and what the level changes then holds on
+// every replica: an enqueue's audit entry names the message it stored.
+func Test_Cluster_ClusterLevelRaised(t *testing.T) {
+	c := testcluster.Start(t, 3, testcluster.Options{})
+	clusterLevel := func(nd *testcluster.Node) (l int) {
+		_ = nd.Node.FSM().View(func(tx *bolt.Tx) error { l = fsm.ClusterLevel(tx); return nil })
+		return l
+	}
+	testcluster.WaitFor(t, 20*time.Second, func() bool {
+		for _, nd := range c.Nodes {
+			if clusterLevel(nd) != fsm.Level {
+				return false
+			}
+		}
+		return true
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	res, err := c.Dial("alice").Enqueue(ctx, "jobs", map[string]int{"n": 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.WaitApplied()
+	want := fmt.Sprintf("jobs/%d", res.Seq)
+	for _, nd := range c.Nodes {
+		var enqueues []string
+		raises := 0
+		_ = nd.Node.FSM().View(func(tx *bolt.Tx) error {
+			_, err := audit.Scan(tx, audit.ScanOptions{}, func(r *audit.Record) bool {
+				switch r.Kind {
+				case "enqueue":
+					enqueues = append(enqueues, r.Subject)
+				case "cluster.level":
+					// One raise; one proposed again after an election
+					// is refused.
+					if r.Outcome == "ok" {
+						raises++
+					}
+				}
+				return true
+			})
+			return err
+		})
+		if len(enqueues) != 1 || enqueues[0] != want || raises != 1 {
+			t.Errorf("%s: enqueues audited as %q and %d cluster level raises, want [%s] and 1", nd.ID, enqueues, raises, want)
+		}
 	}
 }

@@ -206,11 +206,12 @@ func New(cfg Config) (*Node, error) {
 		n.closeStores()
 		return nil, err
 	}
-	n.wg.Add(5)
+	n.wg.Add(6)
 	go n.batchLoop()
 	go n.leaderLoop()
 	go n.announceStart()
 	go n.announceLevel(levelCheckEvery)
+	go n.raiseLevel()
 	go n.watchDisk()
 	return n, nil
 }

@@ -26,7 +26,8 @@ import (
 
 // auditEvent describes an applied command for its audit entry. args are
 // its decoded arguments, res its result, err its business error or nil.
-func auditEvent(now int64, c *Command, args, res any, err error) audit.Event {
+// tx is the state after the command.
+func auditEvent(tx *bolt.Tx, now int64, c *Command, args, res any, err error) audit.Event {
 	ev := audit.Event{Time: now, Actor: c.Actor, Outcome: "ok", Details: c.Body}
 	if err != nil {
 		ev.Outcome = errorCode(err)
@@ -36,6 +37,10 @@ func auditEvent(now int64, c *Command, args, res any, err error) audit.Event {
 		ev.Kind, ev.Subject = "enqueue", a.Queue
 		if strings.HasPrefix(a.Queue, "@") {
 			ev.Kind = "send"
+		}
+		// The message it stored (or found stored, for a duplicate).
+		if r, ok := res.(*queue.EnqueueResult); ok && err == nil && r.Seq > 0 && ClusterLevel(tx) >= 2 {
+			ev.Subject += "/" + strconv.FormatUint(r.Seq, 10)
 		}
 	case *queue.ConsumeArgs:
 		ev.Kind, ev.Subject = "consume", a.Queue
@@ -100,6 +105,8 @@ func auditEvent(now int64, c *Command, args, res any, err error) audit.Event {
 		}
 	case *AuditCheckpointArgs:
 		ev.Kind, ev.Subject = audit.KindCheckpoint, audit.CheckpointSubject(a.Seq)
+	case *ClusterLevelArgs:
+		ev.Kind, ev.Subject = "cluster.level", strconv.Itoa(a.Level)
 	case *AuditPruneArgs:
 		// The base the step reached (what Verify looks for), or the
 		// seq asked for when it was refused.

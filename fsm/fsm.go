@@ -109,6 +109,9 @@ func (f *FSM) open() error {
 		if v := meta.Get(keyApplied); len(v) >= 8 {
 			applied = binary.BigEndian.Uint64(v)
 		}
+		if err := checkClusterLevel(tx); err != nil {
+			return err
+		}
 		if err := auth.CreateBuckets(tx); err != nil {
 			return err
 		}
@@ -428,7 +431,7 @@ func (f *FSM) applyEntry(tx *bolt.Tx, now int64, e *Entry, effects []queue.Effec
 		}
 		// Its audit entry, also for a command refused with a business
 		// error (which changed nothing else).
-		if _, aerr := audit.Append(tx, auditEvent(now, c, args, res, err)); aerr != nil {
+		if _, aerr := audit.Append(tx, auditEvent(tx, now, c, args, res, err)); aerr != nil {
 			panic(fmt.Sprintf("fsm: audit entry of command type %d: %v", c.Type, aerr))
 		}
 		if c.Conn != "" {

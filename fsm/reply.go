@@ -72,6 +72,8 @@ func newResult(t MessageType) any {
 		return &task.PruneResult{}
 	case TypeAuditPrune:
 		return &audit.PruneResult{}
+	case TypeClusterLevel:
+		return &ClusterLevelResult{}
 	case TypeOperatorInvite, TypeOperatorEnroll, TypeOperatorLogout:
 		return &OperatorResult{}
 	}

@@ -63,5 +63,9 @@ func copySnapshot(src, dst string) (err error) {
 	if err := bolt.Compact(out, in, restoreTxSize); err != nil {
 		return fmt.Errorf("restore: snapshot is corrupt: %w", err)
 	}
+	// Read from the copy, which Compact has read in full.
+	if err := out.View(checkClusterLevel); err != nil {
+		return fmt.Errorf("restore: %w", err)
+	}
 	return nil
 }

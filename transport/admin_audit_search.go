@@ -336,8 +336,14 @@ func cutNumber(id string) (name, n string, ok bool) {
 // subjects fsm/audit.go and the auth events write.
 func concernsQueue(r *audit.Record, name string) bool {
 	switch r.Kind {
-	case "enqueue", "send", "consume":
+	case "consume":
 		return r.Subject == name
+	case "enqueue", "send":
+		// QUEUE, or QUEUE/SEQ from cluster level 2 (fsm/levels.go).
+		if r.Subject == name {
+			return true
+		}
+		fallthrough
 	case "ack", "nack", "reject", "extend":
 		p := parseSubject(r.Subject)
 		return p.nums != nil && p.name == name

@@ -33,6 +33,9 @@ var searchEntries = map[string]audit.Record{
 	"fire":         rec(21, 1019, "schedule.fire", "", "nightly@1700000000000", "ok"),
 	"nodeStarted":  rec(22, 1020, "node.started", "", "n1", "ok"),
 	"denyQuoteAmp": rec(23, 1021, "denied", "eve", `redis key "a<b>&c"`, "forbidden"),
+	// From cluster level 2 an enqueue names the message it stored.
+	"enqueueSeq": rec(24, 1022, "enqueue", "carol", "jobs/7", "ok"),
+	"sendSeq":    rec(25, 1023, "send", "carol", "@bob/3", "ok"),
 }
 
 func rec(seq uint64, ts int64, kind, actor, subject, outcome string) audit.Record {
@@ -55,17 +58,17 @@ func TestAuditQueryMatch(t *testing.T) {
 		{"type=task.*", "taskSubmit taskDone taskDone12"},
 		{"type=queue.*&actor=operator:ann", "delete redrive redriveAll"},
 		{"outcome=forbidden", "deniedEnq deniedSend denyQuoteAmp"},
-		{"queue=jobs", "enqueue consume ack nack reject declare delete redrive deniedEnq xadd"},
+		{"queue=jobs", "enqueue enqueueSeq consume ack nack reject declare delete redrive deniedEnq xadd"},
 		{"queue=jobs.dlq", "ackOther redrive redriveAll"},
-		{"queue=@bob", "send deniedSend"},
+		{"queue=@bob", "send sendSeq deniedSend"},
 		// A message's timeline: its settles, the operator's commands on it.
-		{"id=jobs/7", "ack nack"},
-		{"queue=jobs&id=7", "ack nack"},
+		{"id=jobs/7", "enqueueSeq ack nack"},
+		{"queue=jobs&id=7", "enqueueSeq ack nack"},
 		{"queue=jobs&id=9", "delete"},
 		{"id=jobs.dlq/4", "redrive redriveAll"},
 		{"id=jobs.dlq/5", "redriveAll"},
-		{"id=jobs/7&id=m-42", "ack nack badSig"},
-		{"id=jobs", "enqueue consume ack nack reject declare delete publish redisKey"},
+		{"id=jobs/7&id=m-42", "enqueueSeq ack nack badSig"},
+		{"id=jobs", "enqueue enqueueSeq consume ack nack reject declare delete publish redisKey"},
 		{"id=t-1", "taskSubmit taskDone"},
 		{"id=t-1/2", "taskDone"},
 		{"id=nightly", "fire"},

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/mcpd/mcpd/cluster"
+	"github.com/mcpd/mcpd/fsm"
 )
 
 // The cluster's membership in the admin API (docs/ops/cluster.md):
@@ -22,6 +23,10 @@ type ClusterStatus struct {
 	Node    string                 `json:"node"` // the node that answered
 	Leader  string                 `json:"leader"`
 	Servers []cluster.ServerStatus `json:"servers"`
+	// ClusterLevel is the cluster level of the answering node's state
+	// (fsm.ClusterLevel); Level the highest its version runs.
+	ClusterLevel int `json:"cluster_level"`
+	Level        int `json:"level"`
 }
 
 // ClusterChange is the body of the POST requests of /v1/cluster.
@@ -49,7 +54,12 @@ func (a *Admin) clusterStatus(w http.ResponseWriter, r *http.Request) {
 		adminFail(w, err)
 		return
 	}
-	adminJSON(w, http.StatusOK, ClusterStatus{Node: a.node.ID(), Leader: a.node.Leader(), Servers: servers})
+	level, err := a.node.ClusterLevel()
+	if err != nil {
+		adminFail(w, err)
+		return
+	}
+	adminJSON(w, http.StatusOK, ClusterStatus{Node: a.node.ID(), Leader: a.node.Leader(), Servers: servers, ClusterLevel: level, Level: fsm.Level})
 }
 
 func (a *Admin) clusterChange(op string) http.HandlerFunc {

@@ -146,6 +146,12 @@ func Test_AdminCluster_JoinTransferRemove(t *testing.T) {
 	if st.Node != f0.ID {
 		t.Fatalf("status %+v, answered by %s", st, f0.ID)
 	}
+	// Every server runs this version: the leader raises the cluster
+	// level to it.
+	testcluster.WaitFor(t, 20*time.Second, func() bool {
+		st := clusterStatusOf(t, admins[f0.ID])
+		return st.ClusterLevel == fsm.Level && st.Level == fsm.Level
+	})
 
 	n4 := c.StartJoiner("n4")
 	if n4.Node.Ready() {

@@ -117,6 +117,11 @@ func clusterStatus(args []string, stdout io.Writer) error {
 	if err := tw.Flush(); err != nil {
 		return err
 	}
+	fmt.Fprintf(stdout, "cluster level %d", st.ClusterLevel)
+	if st.ClusterLevel < st.Level {
+		fmt.Fprintf(stdout, " (%s runs %d: the leader raises it once every server shows LEVEL %d)", st.Node, st.Level, st.Level)
+	}
+	fmt.Fprintln(stdout)
 	if st.Leader == "" {
 		fmt.Fprintf(stdout, "no leader known to %s\n", st.Node)
 	}
