@@ -237,6 +237,9 @@ func AddAgent(tx *bolt.Tx, a Agent, now int64) (Agent, error) {
 	}
 	b := tx.Bucket(bucketAgents)
 	if b.Get([]byte(a.Name)) != nil {
+		if old, ok, err := GetAgent(tx, a.Name); err == nil && ok && old.Revoked != 0 {
+			return Agent{}, fmt.Errorf("%w: %s was revoked, and a revoked name is not used again: choose another name", ErrAgentExists, a.Name)
+		}
 		return Agent{}, fmt.Errorf("%w: %s", ErrAgentExists, a.Name)
 	}
 	a.Created, a.Revoked, a.RevokedBy, a.Reason = now, 0, "", ""

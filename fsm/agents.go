@@ -58,7 +58,7 @@ func init() {
 func agentErr(err error) error {
 	switch {
 	case errors.Is(err, auth.ErrAgentExists):
-		return fmt.Errorf("%w: %w", queue.ErrConflict, err)
+		return conflict(err)
 	case errors.Is(err, auth.ErrAgentUnknown):
 		return fmt.Errorf("%w: %w", queue.ErrNotFound, err)
 	case errors.Is(err, auth.ErrBadAgent):

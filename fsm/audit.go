@@ -225,7 +225,7 @@ func init() {
 		case errors.Is(err, audit.ErrBadCheckpoint):
 			return nil, fmt.Errorf("%w: %w", queue.ErrBadRequest, err)
 		case errors.Is(err, audit.ErrStaleCheckpoint):
-			return nil, fmt.Errorf("%w: %w", queue.ErrConflict, err)
+			return nil, conflict(err)
 		}
 		return nil, err
 	})
@@ -252,7 +252,7 @@ func init() {
 	}, func(t *Tx, a *AuditPruneArgs) (any, error) {
 		r, err := audit.Prune(t.Bolt(), a.Through, a.Max)
 		if errors.Is(err, audit.ErrPruneRange) {
-			return nil, fmt.Errorf("%w: %w", queue.ErrConflict, err)
+			return nil, conflict(err)
 		}
 		return &r, err
 	})

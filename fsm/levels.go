@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"fmt"
 
-	"github.com/mcpd/mcpd/queue"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -99,7 +98,7 @@ func init() {
 		if a.Level <= was {
 			// A raise proposed again (its first outcome was unknown), or
 			// by two leaders in turn.
-			return nil, fmt.Errorf("%w: the cluster level is %d already", queue.ErrConflict, was)
+			return nil, conflictf("the cluster level is %d already", was)
 		}
 		r := &ClusterLevelResult{Was: was, Level: a.Level}
 		return r, t.Bolt().Bucket(bucketMeta).Put(keyClusterLevel, binary.AppendUvarint(nil, uint64(r.Level)))

@@ -2,6 +2,7 @@ package fsm
 
 import (
 	"errors"
+	"fmt"
 
 	"github.com/mcpd/mcpd/audit"
 	"github.com/mcpd/mcpd/internal/mpack"
@@ -173,3 +174,16 @@ type detailed struct {
 
 func (e *detailed) Error() string { return e.msg }
 func (e *detailed) Unwrap() error { return e.sentinel }
+
+// conflict is err as a queue.ErrConflict (the reply code "conflict")
+// with err's own message: that sentinel's text is about envelope ids,
+// and err says what conflicts. errors.Is finds both.
+func conflict(err error) error { return &conflictErr{err} }
+
+type conflictErr struct{ err error }
+
+func (e *conflictErr) Error() string   { return e.err.Error() }
+func (e *conflictErr) Unwrap() []error { return []error{queue.ErrConflict, e.err} }
+
+// conflictf is conflict of a new message.
+func conflictf(format string, args ...any) error { return conflict(fmt.Errorf(format, args...)) }

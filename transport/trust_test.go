@@ -366,6 +366,17 @@ func TestAdminAPI(t *testing.T) {
 	if st, _ := s.adminCall(0, "GET", "/v1/agents/x", nil); st != http.StatusNotFound {
 		t.Fatalf("no agent x was to be added: %d", st)
 	}
+	// A name in use says so, and a revoked one that it is not used again.
+	again := transport.AdminAgentRequest{Name: "legacy", Alg: "ed25519", PublicKey: make([]byte, 32)}
+	if st, out := s.adminCall(0, "POST", "/v1/agents", again); st != http.StatusConflict || out["error"] != "agent already exists: legacy" {
+		t.Fatalf("add legacy again: %d %v", st, out)
+	}
+	if st, out := s.adminCall(0, "POST", "/v1/agents/legacy/revoke", nil); st != http.StatusOK {
+		t.Fatalf("revoke legacy: %d %v", st, out)
+	}
+	if st, out := s.adminCall(0, "POST", "/v1/agents", again); st != http.StatusConflict || !strings.Contains(fmt.Sprint(out["error"]), "legacy was revoked") {
+		t.Fatalf("add the revoked legacy again: %d %v", st, out)
+	}
 	if st, _ := s.adminCall(0, "POST", "/v1/agents/ghost/revoke", nil); st != http.StatusNotFound {
 		t.Fatalf("revoke unknown: %d", st)
 	}
