@@ -152,7 +152,7 @@ func ReadPrivateFile(path, what string) ([]byte, error) {
 		return nil, err
 	}
 	if fi.Mode().Perm()&0o077 != 0 {
-		return nil, fmt.Errorf("%s: %s file is readable by others (mode %v); chmod 600 it", path, what, fi.Mode().Perm())
+		return nil, fmt.Errorf("%s: %s file is open to its group or others (mode %v); chmod 600 it, owned by the user mcpd runs as", path, what, fi.Mode().Perm())
 	}
 	return os.ReadFile(path)
 }

@@ -57,7 +57,7 @@ func TestLoadCredentials(t *testing.T) {
 	if err := os.Chmod(path, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := LoadCredentials(path); err == nil || !strings.Contains(err.Error(), "readable by others") {
+	if _, err := LoadCredentials(path); err == nil || !strings.Contains(err.Error(), "open to its group or others") {
 		t.Fatalf("a world-readable credential file was accepted: %v", err)
 	}
 }
