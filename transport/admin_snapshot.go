@@ -312,7 +312,9 @@ func (a *Admin) restoreOnLeader(ctx context.Context, actor, via, up string) clus
 	}
 	rep, err := a.node.Call(ctx, fsm.TypeAuthEvent, actor, &fsm.AuthEventArgs{
 		Kind: "snapshot.restore", Agent: actor, Node: a.node.ID(),
-		Subject: fmt.Sprintf("index %d audit %d %s", h.Index, h.AuditHead.Seq, h.AuditHead.Hash),
+		// The subject says it all: the command's body, Detail included,
+		// is kept only as a digest.
+		Subject: fmt.Sprintf("index %d audit %d %s; %s", h.Index, h.AuditHead.Seq, h.AuditHead.Hash, detail),
 		Detail:  detail,
 	})
 	if err == nil && rep.Err != nil {
