@@ -295,8 +295,15 @@ func (n *Node) NotReadyReason() string {
 	if n.Leader() == "" {
 		return "no leader known"
 	}
-	if applied, commit := n.fsm.AppliedIndex(), n.raft.CommitIndex(); applied+8 < commit {
+	switch applied, commit := n.fsm.AppliedIndex(), n.raft.CommitIndex(); {
+	case applied+8 < commit:
 		return fmt.Sprintf("catching up: applied %d of %d committed", applied, commit)
+	case commit < applied:
+		// Raft learns the commit index from the leader's appends (its
+		// heartbeats carry none), so after a restart it reads below what
+		// state.db had applied until then: how far behind the node is
+		// is not known yet.
+		return fmt.Sprintf("catching up: applied %d, the commit index not yet known", applied)
 	}
 	return ""
 }
