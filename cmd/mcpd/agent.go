@@ -27,6 +27,8 @@ func runAgent(args []string) error {
 		return &usageError{"expected 'mcpd agent add|list|show|revoke ...'"}
 	}
 	switch args[0] {
+	case "-h", "-help", "--help", "help":
+		return groupUsage(agentHelp)
 	case "add":
 		return agentAdd(args[1:], os.Stdout)
 	case "list":

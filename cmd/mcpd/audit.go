@@ -43,27 +43,9 @@ func runAudit(args []string) error {
 	case "prune":
 		return auditPrune(args[1:], os.Stdout)
 	case "-h", "-help", "--help", "help":
-		fmt.Fprint(os.Stderr, `usage:
-  mcpd audit verify [--data-dir DIR | --snapshot PATH | --export FILE] [--node] [--key KEY] [--json]
-      check the hash chain and the signed checkpoints; exit status 1 names the first broken entry
-      (--node: a running node's log, fetched through its admin socket or --admin-url)
-  mcpd audit export [--data-dir DIR | --snapshot PATH] [--node] [--since SEQ]
-      write the entries after SEQ as JSON lines
-  mcpd audit tail [--data-dir DIR | --admin-url URL ...] [--since SEQ]
-      follow a running node's log, checking each entry against the one before
-  mcpd audit search [--data-dir DIR | --admin-url URL ...] [--actor A] [--type T] [--outcome O]
-                    [--queue Q] [--id ID] [--since T] [--until T] [--grep S] [--limit N] [--desc] [--json]
-      a running node's entries that match: a table (seq, time, type, actor, subject, result)
-      or JSON lines; --id QUEUE/SEQ is a message's settles, --since takes RFC 3339, unix ms or 15m
-  mcpd audit prune --through SEQ [--data-dir DIR | --admin-url URL ...] [--json]
-      remove a running cluster's entries up to SEQ (before the latest checkpoint) from every node;
-      export them first: the chain then verifies from SEQ, anchored by the checkpoints after it
-  mcpd audit key --cluster-key-file FILE [--pem]
-      print the cluster's audit public key, for --key
-`)
-		return flag.ErrHelp
+		return groupUsage(auditHelp)
 	}
-	return &usageError{fmt.Sprintf("unknown audit command %q: verify, export, tail, search or key", args[0])}
+	return &usageError{fmt.Sprintf("unknown audit command %q: verify, export, tail, search, prune or key", args[0])}
 }
 
 // errAuditBroken: verify found the chain broken (the report says where).
@@ -397,3 +379,22 @@ func auditKey(args []string, stdout io.Writer) error {
 	_, err = stdout.Write(b)
 	return err
 }
+
+const auditHelp = `usage:
+  mcpd audit verify [--data-dir DIR | --snapshot PATH | --export FILE] [--node] [--key KEY] [--json]
+      check the hash chain and the signed checkpoints; exit status 1 names the first broken entry
+      (--node: a running node's log, fetched through its admin socket or --admin-url)
+  mcpd audit export [--data-dir DIR | --snapshot PATH] [--node] [--since SEQ]
+      write the entries after SEQ as JSON lines
+  mcpd audit tail [--data-dir DIR | --admin-url URL ...] [--since SEQ]
+      follow a running node's log, checking each entry against the one before
+  mcpd audit search [--data-dir DIR | --admin-url URL ...] [--actor A] [--type T] [--outcome O]
+                    [--queue Q] [--id ID] [--since T] [--until T] [--grep S] [--limit N] [--desc] [--json]
+      a running node's entries that match: a table (seq, time, type, actor, subject, result)
+      or JSON lines; --id QUEUE/SEQ is a message's settles, --since takes RFC 3339, unix ms or 15m
+  mcpd audit prune --through SEQ [--data-dir DIR | --admin-url URL ...] [--json]
+      remove a running cluster's entries up to SEQ (before the latest checkpoint) from every node;
+      export them first: the chain then verifies from SEQ, anchored by the checkpoints after it
+  mcpd audit key --cluster-key-file FILE [--pem]
+      print the cluster's audit public key, for --key
+`

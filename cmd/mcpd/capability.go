@@ -16,6 +16,9 @@ import (
 func runCapability(args []string) error { return capabilityCmd(args, os.Stdout) }
 
 func capabilityCmd(args []string, stdout io.Writer) error {
+	if len(args) > 0 && isHelp(args[0]) {
+		return groupUsage(capabilityHelp)
+	}
 	if len(args) > 0 && args[0] == "list" {
 		return capabilityList(args[1:], stdout)
 	}

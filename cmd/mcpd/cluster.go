@@ -24,6 +24,8 @@ func runCluster(args []string) error {
 		return &usageError{"expected 'mcpd cluster status|join|remove|transfer-leadership|recover ...'"}
 	}
 	switch args[0] {
+	case "-h", "-help", "--help", "help":
+		return groupUsage(clusterHelp)
 	case "status":
 		return clusterStatus(args[1:], os.Stdout)
 	case "join":

@@ -49,35 +49,41 @@ type usageError struct{ msg string }
 func (e *usageError) Error() string { return e.msg }
 
 func main() {
-	if len(os.Args) < 2 {
+	os.Exit(runMain(os.Args[1:]))
+}
+
+// runMain runs the command line args (without the program name) and returns
+// the exit status: 0, 1 for a failure, 2 for a mistake in the command line.
+func runMain(args []string) int {
+	if len(args) == 0 {
 		usage()
-		os.Exit(2)
+		return 2
 	}
-	name := os.Args[1]
+	name := args[0]
 	for _, c := range commands {
 		if c.name != name {
 			continue
 		}
-		err := c.run(os.Args[2:])
+		err := c.run(args[1:])
 		var ue *usageError
 		switch {
 		case err == nil:
-			return
+			return 0
 		case errors.Is(err, flag.ErrHelp):
-			os.Exit(0)
+			return 0
 		case errors.As(err, &ue):
 			fmt.Fprintf(os.Stderr, "mcpd %s: %v\nRun 'mcpd %s -h' for usage.\n", name, err, name)
-			os.Exit(2)
+			return 2
 		default:
 			fmt.Fprintf(os.Stderr, "mcpd %s: %v\n", name, err)
-			os.Exit(1)
+			return 1
 		}
 	}
 	if name == "-h" || name == "--help" || name == "help" {
 		usage()
-		return
+		return 0
 	}
 	fmt.Fprintf(os.Stderr, "mcpd: unknown command %q\n\n", name)
 	usage()
-	os.Exit(2)
+	return 2
 }

@@ -19,6 +19,9 @@ import (
 func runOperator(args []string) error { return operatorCmd(args, os.Stdout) }
 
 func operatorCmd(args []string, stdout io.Writer) error {
+	if len(args) > 0 && isHelp(args[0]) {
+		return groupUsage(operatorHelp)
+	}
 	if len(args) == 0 || (args[0] != "invite" && args[0] != "list" && args[0] != "remove") {
 		return &usageError{"expected 'mcpd operator invite NAME [--ttl 24h]', 'mcpd operator list' or 'mcpd operator remove NAME'"}
 	}

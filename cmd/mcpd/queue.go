@@ -25,6 +25,8 @@ const queueUsage = "expected 'mcpd queue list', 'mcpd queue peek NAME [--limit N
 
 func queueCmd(args []string, stdout io.Writer) error {
 	switch {
+	case len(args) > 0 && isHelp(args[0]):
+		return groupUsage(queueHelp)
 	case len(args) > 0 && args[0] == "redrive":
 		return queueRedrive(args[1:], stdout)
 	case len(args) > 0 && args[0] == "delete":

@@ -21,6 +21,8 @@ func runSchedule(args []string) error {
 		return &usageError{"expected 'mcpd schedule add|list|pause|resume|delete|history ...'"}
 	}
 	switch args[0] {
+	case "-h", "-help", "--help", "help":
+		return groupUsage(scheduleHelp)
 	case "add":
 		return scheduleAdd(args[1:], os.Stdout)
 	case "list":

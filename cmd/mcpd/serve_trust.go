@@ -145,6 +145,7 @@ func (s *adminServers) close() {
 // runKeygen handles "mcpd keygen FILE": a new cluster key file, mode 0600.
 func runKeygen(args []string) error {
 	fs := flag.NewFlagSet("keygen", flag.ContinueOnError)
+	fs.Usage = func() { fmt.Fprint(fs.Output(), keygenHelp) }
 	if err := fs.Parse(args); err != nil {
 		return err
 	}

@@ -36,18 +36,7 @@ func runSnapshot(args []string) error {
 	case "restore":
 		return snapshotRestore(args[1:], os.Stdout)
 	case "-h", "-help", "--help", "help":
-		fmt.Fprint(os.Stderr, `usage:
-  mcpd snapshot save -o FILE [--data-dir DIR | --admin-socket SOCK | --admin-url URL --admin-token-file F [--ca CA]]
-      write a consistent point-in-time copy of a running cluster's state to FILE (ingest goes on)
-  mcpd snapshot inspect FILE [--key KEY] [--json]
-      print FILE's header; verify its checksum, its database and its audit chain
-  mcpd snapshot restore FILE (--admin-socket SOCK | --admin-url URL --admin-token-file F [--ca CA])
-      check FILE, then replace the running cluster's state with it; any node will do
-      (a follower checks it and sends it on to the leader); every node converges
-  mcpd snapshot restore FILE --data-dir DIR
-      offline: make DIR (empty or absent) a new node's data directory holding FILE's state, for a drill
-`)
-		return flag.ErrHelp
+		return groupUsage(snapshotHelp)
 	}
 	return &usageError{fmt.Sprintf("unknown snapshot command %q: save, inspect or restore", args[0])}
 }
@@ -456,3 +445,15 @@ func offlineServers(off *offlineFlags) ([]raft.Server, error) {
 }
 
 var errDirHasData = errors.New("has data")
+
+const snapshotHelp = `usage:
+  mcpd snapshot save -o FILE [--data-dir DIR | --admin-socket SOCK | --admin-url URL --admin-token-file F [--ca CA]]
+      write a consistent point-in-time copy of a running cluster's state to FILE (ingest goes on)
+  mcpd snapshot inspect FILE [--key KEY] [--json]
+      print FILE's header; verify its checksum, its database and its audit chain
+  mcpd snapshot restore FILE (--admin-socket SOCK | --admin-url URL --admin-token-file F [--ca CA])
+      check FILE, then replace the running cluster's state with it; any node will do
+      (a follower checks it and sends it on to the leader); every node converges
+  mcpd snapshot restore FILE --data-dir DIR
+      offline: make DIR (empty or absent) a new node's data directory holding FILE's state, for a drill
+`

@@ -31,6 +31,8 @@ func runTask(args []string) error {
 	}
 	rest := args[1:]
 	switch args[0] {
+	case "-h", "-help", "--help", "help":
+		return groupUsage(taskHelp)
 	case "submit":
 		return taskSubmit(rest, os.Stdout)
 	case "get":

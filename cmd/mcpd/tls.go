@@ -13,6 +13,9 @@ import (
 // covering the given hosts, shared by the nodes of a local cluster, or,
 // with --node, the certificate of one node of a cluster.
 func runTLS(args []string) error {
+	if len(args) > 0 && isHelp(args[0]) {
+		return groupUsage(tlsHelp)
+	}
 	if len(args) == 0 || args[0] != "init" {
 		return &usageError{"expected 'mcpd tls init --dir DIR [--node ID] --host HOST...'"}
 	}
