@@ -91,3 +91,23 @@ func TestCommandHelp(t *testing.T) {
 		}
 	}
 }
+
+// The top-level help's line for audit names everything audit does, for
+// running nodes as well as offline.
+func TestTopLevelHelpAudit(t *testing.T) {
+	code, out := runStderr(t, "--help")
+	if code != 0 {
+		t.Fatalf("mcpd --help: exit %d", code)
+	}
+	var line string
+	for _, l := range strings.Split(out, "\n") {
+		if strings.HasPrefix(l, "  audit ") {
+			line = l
+		}
+	}
+	for _, sub := range []string{"verify", "export", "search", "tail", "prune", "running node", "offline"} {
+		if !strings.Contains(line, sub) {
+			t.Errorf("the audit line does not say %q: %q", sub, line)
+		}
+	}
+}

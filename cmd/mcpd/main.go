@@ -31,7 +31,7 @@ var commands = []command{
 	{"tls", runTLS, "create TLS material (tls init)"},
 	{"check", runCheck, "verify a stopped node's data directory (checksums of log, snapshots, state.db)"},
 	{"cluster", runCluster, "show the cluster's servers; join, remove or hand leadership to one; recover a lost quorum offline"},
-	{"audit", runAudit, "verify or export the audit log of a stopped node or a snapshot (audit verify|export|key)"},
+	{"audit", runAudit, "verify, export, search, tail or prune the audit log of a running node; verify and export also offline (a stopped node's data directory, a snapshot)"},
 	{"snapshot", runSnapshot, "save a running cluster's state to a file, inspect and check one, restore it (snapshot save|inspect|restore)"},
 }
 
