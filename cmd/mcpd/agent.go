@@ -41,28 +41,6 @@ func runAgent(args []string) error {
 	return &usageError{fmt.Sprintf("unknown agent command %q: add, list, show or revoke", args[0])}
 }
 
-// parseNamed parses flags that may come before or after the one
-// positional NAME argument.
-func parseNamed(fs *flag.FlagSet, args []string) (string, error) {
-	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
-		name := args[0]
-		if err := fs.Parse(args[1:]); err != nil {
-			return "", err
-		}
-		if fs.NArg() > 0 {
-			return "", &usageError{fmt.Sprintf("unexpected argument %q", fs.Arg(0))}
-		}
-		return name, nil
-	}
-	if err := fs.Parse(args); err != nil {
-		return "", err
-	}
-	if fs.NArg() != 1 {
-		return "", &usageError{"expected one agent NAME"}
-	}
-	return fs.Arg(0), nil
-}
-
 func agentAdd(args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("agent add", flag.ContinueOnError)
 	var af adminFlags
@@ -83,7 +61,7 @@ func agentAdd(args []string, stdout io.Writer) error {
 	token := fs.Bool("token", false, "also issue a password for the Redis port (AUTH NAME TOKEN), kept in the credential; the node stores only its SHA-256")
 	msgs := fs.Float64("rate-msgs", 0, "requests per second per node (0: unlimited)")
 	bytes := fs.Float64("rate-bytes", 0, "request bytes per second per node (0: unlimited)")
-	name, err := parseNamed(fs, args)
+	name, err := parseOne(fs, args, "agent NAME")
 	if err != nil {
 		return err
 	}
@@ -211,10 +189,11 @@ func msTime(ms int64) string {
 	return time.UnixMilli(ms).UTC().Format(time.RFC3339)
 }
 
-// namedAdmin parses the flags of a command on one agent NAME and returns
-// the name and a client of the node's admin API.
-func namedAdmin(fs *flag.FlagSet, af *adminFlags, args []string) (string, *adminClient, error) {
-	name, err := parseNamed(fs, args)
+// namedAdmin parses the flags of a command on one named thing, what it
+// is called in messages ("agent NAME"), and returns the name and a client
+// of the node's admin API.
+func namedAdmin(fs *flag.FlagSet, af *adminFlags, args []string, what string) (string, *adminClient, error) {
+	name, err := parseOne(fs, args, what)
 	if err != nil {
 		return "", nil, err
 	}
@@ -226,7 +205,7 @@ func agentShow(args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("agent show", flag.ContinueOnError)
 	var af adminFlags
 	af.register(fs)
-	name, c, err := namedAdmin(fs, &af, args)
+	name, c, err := namedAdmin(fs, &af, args, "agent NAME")
 	if err != nil {
 		return err
 	}
@@ -243,7 +222,7 @@ func agentRevoke(args []string, stdout io.Writer) error {
 	var af adminFlags
 	af.register(fs)
 	reason := fs.String("reason", "", "why, for the audit log")
-	name, c, err := namedAdmin(fs, &af, args)
+	name, c, err := namedAdmin(fs, &af, args, "agent NAME")
 	if err != nil {
 		return err
 	}

@@ -111,3 +111,27 @@ func TestTopLevelHelpAudit(t *testing.T) {
 		}
 	}
 }
+
+// A missing name is named for what it is: a queue, an operator, a
+// schedule, an agent.
+func TestMissingNameMessages(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"queue", "peek"}, "expected one queue NAME"},
+		{[]string{"queue", "peek", "--limit", "5"}, "expected one queue NAME"},
+		{[]string{"operator", "invite"}, "expected one operator NAME"},
+		{[]string{"operator", "remove"}, "expected one operator NAME"},
+		{[]string{"schedule", "add", "--cron", "@hourly"}, "expected one schedule NAME"},
+		{[]string{"schedule", "pause"}, "expected one schedule NAME"},
+		{[]string{"schedule", "history"}, "expected one schedule NAME"},
+		{[]string{"agent", "show"}, "expected one agent NAME"},
+		{[]string{"agent", "revoke"}, "expected one agent NAME"},
+	} {
+		code, out := runStderr(t, tc.args...)
+		if code != 2 || !strings.Contains(out, tc.want) {
+			t.Errorf("mcpd %s: exit %d, want 2 and %q:\n%s", strings.Join(tc.args, " "), code, tc.want, out)
+		}
+	}
+}

@@ -32,7 +32,7 @@ func operatorCmd(args []string, stdout io.Writer) error {
 	switch args[0] {
 	case "invite":
 		ttl := fs.Duration("ttl", transport.DefaultInviteTTL, "how long the code may be redeemed (1m to 168h)")
-		name, c, err := namedAdmin(fs, &af, args[1:])
+		name, c, err := namedAdmin(fs, &af, args[1:], "operator NAME")
 		if err != nil {
 			return err
 		}
@@ -51,7 +51,7 @@ func operatorCmd(args []string, stdout io.Writer) error {
 		}
 		return nil
 	case "remove":
-		name, c, err := namedAdmin(fs, &af, args[1:])
+		name, c, err := namedAdmin(fs, &af, args[1:], "operator NAME")
 		if err != nil {
 			return err
 		}

@@ -62,7 +62,7 @@ func queueCmd(args []string, stdout io.Writer) error {
 	}
 	limit := fs.Int("limit", 20, "show the oldest N messages (1 to 1000)")
 	timeline := fs.Bool("timeline", false, "show under each message what happened to it: enqueue, deliveries, nacks, rejects, lapsed leases, dead-lettering, redrives")
-	name, c, err := namedAdmin(fs, &af, args[1:])
+	name, c, err := namedAdmin(fs, &af, args[1:], "queue NAME")
 	if err != nil {
 		return err
 	}

@@ -47,7 +47,7 @@ func scheduleAdd(args []string, stdout io.Writer) error {
 	input := fs.String("input", "null", "the task's input (JSON) with --task")
 	misfire := fs.String("misfire", schedule.MisfireSkip, "ticks missed while the cluster could not fire: skip them, or fire once for all of them")
 	origin := fs.String("origin", schedule.DefaultOrigin, "the agent its messages and tasks come from")
-	name, err := parseNamed(fs, args)
+	name, err := parseOne(fs, args, "schedule NAME")
 	if err != nil {
 		return err
 	}
@@ -131,7 +131,7 @@ func scheduleSet(what string, args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("schedule "+what, flag.ContinueOnError)
 	var af adminFlags
 	af.register(fs)
-	name, c, err := namedAdmin(fs, &af, args)
+	name, c, err := namedAdmin(fs, &af, args, "schedule NAME")
 	if err != nil {
 		return err
 	}
@@ -156,7 +156,7 @@ func scheduleHistory(args []string, stdout io.Writer) error {
 	af.register(fs)
 	limit := fs.Int("limit", 50, "show the newest N firings (0: all kept)")
 	asJSON := fs.Bool("json", false, "print JSON")
-	name, c, err := namedAdmin(fs, &af, args)
+	name, c, err := namedAdmin(fs, &af, args, "schedule NAME")
 	if err != nil {
 		return err
 	}
