@@ -136,6 +136,8 @@ func clusterJoin(args []string, stdout io.Writer) error {
 	af.register(fs)
 	id := fs.String("id", "", "the new node's id (its --node-id)")
 	addr := fs.String("addr", "", "the new node's raft address, host:port, as its certificate covers it")
+	setUsage(fs, "usage: mcpd cluster join ID=HOST:PORT [flags]\n   or: mcpd cluster join --id ID --addr HOST:PORT [flags]\n"+
+		"add the node ID, started with 'mcpd serve --join', as a voter at its raft address HOST:PORT")
 	pos, err := parseOptionalArg(fs, args)
 	if err != nil {
 		return err
@@ -166,6 +168,7 @@ func clusterRemove(args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("cluster remove", flag.ContinueOnError)
 	var af adminFlags
 	af.register(fs)
+	setUsage(fs, "usage: mcpd cluster remove NODE [flags]\nremove the server NODE from the cluster (stop it afterwards)")
 	id, err := parseOptionalArg(fs, args)
 	if err != nil {
 		return err
@@ -189,6 +192,7 @@ func clusterTransfer(args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("cluster transfer-leadership", flag.ContinueOnError)
 	var af adminFlags
 	af.register(fs)
+	setUsage(fs, "usage: mcpd cluster transfer-leadership [NODE] [flags]\nhand leadership to NODE, or to any other voter")
 	id, err := parseOptionalArg(fs, args)
 	if err != nil {
 		return err

@@ -135,3 +135,14 @@ func TestMissingNameMessages(t *testing.T) {
 		}
 	}
 }
+
+// cluster join -h shows the positional form ID=HOST:PORT the docs use,
+// beside --id and --addr.
+func TestClusterJoinUsage(t *testing.T) {
+	code, out := runStderr(t, "cluster", "join", "-h")
+	for _, want := range []string{"mcpd cluster join ID=HOST:PORT", "mcpd cluster join --id ID --addr HOST:PORT", "-addr", "-id"} {
+		if code != 0 || !strings.Contains(out, want) {
+			t.Errorf("mcpd cluster join -h: exit %d, want 0 and %q:\n%s", code, want, out)
+		}
+	}
+}
