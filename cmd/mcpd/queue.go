@@ -3,14 +3,17 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"net/url"
 	"os"
+	"regexp"
 	"strconv"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/mcpd/mcpd/transport"
 )
@@ -185,6 +188,9 @@ func queueRedrive(args []string, stdout io.Writer) error {
 	var res transport.AdminRedrive
 	req := transport.AdminRedriveRequest{Seqs: seqs, To: *to, Limit: *limit}
 	if err := c.do("POST", "/v1/queues/"+url.PathEscape(pos[0])+"/redrive", req, &res); err != nil {
+		if head, tail, ok := leaseConflict(err, time.Now()); ok {
+			return &adminError{code: "conflict", msg: head + tail}
+		}
 		return err
 	}
 	if *asJSON {
@@ -232,8 +238,13 @@ func queueDelete(args []string, stdout io.Writer) error {
 	}
 	var res transport.AdminDeleted
 	if err := c.do("DELETE", path, nil, &res); err != nil {
+		if head, _, ok := leaseConflict(err, time.Now()); ok && !*force {
+			// The node's own advice ("force the delete") is replaced by
+			// the one line that names the flag.
+			return fmt.Errorf("%w\n%s", &adminError{code: "conflict", msg: head}, deleteForceHint)
+		}
 		if isAdminCode(err, "conflict") && !*force {
-			return fmt.Errorf("%w\n(a consumer holds it: wait for its ack or its lease to end, or use --force)", err)
+			return fmt.Errorf("%w\n%s", err, deleteForceHint)
 		}
 		return err
 	}
@@ -296,4 +307,36 @@ func pluralS(n int) string {
 		return ""
 	}
 	return "s"
+}
+
+// deleteForceHint follows queue delete's refusal of a leased message.
+const deleteForceHint = "a consumer holds it: wait for its ack or for its lease to end, or delete it now with --force (the consumer's ack then fails)"
+
+// leasedRE matches the node's answer that a message is leased to a
+// consumer (to queue delete and redrive): the lease's end in unix
+// milliseconds, then the node's advice.
+var leasedRE = regexp.MustCompile(`^(.+ is leased to .+ until )(\d+)(: .+)$`)
+
+// leaseConflict recognises the node's conflict answer about a leased
+// message and returns it with the lease's end as a time: head up to and
+// with that time, tail the node's advice after it (": wait ..."). ok is
+// false for any other error, or a number that is no plausible time.
+func leaseConflict(err error, now time.Time) (head, tail string, ok bool) {
+	var ae *adminError
+	if !errors.As(err, &ae) || ae.code != "conflict" {
+		return "", "", false
+	}
+	m := leasedRE.FindStringSubmatch(ae.msg)
+	if m == nil {
+		return "", "", false
+	}
+	ms, perr := strconv.ParseInt(m[2], 10, 64)
+	if perr != nil || ms < 1e12 || ms >= 1e13 { // 2001 to 2286
+		return "", "", false
+	}
+	end := msTime(ms)
+	if d := time.UnixMilli(ms).Sub(now).Round(time.Second); d > 0 {
+		end += " (in " + d.String() + ")"
+	}
+	return m[1] + end, m[3], true
 }

@@ -122,7 +122,11 @@ func TestCLIQueueRedriveDelete(t *testing.T) {
 		t.Fatal(err)
 	}
 	seq := []string{"delete", "jobs", strconv.FormatUint(d.Seq, 10)}
-	if _, err := run(t, queueCmd, n.asOperator(seq...)); !isAdminCode(err, "conflict") || !strings.Contains(err.Error(), "--force") {
+	// The lease's end as a time, and one line of advice that names --force.
+	_, err = run(t, queueCmd, n.asOperator(seq...))
+	if !isAdminCode(err, "conflict") ||
+		!regexp.MustCompile(`^conflict: jobs/\d+ is leased to n1/\S+ until \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ \(in \S+\)\n[^\n]*--force[^\n]*$`).MatchString(err.Error()) ||
+		strings.Count(err.Error(), "force") != 1 {
 		t.Fatalf("delete of a leased message: %v", err)
 	}
 	out = mustRun(t, queueCmd, n.asOperator(append(seq, "--force")...))
@@ -139,5 +143,32 @@ func TestCLIQueueRedriveDelete(t *testing.T) {
 func TestOneLine(t *testing.T) {
 	if got := oneLine("bad\ninput\r\nat\tline 3\r"); got != "bad input at line 3 " {
 		t.Fatalf("oneLine = %q", got)
+	}
+}
+
+// The node's answer about a leased message gets its lease end as a time;
+// anything else is left alone.
+func TestLeaseConflict(t *testing.T) {
+	now := time.UnixMilli(1796028728607)
+	conflict := func(msg string) error { return &adminError{code: "conflict", msg: msg} }
+	head, tail, ok := leaseConflict(conflict("jobs/3 is leased to n1/ab/1 until 1796028788607: wait for it to be settled or its lease to end, or force the delete"), now)
+	if !ok || head != "jobs/3 is leased to n1/ab/1 until "+msTime(1796028788607)+" (in 1m0s)" ||
+		tail != ": wait for it to be settled or its lease to end, or force the delete" {
+		t.Fatalf("delete's conflict: %q %q %v", head, tail, ok)
+	}
+	head, tail, ok = leaseConflict(conflict("jobs.dlq/2 is leased to n1/ab/1 until 1796028788607: redrive it when its lease ends, or delete it"), now.Add(time.Hour))
+	if !ok || head != "jobs.dlq/2 is leased to n1/ab/1 until "+msTime(1796028788607) || tail != ": redrive it when its lease ends, or delete it" {
+		t.Fatalf("redrive's conflict, the lease over: %q %q %v", head, tail, ok)
+	}
+	for _, err := range []error{
+		conflict("jobs/3 is leased to n1/ab/1 until 17960: wait"),
+		conflict("jobs/3 is leased to n1/ab/1 until soon: wait"),
+		conflict("something else"),
+		&adminError{code: "not_found", msg: "jobs/3 is leased to n1/ab/1 until 1796028788607: wait"},
+		errors.New("jobs/3 is leased to n1/ab/1 until 1796028788607: wait"),
+	} {
+		if _, _, ok := leaseConflict(err, now); ok {
+			t.Errorf("%v recognised", err)
+		}
 	}
 }
