@@ -90,47 +90,78 @@ func (n *Node) startArgs() *fsm.NodeStartedArgs {
 	return &fsm.NodeStartedArgs{Node: n.cfg.NodeID, Epoch: n.epoch, Level: fsm.Level}
 }
 
-// clusterLevelEvery is how often the leader checks whether it can raise
-// the cluster level (fsm.ClusterLevel): a read of one key.
-var clusterLevelEvery = 200 * time.Millisecond
+// stateDutiesEvery is how often the leader looks at the state for work
+// of its own (raiseLevel, recordRestore): a read of two keys.
+var stateDutiesEvery = 200 * time.Millisecond
 
-// raiseLevel is the leader's duty of raising the cluster level to this
-// version's fsm.Level once every member announced it (MembersApply of
-// fsm.TypeClusterLevel), so that what the newer level changes starts at
-// one entry on every replica.
-func (n *Node) raiseLevel() {
+// stateDuties runs the leader's duties that the applied state calls for.
+func (n *Node) stateDuties() {
 	defer n.wg.Done()
-	var waiting string // why it last waited, logged once
-	n.leaderTicks(clusterLevelEvery, nil, func() {
-		have, err := n.ClusterLevel()
-		if err != nil || have >= fsm.Level {
-			return
+	var waiting string
+	n.leaderTicks(stateDutiesEvery, nil, func() {
+		n.raiseLevel(&waiting)
+		n.recordRestore()
+	}, nil)
+}
+
+// raiseLevel raises the cluster level to this version's fsm.Level once
+// every member announced it (MembersApply of fsm.TypeClusterLevel), so
+// that what the newer level changes starts at one entry on every
+// replica. waiting is why it last waited, logged once.
+func (n *Node) raiseLevel(waiting *string) {
+	have, err := n.ClusterLevel()
+	if err != nil || have >= fsm.Level {
+		return
+	}
+	if err := n.MembersApply(fsm.TypeClusterLevel); err != nil {
+		if why := err.Error(); why != *waiting {
+			*waiting = why
+			n.log.Info("the cluster level waits until every node runs this version", "cluster_level", have, "level", fsm.Level, "why", why)
 		}
-		if err := n.MembersApply(fsm.TypeClusterLevel); err != nil {
-			if why := err.Error(); why != waiting {
-				waiting = why
-				n.log.Info("the cluster level waits until every node runs this version", "cluster_level", have, "level", fsm.Level, "why", why)
-			}
-			return
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), n.cfg.SubmitTimeout)
-		defer cancel()
-		rep, err := n.Call(ctx, fsm.TypeClusterLevel, "", &fsm.ClusterLevelArgs{Level: fsm.Level})
-		if err == nil {
-			err = rep.Err
-		}
-		if errors.Is(err, queue.ErrConflict) {
-			return // raised already: an earlier proposal's outcome was unknown
-		}
-		if err != nil {
-			n.log.Debug("raising the cluster level failed; trying again", "err", err)
-			return
-		}
-		if r, ok := rep.Result.(*fsm.ClusterLevelResult); ok && r.Level != r.Was {
+		return
+	}
+	rep, err := n.callSelf(fsm.TypeClusterLevel, "", &fsm.ClusterLevelArgs{Level: fsm.Level})
+	switch {
+	case errors.Is(err, queue.ErrConflict):
+		// Raised already: an earlier proposal's outcome was unknown.
+	case err != nil:
+		n.log.Debug("raising the cluster level failed; trying again", "err", err)
+		return
+	default:
+		if r, ok := rep.Result.(*fsm.ClusterLevelResult); ok {
 			n.log.Info("cluster level raised", "from", r.Was, "to", r.Level)
 		}
-		waiting = ""
-	}, nil)
+	}
+	*waiting = ""
+}
+
+// recordRestore proposes the audit entry of a snapshot restore whose
+// leader did not (fsm/restorerec.go): it lost the leadership before.
+func (n *Node) recordRestore() {
+	var p fsm.RestorePending
+	var ok bool
+	if n.FSM().View(func(tx *bolt.Tx) error { p, ok = fsm.PendingRestore(tx); return nil }) != nil || !ok {
+		return
+	}
+	_, err := n.callSelf(fsm.TypeRestoreRecord, p.Actor, &p)
+	switch {
+	case err == nil:
+		n.log.Warn("recorded the audit entry of a snapshot restore its leader could not", "restore", p.ID, "subject", p.Subject, "operator", p.Actor)
+	case !errors.Is(err, queue.ErrConflict):
+		n.log.Debug("recording a snapshot restore failed; trying again", "restore", p.ID, "err", err)
+	}
+}
+
+// callSelf is Call within the submit timeout, the reply's business error
+// returned as the error.
+func (n *Node) callSelf(t fsm.MessageType, actor string, body any) (*fsm.Reply, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), n.cfg.SubmitTimeout)
+	defer cancel()
+	rep, err := n.Call(ctx, t, actor, body)
+	if err == nil && rep.Err != nil {
+		err = rep.Err
+	}
+	return rep, err
 }
 
 // ClusterLevel is the cluster level (fsm.ClusterLevel) of this node's

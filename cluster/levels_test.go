@@ -2,8 +2,11 @@ package cluster_test
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -186,6 +189,99 @@ func Test_Cluster_ClusterLevelRaised(t *testing.T) {
 		})
 		if len(enqueues) != 1 || enqueues[0] != want || raises != 1 {
 			t.Errorf("%s: enqueues audited as %q and %d cluster level raises, want [%s] and 1", nd.ID, enqueues, raises, want)
+		}
+	}
+}
+
+// fileSink is a raft.SnapshotSink writing to a file.
+type fileSink struct{ *os.File }
+
+func (s fileSink) ID() string    { return "file" }
+func (s fileSink) Cancel() error { return s.Close() }
+
+// A snapshot restore whose leader did not record it (it lost the
+// leadership right after raft took the file) is recorded by the node
+// that leads next, from the mark the restored state carries: once, on
+// every node, naming the operator, and the mark goes.
+func Test_Cluster_RestoreMarkRecorded(t *testing.T) {
+	c := testcluster.Start(t, 3, testcluster.Options{})
+	leader := c.WaitLeader()
+	testcluster.WaitFor(t, 20*time.Second, func() bool { return c.WaitLeader().Node.MembersApply(fsm.TypeRestoreRecord) == nil })
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := c.Dial("alice").Enqueue(ctx, "jobs", map[string]int{"n": 1}); err != nil {
+		t.Fatal(err)
+	}
+	c.WaitApplied()
+
+	// A marked copy of the leader's state, as the admin API makes one.
+	path := filepath.Join(t.TempDir(), "state.db")
+	out, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	snap, err := leader.Node.FSM().Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := snap.Persist(fileSink{out}); err != nil {
+		t.Fatal(err)
+	}
+	snap.Release()
+	mark := fsm.RestorePending{ID: "r1", Actor: "operator:ann", Subject: "index 9 audit 9 h; saved by n1"}
+	if err := fsm.MarkRestore(path, mark); err != nil {
+		t.Fatal(err)
+	}
+	var meta raft.SnapshotMeta
+	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket([]byte("meta")).Get([]byte("applied"))
+		meta.Index, meta.Term = binary.BigEndian.Uint64(v), binary.BigEndian.Uint64(v[8:])
+		return nil
+	})
+	db.Close()
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	meta.Version, meta.Size = raft.SnapshotVersionMax, fi.Size()
+
+	// Raft takes it; nobody records it but the leaders' duty.
+	in, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.Close()
+	if err := leader.Node.Raft().Restore(&meta, in, time.Minute); err != nil {
+		t.Fatalf("restore (leader %s): %v", leader.ID, err)
+	}
+	testcluster.WaitFor(t, 20*time.Second, func() bool {
+		for _, nd := range c.Nodes {
+			var pending bool
+			_ = nd.Node.FSM().View(func(tx *bolt.Tx) error { _, pending = fsm.PendingRestore(tx); return nil })
+			if pending {
+				return false
+			}
+		}
+		return true
+	})
+	c.WaitApplied()
+	for _, nd := range c.Nodes {
+		var got []audit.Record
+		_ = nd.Node.FSM().View(func(tx *bolt.Tx) error {
+			_, err := audit.Scan(tx, audit.ScanOptions{}, func(r *audit.Record) bool {
+				if r.Kind == "snapshot.restore" && r.Outcome == "ok" {
+					got = append(got, *r)
+				}
+				return true
+			})
+			return err
+		})
+		if len(got) != 1 || got[0].Actor != mark.Actor || got[0].Subject != mark.Subject {
+			t.Errorf("%s: restore entries %+v, want one by %s naming %q", nd.ID, got, mark.Actor, mark.Subject)
 		}
 	}
 }

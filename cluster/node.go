@@ -211,7 +211,7 @@ func New(cfg Config) (*Node, error) {
 	go n.leaderLoop()
 	go n.announceStart()
 	go n.announceLevel(levelCheckEvery)
-	go n.raiseLevel()
+	go n.stateDuties()
 	go n.watchDisk()
 	return n, nil
 }

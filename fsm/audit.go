@@ -105,6 +105,10 @@ func auditEvent(tx *bolt.Tx, now int64, c *Command, args, res any, err error) au
 		}
 	case *AuditCheckpointArgs:
 		ev.Kind, ev.Subject = audit.KindCheckpoint, audit.CheckpointSubject(a.Seq)
+	case *RestoreRecordArgs:
+		// The operator's restore, recorded by whichever leader proposes
+		// it: the actor and subject are the mark's.
+		ev.Kind, ev.Actor, ev.Subject = "snapshot.restore", a.Actor, a.Subject
 	case *ClusterLevelArgs:
 		ev.Kind, ev.Subject = "cluster.level", strconv.Itoa(a.Level)
 	case *AuditPruneArgs:

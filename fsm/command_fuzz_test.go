@@ -80,6 +80,8 @@ func fzArgs(t fsm.MessageType) any {
 		return &fsm.AuditPruneArgs{}
 	case fsm.TypeClusterLevel:
 		return &fsm.ClusterLevelArgs{}
+	case fsm.TypeRestoreRecord:
+		return &fsm.RestoreRecordArgs{}
 	case fsm.TypeQueueRedrive:
 		return &fsm.QueueRedriveArgs{}
 	case fsm.TypeMessageDelete:
@@ -412,7 +414,7 @@ var fzTypes = []fsm.MessageType{
 	0, fsm.TypeEnqueue, fsm.TypeConsume, fsm.TypeAck, fsm.TypeNack, fsm.TypeReject, fsm.TypeExtend, fsm.TypeCancel,
 	fsm.TypeDeclare, fsm.TypePublish, fsm.TypeSubscribe, fsm.TypeUnsubscribe, fsm.TypeConnClosed, fsm.TypeNodeStarted, fsm.TypeNodeDown,
 	fsm.TypeRegister, fsm.TypeTaskSubmit, fsm.TypeTaskDone, fsm.TypeTaskFail, fsm.TypeTaskCancel, fsm.TypeTaskDecide, fsm.TypeCapSensitive,
-	fsm.TypeTaskPrune, fsm.TypeAuditPrune, fsm.TypeClusterLevel, fsm.TypeQueueRedrive, fsm.TypeMessageDelete,
+	fsm.TypeTaskPrune, fsm.TypeAuditPrune, fsm.TypeClusterLevel, fsm.TypeRestoreRecord, fsm.TypeQueueRedrive, fsm.TypeMessageDelete,
 }
 
 func init() { fzTypes[0] = fsm.TypeNodeDown }
@@ -495,6 +497,8 @@ func fzBody(mt fsm.MessageType, name, conn, from, id string, n1, n2 int64, n3 ui
 	case fsm.TypeClusterLevel:
 		// A level above this version's stops the node by design.
 		return &fsm.ClusterLevelArgs{Level: int(n1 % (fsm.Level + 1))}
+	case fsm.TypeRestoreRecord:
+		return &fsm.RestoreRecordArgs{ID: id, Actor: from, Subject: name}
 	case fsm.TypeQueueRedrive:
 		a := &fsm.QueueRedriveArgs{DLQ: name, Limit: int(n1), After: uint64(n2), Through: n3}
 		if opt(0) {

@@ -33,7 +33,8 @@ import (
 //	2  new type cluster.level; at cluster level 2 an enqueue's (and a
 //	   send's) audit subject is QUEUE/SEQ, naming the message it
 //	   stored, instead of QUEUE
-const Level = 2
+//	3  new type restore.record (restorerec.go)
+const Level = 3
 
 // LevelOf is the level a node must announce to apply commands of type t.
 func LevelOf(t MessageType) int {
@@ -42,6 +43,8 @@ func LevelOf(t MessageType) int {
 		return 1
 	case TypeClusterLevel:
 		return 2
+	case TypeRestoreRecord:
+		return 3
 	}
 	return 0
 }

@@ -31,7 +31,7 @@ func Test_FSM_NodeLevels(t *testing.T) {
 	if want := map[string]int{"n1": fsm.Level, "n2": 0, "n3": fsm.Level, "n4": 0}; !reflect.DeepEqual(got, want) {
 		t.Fatalf("levels %v, want %v", got, want)
 	}
-	for typ, want := range map[fsm.MessageType]int{fsm.TypeEnqueue: 0, fsm.TypeOperatorRemove: 0, fsm.TypeTaskPrune: 1, fsm.TypeAuditPrune: 1, fsm.TypeClusterLevel: 2} {
+	for typ, want := range map[fsm.MessageType]int{fsm.TypeEnqueue: 0, fsm.TypeOperatorRemove: 0, fsm.TypeTaskPrune: 1, fsm.TypeAuditPrune: 1, fsm.TypeClusterLevel: 2, fsm.TypeRestoreRecord: 3} {
 		if got := fsm.LevelOf(typ); got != want || got > fsm.Level {
 			t.Errorf("LevelOf(%d) = %d, want %d (this version applies up to %d)", typ, got, want, fsm.Level)
 		}

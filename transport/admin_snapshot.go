@@ -2,6 +2,7 @@ package transport
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -14,6 +15,7 @@ import (
 	"github.com/hashicorp/raft"
 	"github.com/mcpd/mcpd/cluster"
 	"github.com/mcpd/mcpd/fsm"
+	"github.com/mcpd/mcpd/queue"
 	"github.com/mcpd/mcpd/snapshot"
 )
 
@@ -252,6 +254,23 @@ func (a *Admin) restoreOnLeader(ctx context.Context, actor, via, up string) clus
 	if err != nil {
 		return restoreError(http.StatusBadRequest, "bad_snapshot", "refused, nothing changed: %v", err)
 	}
+	h := res.Header
+	detail := fmt.Sprintf("saved by %s at %s", h.Node, h.Created.Format(time.RFC3339))
+	if via != "" {
+		detail += "; sent through " + via
+	}
+	mark := fsm.RestorePending{ID: rand.Text()[:16], Actor: actor,
+		Subject: fmt.Sprintf("index %d audit %d %s; %s", h.Index, h.AuditHead.Seq, h.AuditHead.Hash, detail)}
+	// The restored state carries the mark of its own audit entry, which
+	// whichever node leads after the restore records (fsm/restorerec.go).
+	// A cluster with a member of an older version records it the earlier
+	// way: after the restore, by this node only.
+	marked := a.node.MembersApply(fsm.TypeRestoreRecord) == nil
+	if marked {
+		if err := fsm.MarkRestore(compact, mark); err != nil {
+			return restoreFailure(fmt.Errorf("%w: marking the copy to restore: %v", errRestore, err))
+		}
+	}
 	f, err := os.Open(compact)
 	if err != nil {
 		return restoreFailure(err)
@@ -278,7 +297,6 @@ func (a *Admin) restoreOnLeader(ctx context.Context, actor, via, up string) clus
 	if err := a.node.Raft().VerifyLeader().Error(); err != nil {
 		return retry(fmt.Sprintf("this node could not confirm its leadership with a quorum of the cluster (%v)", err))
 	}
-	h := res.Header
 	a.log.Warn("restoring a snapshot: the cluster's state is replaced", "operator", actor, "via", via,
 		"index", h.Index, "term", h.Term, "created", h.Created, "node", h.Node, "audit_seq", h.AuditHead.Seq)
 	// Raft installs it above every index it has (and above h.Index),
@@ -291,6 +309,10 @@ func (a *Admin) restoreOnLeader(ctx context.Context, actor, via, up string) clus
 		case errors.Is(err, raft.ErrNotLeader):
 			// Refused before Raft took anything.
 			return retry("leadership was lost just before the restore")
+		case errors.Is(err, raft.ErrLeadershipLost) && marked:
+			return restoreFailure(fmt.Errorf("%w: leadership was lost while the restore was committed: this node took the file, the cluster may not have; "+
+				"if it did, its next leader records the snapshot.restore audit entry (subject %q): look for it, or send the file again "+
+				"(the same file restored twice leaves the same state) (docs/ops/snapshots.md)", cluster.ErrUnknown, mark.Subject))
 		case errors.Is(err, raft.ErrLeadershipLost):
 			return restoreFailure(fmt.Errorf("%w: leadership was lost while the restore was committed: this node took the file, the cluster may not have, "+
 				"and no snapshot.restore audit entry records it either way; send the file again (the same file restored twice leaves the same state, and is recorded) "+
@@ -306,19 +328,20 @@ func (a *Admin) restoreOnLeader(ctx context.Context, actor, via, up string) clus
 	// the operator has gone away meanwhile.
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
-	detail := fmt.Sprintf("saved by %s at %s", h.Node, h.Created.Format(time.RFC3339))
-	if via != "" {
-		detail += "; sent through " + via
-	}
-	rep, err := a.node.Call(ctx, fsm.TypeAuthEvent, actor, &fsm.AuthEventArgs{
-		Kind: "snapshot.restore", Agent: actor, Node: a.node.ID(),
+	var rep *fsm.Reply
+	if marked {
+		rep, err = a.node.Call(ctx, fsm.TypeRestoreRecord, actor, &mark)
+	} else {
 		// The subject says it all: the command's body, Detail included,
 		// is kept only as a digest.
-		Subject: fmt.Sprintf("index %d audit %d %s; %s", h.Index, h.AuditHead.Seq, h.AuditHead.Hash, detail),
-		Detail:  detail,
-	})
+		rep, err = a.node.Call(ctx, fsm.TypeAuthEvent, actor, &fsm.AuthEventArgs{
+			Kind: "snapshot.restore", Agent: actor, Node: a.node.ID(), Subject: mark.Subject, Detail: detail})
+	}
 	if err == nil && rep.Err != nil {
 		err = rep.Err
+	}
+	if marked && errors.Is(err, queue.ErrConflict) {
+		err = nil // the leader's duty recorded it first
 	}
 	if err != nil {
 		return restoreFailure(fmt.Errorf("restored at index %d, but recording it failed: %w", idx, err))

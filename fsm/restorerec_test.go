@@ -1,0 +1,72 @@
+package fsm_test
+
+import (
+	"bytes"
+	"io"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/mcpd/mcpd/fsm"
+	bolt "go.etcd.io/bbolt"
+)
+
+// A restored state marked with its pending audit entry lets exactly one
+// restore.record of that restore through: it appends the entry with the
+// mark's actor and subject and removes the mark; a record of another
+// restore, or the same again, is refused and changes nothing else.
+func Test_FSM_RestoreRecord(t *testing.T) {
+	src := mustFresh(t, "n1")
+	snap := mustSnapshot(t, src)
+	path := filepath.Join(t.TempDir(), "copy.db")
+	if err := os.WriteFile(path, snap, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	mark := fsm.RestorePending{ID: "r1", Actor: "operator:ann", Subject: "index 0 audit 0 -; saved by n1"}
+	if err := fsm.MarkRestore(path, mark); err != nil {
+		t.Fatal(err)
+	}
+	marked, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := mustFresh(t, "n2")
+	if err := f.Restore(io.NopCloser(bytes.NewReader(marked))); err != nil {
+		t.Fatal(err)
+	}
+	pending := func() (p fsm.RestorePending, ok bool) {
+		_ = f.View(func(tx *bolt.Tx) error { p, ok = fsm.PendingRestore(tx); return nil })
+		return p, ok
+	}
+	if p, ok := pending(); !ok || p != mark {
+		t.Fatalf("pending after the restore: %+v %v, want %+v", p, ok, mark)
+	}
+	index := f.AppliedIndex()
+	record := func(id, actor string) {
+		t.Helper()
+		index++
+		c := mustCmd(t, fsm.TypeRestoreRecord, "", 0, &fsm.RestorePending{ID: id, Actor: mark.Actor, Subject: mark.Subject})
+		c.Actor = actor
+		f.Apply(mustLog(t, index, 1_700_000_000_000, c))
+	}
+	record("r0", "")
+	if e := lastAuditEntry(t, f); e.Kind != "snapshot.restore" || e.Outcome != "conflict" {
+		t.Fatalf("a record of another restore: audited %+v", e)
+	}
+	if _, ok := pending(); !ok {
+		t.Fatal("a record of another restore removed the mark")
+	}
+	// Proposed by whichever leader: the entry names the operator who
+	// restored.
+	record("r1", "")
+	if e := lastAuditEntry(t, f); e.Kind != "snapshot.restore" || e.Actor != mark.Actor || e.Subject != mark.Subject || e.Outcome != "ok" {
+		t.Fatalf("the record: audited %+v", e)
+	}
+	if p, ok := pending(); ok {
+		t.Fatalf("the mark %+v is left after its record", p)
+	}
+	record("r1", "")
+	if e := lastAuditEntry(t, f); e.Outcome != "conflict" {
+		t.Fatalf("the record again: audited %+v", e)
+	}
+}
