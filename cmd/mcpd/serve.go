@@ -40,8 +40,8 @@ type serveFlags struct {
 	tasks                            taskFlags
 }
 
-func runServe(args []string) error {
-	var f serveFlags
+// flagSet is serve's flag set, filling f.
+func (f *serveFlags) flagSet() *flag.FlagSet {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	fs.BoolVar(&f.dev, "dev", false, "one self-bootstrapping node with dev authentication (alg \"none\")")
 	fs.StringVar(&f.nodeID, "node-id", "", "this node's id (default n1 with --dev)")
@@ -73,6 +73,12 @@ func runServe(args []string) error {
 	fs.BoolVar(&f.pprof, "pprof", false, "serve Go profiles under /debug/pprof/ on the health port")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&f.logFormat, "log-format", "text", "text or json")
+	return fs
+}
+
+func runServe(args []string) error {
+	var f serveFlags
+	fs := f.flagSet()
 	if err := parseWithConfig(fs, args); err != nil { // --config FILE (config.go)
 		return err
 	}

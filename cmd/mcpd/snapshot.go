@@ -8,6 +8,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -206,6 +207,7 @@ func snapshotRestore(args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
+	fs.Visit(func(f *flag.Flag) { off.nodeIDSet = off.nodeIDSet || f.Name == "node-id" })
 	var pub ed25519.PublicKey
 	if *keyArg != "" {
 		if pub, err = loadAuditKey(*keyArg); err != nil {
@@ -347,6 +349,7 @@ func mib(n int64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) }
 // directory for: its Raft configuration.
 type offlineFlags struct {
 	nodeID, raftAddr, peers string
+	nodeIDSet               bool // --node-id was given
 }
 
 // restoreOffline writes a new data directory holding the snapshot's
@@ -416,9 +419,54 @@ func restoreOffline(file, dir string, pub ed25519.PublicKey, off *offlineFlags, 
 	for i, s := range servers {
 		ids[i] = string(s.ID)
 	}
-	fmt.Fprintf(stdout, "wrote %s from %s (index %d, audit head %d %s) for %s: start it with mcpd serve --data-dir %s\n",
-		dir, file, h.Index, h.AuditHead.Seq, h.AuditHead.Hash, strings.Join(ids, ","), dir)
+	fmt.Fprintf(stdout, "wrote %s from %s (index %d, audit head %d %s) for %s\n",
+		dir, file, h.Index, h.AuditHead.Seq, h.AuditHead.Hash, strings.Join(ids, ","))
+	fmt.Fprint(stdout, startHint(dir, off, servers))
 	return nil
+}
+
+// startHint tells how to start the node on a data directory restored
+// offline: with the node id and the Raft address (serve's --bind and
+// --raft-port) of the configuration written, without which the node
+// does not find itself in it and never elects a leader.
+func startHint(dir string, off *offlineFlags, servers []raft.Server) string {
+	serve := func(s raft.Server) string {
+		host, port, err := net.SplitHostPort(string(s.Address))
+		if err != nil {
+			host, port = string(s.Address), "?"
+		}
+		return fmt.Sprintf("--node-id %s --data-dir %s --bind %s --raft-port %s", shellQuote(string(s.ID)), shellQuote(dir), shellQuote(host), port)
+	}
+	if off.peers == "" {
+		s := servers[0]
+		return fmt.Sprintf("start it with: mcpd serve --dev %s\n"+
+			"(outside a drill, instead of --dev: --peers %s=%s and the node's TLS and cluster key flags)\n",
+			serve(s), shellQuote(string(s.ID)), s.Address)
+	}
+	// With --node-id of one of the members, the directory is that one's.
+	only := ""
+	for _, s := range servers {
+		if off.nodeIDSet && string(s.ID) == off.nodeID {
+			only = off.nodeID
+		}
+	}
+	var b strings.Builder
+	b.WriteString("start the member this directory is for, with the node's TLS and cluster key flags added:\n")
+	for _, s := range servers {
+		if only != "" && string(s.ID) != only {
+			continue
+		}
+		fmt.Fprintf(&b, "  mcpd serve %s --peers %s\n", serve(s), shellQuote(off.peers))
+	}
+	return b.String()
+}
+
+// shellQuote quotes s for a shell command line when it needs it.
+func shellQuote(s string) string {
+	if s != "" && strings.Trim(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-./:=,@+") == "" {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
 
 func offlineServers(off *offlineFlags) ([]raft.Server, error) {

@@ -10,9 +10,11 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 
+	"github.com/hashicorp/raft"
 	"github.com/mcpd/mcpd/audit"
 	"github.com/mcpd/mcpd/cluster"
 	"github.com/mcpd/mcpd/fsm"
@@ -226,4 +228,80 @@ func TestSnapshotRestoreThroughFollower(t *testing.T) {
 		break
 	}
 	c.WaitConverged()
+}
+
+// The hint that ends an offline restore starts the node with the id and
+// Raft address of the configuration it wrote: serve's own flags, parsed
+// from the hint, give that id and that address (--bind and --raft-port).
+func TestSnapshotRestoreOfflineStartHint(t *testing.T) {
+	file := testSnapshotFile(t)
+	for _, tc := range []struct {
+		name string
+		args []string
+		id   string
+		addr string
+		dev  bool
+	}{
+		{"drill", []string{"--node-id", "d1", "--raft-addr", "127.0.0.1:17738"}, "d1", "127.0.0.1:17738", true},
+		{"default", nil, "n1", "127.0.0.1:4438", true},
+		{"member", []string{"--peers", "a=127.0.0.1:5001,b=127.0.0.2:5002", "--node-id", "b"}, "b", "127.0.0.2:5002", false},
+	} {
+		dir := filepath.Join(t.TempDir(), "restored dir")
+		var out bytes.Buffer
+		if err := snapshotRestore(append([]string{file, "--data-dir", dir}, tc.args...), &out); err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		// The Raft configuration written holds the node at its address.
+		snaps, err := raft.NewFileSnapshotStore(filepath.Join(dir, "raft"), 2, io.Discard)
+		if err != nil {
+			t.Fatal(err)
+		}
+		metas, err := snaps.List()
+		if err != nil || len(metas) != 1 {
+			t.Fatalf("%s: snapshots %v %v", tc.name, metas, err)
+		}
+		found := false
+		for _, s := range metas[0].Configuration.Servers {
+			found = found || (string(s.ID) == tc.id && string(s.Address) == tc.addr)
+		}
+		if !found {
+			t.Fatalf("%s: configuration %+v has no %s at %s", tc.name, metas[0].Configuration, tc.id, tc.addr)
+		}
+		var lines []string
+		for _, l := range strings.Split(out.String(), "\n") {
+			if _, cmd, ok := strings.Cut(l, "mcpd serve "); ok {
+				lines = append(lines, cmd)
+			}
+		}
+		if len(lines) != 1 {
+			t.Fatalf("%s: want one serve command in:\n%s", tc.name, out.String())
+		}
+		// The hint quotes the directory's space; unquote it for parsing.
+		quoted := "'" + dir + "'"
+		if !strings.Contains(lines[0], quoted) {
+			t.Fatalf("%s: the directory is not quoted: %s", tc.name, lines[0])
+		}
+		args := strings.Fields(strings.Replace(lines[0], quoted, "DIR", 1))
+		for i, a := range args {
+			if a == "DIR" {
+				args[i] = dir
+			}
+		}
+		var f serveFlags
+		fs := f.flagSet()
+		fs.SetOutput(io.Discard)
+		if err := fs.Parse(args); err != nil || fs.NArg() > 0 {
+			t.Fatalf("%s: serve %v: %v", tc.name, args, err)
+		}
+		raftBind := net.JoinHostPort(f.bind, strconv.Itoa(f.raftPort))
+		if f.nodeID != tc.id || raftBind != tc.addr || f.dataDir != dir || f.dev != tc.dev {
+			t.Fatalf("%s: serve %v: node %s, raft %s, data %s, dev %v", tc.name, args, f.nodeID, raftBind, f.dataDir, f.dev)
+		}
+		if !tc.dev {
+			peers, err := cluster.ParsePeers(f.peers)
+			if err != nil || peers[tc.id] != tc.addr {
+				t.Fatalf("%s: --peers %q", tc.name, f.peers)
+			}
+		}
+	}
 }
