@@ -91,17 +91,17 @@ func withClient(cf *connFlags, fn func(ctx context.Context, c *client.Client) er
 	rctx, cancel := cf.withTimeout(ctx)
 	defer cancel()
 	if err := fn(rctx, c); err != nil {
-		return fmt.Errorf("%w%s", err, delegationHint(err))
+		return fmt.Errorf("%w%s", err, delegationHint(err, cf.cred != ""))
 	}
 	return nil
 }
 
 // delegationHint is errHint for the delegation commands.
-func delegationHint(err error) string {
+func delegationHint(err error, cred bool) string {
 	if client.IsCode(err, "forbidden") {
 		return "\nhint: the agent's ACL does not allow it ('mcpd agent show NAME': allow-submit, allow-register), or the task is not its own (only its origin or submitter cancels it; only agents that took part read it)"
 	}
-	return errHint(err)
+	return errHint(err, cred)
 }
 
 // printJSON writes v as one JSON document.

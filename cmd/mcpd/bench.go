@@ -30,6 +30,7 @@ type benchConfig struct {
 	clients, messages, size, window int
 	prefetch                        int
 	json                            bool
+	cred                            bool // --cred was given
 	duration, reportEvery           time.Duration
 	health                          string
 	idleConns, dialParallel         int
@@ -86,6 +87,7 @@ func runBench(args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
+	cfg.cred = cf.cred != ""
 	switch {
 	case fs.NArg() > 0:
 		return &usageError{fmt.Sprintf("unexpected argument %q", fs.Arg(0))}
@@ -217,7 +219,7 @@ func benchEnqueue(ctx context.Context, clients []*client.Client, cfg benchConfig
 					res, err := c.Enqueue(ctx, cfg.queue, body)
 					if err != nil {
 						if ctx.Err() == nil {
-							cancel(fmt.Errorf("enqueue to %s failed: %w%s", cfg.queue, err, errHint(err)))
+							cancel(fmt.Errorf("enqueue to %s failed: %w%s", cfg.queue, err, errHint(err, cfg.cred)))
 						}
 						return
 					}
@@ -263,10 +265,10 @@ func benchConsume(ctx context.Context, clients []*client.Client, cfg benchConfig
 			if errors.Is(context.Cause(ctx), all) {
 				break // the consumers already open drained the queue
 			}
-			return benchPhase{}, fmt.Errorf("%w%s", err, errHint(err))
+			return benchPhase{}, fmt.Errorf("%w%s", err, errHint(err, cfg.cred))
 		}
 		// Acks are pipelined: as many workers as deliveries in flight.
-		ackWorkers(ctx, cancel, &wg, k, cfg.queue, cfg.prefetch, ackHooks{
+		ackWorkers(ctx, cancel, &wg, k, cfg.queue, cfg.prefetch, cfg.cred, ackHooks{
 			claim: func() bool {
 				if claimed.Add(1) > n {
 					// Beyond N (a queue that was not empty): leave it
@@ -303,7 +305,7 @@ type ackHooks struct {
 
 // ackWorkers starts n goroutines that take deliveries from k and ack them.
 // A consumer that ends or an ack that fails cancels ctx with the cause.
-func ackWorkers(ctx context.Context, cancel context.CancelCauseFunc, wg *sync.WaitGroup, k *client.Consumer, queue string, n int, h ackHooks) {
+func ackWorkers(ctx context.Context, cancel context.CancelCauseFunc, wg *sync.WaitGroup, k *client.Consumer, queue string, n int, cred bool, h ackHooks) {
 	for range n {
 		wg.Add(1)
 		go func() {
@@ -331,7 +333,7 @@ func ackWorkers(ctx context.Context, cancel context.CancelCauseFunc, wg *sync.Wa
 						h.stale()
 					}
 				case ctx.Err() == nil:
-					cancel(fmt.Errorf("ack failed: %w%s", err, errHint(err)))
+					cancel(fmt.Errorf("ack failed: %w%s", err, errHint(err, cred)))
 				}
 			}
 		}()

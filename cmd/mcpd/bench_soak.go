@@ -146,9 +146,9 @@ func benchSoak(ctx context.Context, clients []*client.Client, cfg benchConfig, b
 	for _, c := range clients {
 		k, err := c.Consume(ctx, cfg.queue, client.ConsumeOptions{Prefetch: cfg.prefetch})
 		if err != nil {
-			return fmt.Errorf("%w%s", err, errHint(err))
+			return fmt.Errorf("%w%s", err, errHint(err, cfg.cred))
 		}
-		ackWorkers(ctx, cancel, &wg, k, cfg.queue, cfg.prefetch, ackHooks{acked: func() { acked.Add(1) }})
+		ackWorkers(ctx, cancel, &wg, k, cfg.queue, cfg.prefetch, cfg.cred, ackHooks{acked: func() { acked.Add(1) }})
 	}
 	for _, c := range clients {
 		for range cfg.window {
@@ -159,7 +159,7 @@ func benchSoak(ctx context.Context, clients []*client.Client, cfg benchConfig, b
 					t0 := time.Now()
 					if _, err := c.Enqueue(ctx, cfg.queue, body); err != nil {
 						if ctx.Err() == nil {
-							cancel(fmt.Errorf("enqueue to %s failed: %w%s", cfg.queue, err, errHint(err)))
+							cancel(fmt.Errorf("enqueue to %s failed: %w%s", cfg.queue, err, errHint(err, cfg.cred)))
 						}
 						return
 					}

@@ -79,7 +79,7 @@ func runRecv(args []string) error {
 
 	k, err := c.Consume(wctx, *queue, client.ConsumeOptions{Prefetch: *prefetch, LeaseMs: *lease})
 	if err != nil {
-		return fmt.Errorf("%w%s", err, errHint(err))
+		return fmt.Errorf("%w%s", err, errHint(err, cf.cred != ""))
 	}
 	out := json.NewEncoder(os.Stdout)
 	out.SetEscapeHTML(false)
@@ -111,7 +111,7 @@ func runRecv(args []string) error {
 					fmt.Fprintf(os.Stderr, "mcpd recv: ack of %s seq %d came too late (connection lost or lease expired); it will be delivered again\n", d.Queue, d.Seq)
 					continue
 				}
-				return fmt.Errorf("ack %s seq %d: %w%s", d.Queue, d.Seq, err, errHint(err))
+				return fmt.Errorf("ack %s seq %d: %w%s", d.Queue, d.Seq, err, errHint(err, cf.cred != ""))
 			}
 		}
 	}

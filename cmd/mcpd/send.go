@@ -80,7 +80,7 @@ func runSend(args []string) error {
 		}
 		cancel()
 		if err != nil {
-			return fmt.Errorf("message %d of %d not acknowledged: %w%s", i+1, *count, err, errHint(err))
+			return fmt.Errorf("message %d of %d not acknowledged: %w%s", i+1, *count, err, errHint(err, cf.cred != ""))
 		}
 		fmt.Println(res.Seq)
 	}
@@ -195,15 +195,20 @@ func dialWith(ctx context.Context, opts client.Options, timeout time.Duration) (
 	}
 	c, err := client.Dial(ctx, opts)
 	if err != nil {
-		return nil, fmt.Errorf("cannot connect to %s: %w%s", strings.Join(opts.URLs, ","), err, errHint(err))
+		return nil, fmt.Errorf("cannot connect to %s: %w%s", strings.Join(opts.URLs, ","), err, errHint(err, opts.Signer != nil))
 	}
 	return c, nil
 }
 
-// errHint suggests what to do about a connection or request failure.
-func errHint(err error) string {
+// errHint suggests what to do about a connection or request failure;
+// cred is whether the agent authenticated with --cred.
+func errHint(err error, cred bool) string {
 	msg := err.Error()
 	switch {
+	case client.IsCode(err, "unauthenticated") && strings.Contains(msg, "revoked"):
+		return "" // the node says why; a revoked agent needs a new identity
+	case (client.IsCode(err, "unauthenticated") || client.IsCode(err, "bad_signature")) && cred:
+		return "\nhint: the node does not accept the credential in --cred: was it made for an agent of this cluster ('mcpd agent list')?"
 	case client.IsCode(err, "unauthenticated") || client.IsCode(err, "bad_signature"):
 		return "\nhint: this server wants an agent identity: pass --cred FILE ('mcpd agent add NAME --out FILE' on a node makes one)"
 	case client.IsCode(err, "forbidden"):

@@ -322,14 +322,14 @@ func taskWatch(args []string, stdout io.Writer) error {
 	defer cancel()
 	w, err := c.WatchTasks(wctx, id)
 	if err != nil {
-		return fmt.Errorf("%w%s", err, delegationHint(err))
+		return fmt.Errorf("%w%s", err, delegationHint(err, cf.cred != ""))
 	}
 	// The tasks the watch must see end: the task, or every task of the
 	// graph (read after the watch opened, so that no change is missed),
 	// and whatever is delegated under them as it appears.
 	g, err := c.GetTask(wctx, id)
 	if err != nil {
-		return fmt.Errorf("%w%s", err, delegationHint(err))
+		return fmt.Errorf("%w%s", err, delegationHint(err, cf.cred != ""))
 	}
 	last := map[string]*client.Task{}
 	var order []string
