@@ -171,7 +171,7 @@ func agentList(args []string, stdout io.Writer) error {
 		return err
 	}
 	if *asJSON {
-		return json.NewEncoder(stdout).Encode(resp)
+		return printJSON(stdout, resp)
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "NAME\tALG\tSTATE\tCREATED\tCAPABILITIES")
@@ -213,8 +213,7 @@ func agentShow(args []string, stdout io.Writer) error {
 	if err := c.do("GET", "/v1/agents/"+url.PathEscape(name), nil, &rec); err != nil {
 		return err
 	}
-	_, err = fmt.Fprintf(stdout, "%s\n", rec)
-	return err
+	return printRawJSON(stdout, rec)
 }
 
 func agentRevoke(args []string, stdout io.Writer) error {

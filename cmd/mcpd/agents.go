@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"flag"
@@ -104,9 +105,69 @@ func delegationHint(err error, cred bool) string {
 	return errHint(err, cred)
 }
 
-// printJSON writes v as one JSON document.
+// printJSON writes v as one JSON document on one line, and a newline.
 func printJSON(w io.Writer, v any) error {
-	enc := json.NewEncoder(w)
+	return encodeJSON(w, v, false)
+}
+
+// encodeJSON writes v as JSON, indented or on one line, and a newline,
+// with <, > and & as themselves: the output is for a terminal or a
+// script, not for an HTML page.
+func encodeJSON(w io.Writer, v any, indent bool) error {
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
 	enc.SetEscapeHTML(false)
-	return enc.Encode(v)
+	if indent {
+		enc.SetIndent("", "  ")
+	}
+	if err := enc.Encode(v); err != nil {
+		return err
+	}
+	// SetEscapeHTML does not reach JSON that v holds already marshalled
+	// (the node's answers in json.RawMessage, MarshalJSON methods).
+	_, err := w.Write(unescapeHTML(b.Bytes()))
+	return err
+}
+
+// printRawJSON writes JSON as the node's admin API answered it, with
+// <, > and & unescaped as printJSON has them, and a final newline.
+func printRawJSON(w io.Writer, raw []byte) error {
+	out := unescapeHTML(bytes.TrimRight(raw, " \t\r\n"))
+	_, err := w.Write(append(out[:len(out):len(out)], '\n'))
+	return err
+}
+
+// unescapeHTML turns the \u003c, \u003e and \u0026 escapes of Go's JSON
+// encoder back into <, > and &. Any other escape is copied as it is, with
+// the character it escapes: a \\ followed by u003c stays.
+func unescapeHTML(b []byte) []byte {
+	if !bytes.Contains(b, []byte(`\u00`)) {
+		return b
+	}
+	out := make([]byte, 0, len(b))
+	for i := 0; i < len(b); i++ {
+		if b[i] != '\\' || i+1 == len(b) {
+			out = append(out, b[i])
+			continue
+		}
+		if b[i+1] == 'u' && i+6 <= len(b) {
+			var c byte
+			switch strings.ToLower(string(b[i+2 : i+6])) {
+			case "003c":
+				c = '<'
+			case "003e":
+				c = '>'
+			case "0026":
+				c = '&'
+			}
+			if c != 0 {
+				out = append(out, c)
+				i += 5
+				continue
+			}
+		}
+		out = append(out, b[i], b[i+1])
+		i++
+	}
+	return out
 }

@@ -4,7 +4,6 @@ import (
 	"crypto/ed25519"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -283,9 +282,7 @@ func auditVerify(args []string, stdout io.Writer) error {
 			Source string `json:"source"`
 			audit.Report
 		}{path, r}
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		if err := enc.Encode(out); err != nil {
+		if err := encodeJSON(stdout, out, true); err != nil {
 			return err
 		}
 	} else {

@@ -109,14 +109,13 @@ func exportOnline(af *adminFlags, since uint64, w io.Writer) error {
 	if err != nil {
 		return err
 	}
-	enc := json.NewEncoder(w)
 	for {
 		recs, err := fetchAudit(c, since)
 		if err != nil {
 			return err
 		}
 		for i := range recs {
-			if err := enc.Encode(&recs[i]); err != nil {
+			if err := printJSON(w, &recs[i]); err != nil {
 				return err
 			}
 			since = recs[i].Seq
@@ -162,7 +161,6 @@ func auditTail(args []string, stdout io.Writer) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	chain := audit.NewChain(nil)
-	enc := json.NewEncoder(stdout)
 	for {
 		recs, err := fetchAudit(c, after)
 		if err != nil {
@@ -172,7 +170,7 @@ func auditTail(args []string, stdout io.Writer) error {
 			if !chain.Add(&recs[i]) {
 				return fmt.Errorf("the node's log does not verify: %v", chain.Report())
 			}
-			if err := enc.Encode(&recs[i]); err != nil {
+			if err := printJSON(stdout, &recs[i]); err != nil {
 				return err
 			}
 			after = recs[i].Seq

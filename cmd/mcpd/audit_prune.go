@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
@@ -38,7 +37,7 @@ func auditPrune(args []string, stdout io.Writer) error {
 		return err
 	}
 	if *asJSON {
-		return json.NewEncoder(stdout).Encode(res)
+		return printJSON(stdout, res)
 	}
 	fmt.Fprintf(stdout, "audit log pruned: %d removed; it now starts after seq %d\n", res.Removed, res.Base)
 	return nil

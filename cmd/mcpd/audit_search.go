@@ -102,7 +102,7 @@ func auditSearch(args []string, stdout io.Writer) error {
 		}
 		for _, raw := range page.Entries {
 			if *asJSON {
-				if _, err := fmt.Fprintf(stdout, "%s\n", compactLine(raw)); err != nil {
+				if err := printRawJSON(stdout, compactLine(raw)); err != nil {
 					return err
 				}
 			} else {

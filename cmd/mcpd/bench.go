@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -153,8 +152,7 @@ func runBench(args []string) error {
 		return err
 	}
 	if cfg.json {
-		enc := json.NewEncoder(os.Stdout)
-		return enc.Encode(rep)
+		return printJSON(os.Stdout, rep)
 	}
 	printBench(rep)
 	return nil

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"os"
 	"sync"
@@ -105,7 +104,7 @@ func benchIdle(ctx context.Context, opts client.Options, cfg benchConfig) error 
 		return err
 	}
 	if cfg.json {
-		return json.NewEncoder(os.Stdout).Encode(rep)
+		return printJSON(os.Stdout, rep)
 	}
 	printFigures("closed", rep.Closed)
 	fmt.Printf("per idle connection: %.1f KiB RSS, %.2f goroutines\n", rep.RSSPerConn/1024, rep.GoroutinesPerC)

@@ -250,7 +250,7 @@ loop:
 	}
 	rep.RSSMB, rep.AnonMB, rep.Goroutines = spreadOf(rss), spreadOf(anon), spreadOf(gor)
 	if cfg.json {
-		if err := json.NewEncoder(os.Stdout).Encode(rep); err != nil {
+		if err := printJSON(os.Stdout, rep); err != nil {
 			return err
 		}
 	} else {

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"flag"
 	"fmt"
 	"os"
@@ -59,9 +58,5 @@ func runCheck(args []string) error {
 }
 
 func printReport(v any, asJSON bool) error {
-	enc := json.NewEncoder(os.Stdout)
-	if !asJSON {
-		enc.SetIndent("", "  ")
-	}
-	return enc.Encode(v)
+	return encodeJSON(os.Stdout, v, !asJSON)
 }

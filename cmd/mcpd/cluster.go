@@ -79,8 +79,7 @@ func clusterStatus(args []string, stdout io.Writer) error {
 		return err
 	}
 	if *asJSON {
-		_, err := stdout.Write(raw)
-		return err
+		return printRawJSON(stdout, raw)
 	}
 	var st transport.ClusterStatus
 	if err := json.Unmarshal(raw, &st); err != nil {

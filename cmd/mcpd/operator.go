@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
@@ -41,7 +40,7 @@ func operatorCmd(args []string, stdout io.Writer) error {
 			return err
 		}
 		if *asJSON {
-			return json.NewEncoder(stdout).Encode(inv)
+			return printJSON(stdout, inv)
 		}
 		fmt.Fprintf(stdout, "invite code for %s (shown once, valid until %s):\n\n    %s\n\n", inv.Name, msTime(inv.ExpiresMs), inv.Code)
 		if len(inv.EnrollURL) > 0 {
@@ -76,7 +75,7 @@ func operatorCmd(args []string, stdout io.Writer) error {
 		return err
 	}
 	if *asJSON {
-		return json.NewEncoder(stdout).Encode(res)
+		return printJSON(stdout, res)
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "OPERATOR\tPASSKEYS\tINVITED BY\tCREATED\tLAST LOGIN")

@@ -54,7 +54,7 @@ func queueCmd(args []string, stdout io.Writer) error {
 			return err
 		}
 		if *asJSON {
-			return json.NewEncoder(stdout).Encode(qs)
+			return printJSON(stdout, qs)
 		}
 		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "QUEUE\tREADY\tINFLIGHT\tDELAYED\tDEAD-LETTERED\tCONSUMERS\tENQUEUED")
@@ -74,7 +74,7 @@ func queueCmd(args []string, stdout io.Writer) error {
 		return err
 	}
 	if *asJSON {
-		return json.NewEncoder(stdout).Encode(msgs)
+		return printJSON(stdout, msgs)
 	}
 	var table bytes.Buffer
 	tw := tabwriter.NewWriter(&table, 0, 4, 2, ' ', 0)
@@ -194,7 +194,7 @@ func queueRedrive(args []string, stdout io.Writer) error {
 		return err
 	}
 	if *asJSON {
-		return json.NewEncoder(stdout).Encode(res)
+		return printJSON(stdout, res)
 	}
 	fmt.Fprintf(stdout, "moved %d dead letter%s of %s\n", res.Moved, pluralS(res.Moved), pos[0])
 	if res.Moved == 0 {
@@ -249,7 +249,7 @@ func queueDelete(args []string, stdout io.Writer) error {
 		return err
 	}
 	if *asJSON {
-		return json.NewEncoder(stdout).Encode(res)
+		return printJSON(stdout, res)
 	}
 	what := fmt.Sprintf("%s, %d attempt%s", res.State, res.Attempts, pluralS(res.Attempts))
 	if res.Holder != "" {

@@ -81,8 +81,6 @@ func runRecv(args []string) error {
 	if err != nil {
 		return fmt.Errorf("%w%s", err, errHint(err, cf.cred != ""))
 	}
-	out := json.NewEncoder(os.Stdout)
-	out.SetEscapeHTML(false)
 	got := 0
 	for *count == 0 || got < *count {
 		d, err := k.Next(wctx)
@@ -102,7 +100,7 @@ func runRecv(args []string) error {
 				return fmt.Errorf("cancelling the consumer: %w", err)
 			}
 		}
-		if err := out.Encode(recvLine{Queue: d.Queue, Seq: d.Seq, Attempt: d.Attempt, Msg: d.Msg, Dead: d.Dead}); err != nil {
+		if err := printJSON(os.Stdout, recvLine{Queue: d.Queue, Seq: d.Seq, Attempt: d.Attempt, Msg: d.Msg, Dead: d.Dead}); err != nil {
 			return err
 		}
 		if *ack {

@@ -102,8 +102,7 @@ func scheduleList(args []string, stdout io.Writer) error {
 		return err
 	}
 	if *asJSON {
-		_, err := stdout.Write(append(raw, '\n'))
-		return err
+		return printRawJSON(stdout, raw)
 	}
 	var list []transport.ScheduleView
 	if err := json.Unmarshal(raw, &list); err != nil {
@@ -165,8 +164,7 @@ func scheduleHistory(args []string, stdout io.Writer) error {
 		return err
 	}
 	if *asJSON {
-		_, err := stdout.Write(append(raw, '\n'))
-		return err
+		return printRawJSON(stdout, raw)
 	}
 	var h []schedule.Firing
 	if err := json.Unmarshal(raw, &h); err != nil {

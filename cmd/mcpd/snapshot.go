@@ -164,9 +164,7 @@ func snapshotInspect(args []string, stdout io.Writer) error {
 		if res.Audit.Entries > 0 || !res.Audit.OK {
 			out.Audit = res.Audit
 		}
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		if err := enc.Encode(out); err != nil {
+		if err := encodeJSON(stdout, out, true); err != nil {
 			return err
 		}
 	} else {

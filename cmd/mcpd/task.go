@@ -536,8 +536,7 @@ func taskList(args []string, stdout io.Writer) error {
 		if err := json.Compact(&b, raw); err != nil {
 			return err
 		}
-		b.WriteByte('\n')
-		_, err := stdout.Write(b.Bytes())
+		err := printRawJSON(stdout, b.Bytes())
 		return err
 	}
 	var res adminTaskList
