@@ -394,6 +394,10 @@ func (c *respConn) dispatch(args [][]byte) {
 		c.enqueue(ready(v))
 		return
 	}
+	if v, ok := kv.Help(args); ok {
+		c.enqueue(ready(v))
+		return
+	}
 	known, write := kv.Lookup(name)
 	if known {
 		if v, ok := c.allowKeys(args); !ok {

@@ -138,6 +138,12 @@ func (c *respConn) queueInMulti(name string, args [][]byte) bool {
 		}
 		args, shape = b.inner, b.shape
 	}
+	if v, ok := kv.Help(args); ok {
+		// Answered in its place when EXEC runs, without the log.
+		c.multi.slots = append(c.multi.slots, &v)
+		c.enqueue(ready(kv.Str("QUEUED")))
+		return true
+	}
 	if v, ok := kv.Check(args); !ok {
 		c.multi.failed = true
 		c.enqueue(ready(v))

@@ -510,3 +510,41 @@ func TestRESPBlockingXRead(t *testing.T) {
 		t.Fatalf("XREAD BLOCK 50 with nothing new: %s", got)
 	}
 }
+
+// XGROUP HELP and XINFO HELP list the subcommands supported here, every
+// one of which the command accepts; inside MULTI the list is EXEC's
+// reply in its place.
+func TestRESPContainerHelp(t *testing.T) {
+	c := startCluster(t, 1, transport.Options{})
+	r := dialRESP(t, startRESP(t, c.Nodes[0]))
+	for name, subs := range map[string][]string{
+		"XGROUP": {"CREATE", "SETID", "DESTROY", "CREATECONSUMER", "DELCONSUMER", "HELP"},
+		"XINFO":  {"STREAM", "GROUPS", "CONSUMERS", "HELP"},
+	} {
+		got := r.do(name, "help")
+		if !strings.HasPrefix(got, "[+"+name+" <subcommand>") {
+			t.Fatalf("%s HELP: %s", name, got)
+		}
+		for _, sub := range subs {
+			if !strings.Contains(got, " +"+sub) {
+				t.Errorf("%s HELP does not list %s: %s", name, sub, got)
+			}
+			// Each listed subcommand is known: an unknown one is refused
+			// with "unknown subcommand".
+			if sub != "HELP" {
+				if v := r.do(name, sub); strings.Contains(v, "unknown subcommand '") {
+					t.Errorf("%s %s, listed by HELP: %s", name, sub, v)
+				}
+			}
+		}
+		r.send([]string{"MULTI"}, []string{name, "HELP"}, []string{"PING"}, []string{"EXEC"})
+		for i, want := range []string{"+OK", "+QUEUED", "+QUEUED", "[" + got + " +PONG]"} {
+			if v := r.reply(); v != want {
+				t.Fatalf("%s HELP in MULTI, reply %d: %s, want %s", name, i, v, want)
+			}
+		}
+	}
+	if got := r.do("XGROUP", "NOPE"); got != "-ERR unknown subcommand 'NOPE'. Try XGROUP HELP." {
+		t.Fatalf("XGROUP NOPE: %s", got)
+	}
+}
