@@ -455,6 +455,7 @@ func (t *Tx) cancel(k *Task, reason string) error {
 		k.NotBefore = 0
 	}
 	k.State, k.Error = StateCancelled, reason
+	t.ended++
 	k.log(t.now, "cancelled", "", 0, reason)
 	t.changed(k)
 	return t.cascade(k, k.ID+" "+StateCancelled)
@@ -501,7 +502,9 @@ func (t *Tx) Cancel(a CancelArgs) (int, error) {
 	if a.Reason != "" {
 		reason += ": " + a.Reason
 	}
-	n := 0
+	// The count is of every task it ended: the targets, and what the
+	// cascade ended with them (dependents, delegated children).
+	before := t.ended
 	for _, id := range targets {
 		d, err := t.load(id)
 		if err != nil {
@@ -513,9 +516,8 @@ func (t *Tx) Cancel(a CancelArgs) (int, error) {
 		if err := t.cancel(d, reason); err != nil {
 			return 0, err
 		}
-		n++
 	}
-	return n, nil
+	return t.ended - before, nil
 }
 
 // DecideArgs is an operator's decision on a held task.

@@ -393,8 +393,9 @@ func Test_Task_CancelSubtree(t *testing.T) {
 		n, err = tx.Cancel(task.CancelArgs{Task: res.IDs["a"], Agent: "origin", Reason: "wrong target"})
 		return err
 	})
-	if got := w.states(res.IDs["a"], res.IDs["b"], sub.IDs["s1"], sub.IDs["s2"]); got != "cancelled cancelled cancelled cancelled" || n != 1 {
-		t.Fatalf("after cancel (%d): %s", n, got)
+	// The count is of every task it ended.
+	if got := w.states(res.IDs["a"], res.IDs["b"], sub.IDs["s1"], sub.IDs["s2"]); got != "cancelled cancelled cancelled cancelled" || n != 4 {
+		t.Fatalf("after cancel (%d ended): %s", n, got)
 	}
 	if len(w.revoke["x"]) != 1 || len(w.revoke["y"]) != 1 {
 		t.Fatalf("revoked: x %d, y %d", len(w.revoke["x"]), len(w.revoke["y"]))
@@ -402,13 +403,14 @@ func Test_Task_CancelSubtree(t *testing.T) {
 	if a, b := w.agent("x"), w.agent("y"); a.Caps[0].Inflight != 0 || b.Caps[0].Inflight != 0 || a.Failed != 0 {
 		t.Fatalf("loads after cancel: %+v %+v", a, b)
 	}
-	g, _ := w.submit("origin", "", spec("p", "work"), spec("q", "work"))
+	g, _ := w.submit("origin", "", spec("p", "work"), spec("q", "work", "p"))
 	w.must(func(tx *task.Tx) error {
-		_, err := tx.Cancel(task.CancelArgs{Task: g.Root, Operator: "alice"})
+		var err error
+		n, err = tx.Cancel(task.CancelArgs{Task: g.Root, Operator: "alice"})
 		return err
 	})
-	if got := w.states(g.IDs["p"], g.IDs["q"]); got != "cancelled cancelled" {
-		t.Fatalf("after cancelling the graph: %s", got)
+	if got := w.states(g.IDs["p"], g.IDs["q"]); got != "cancelled cancelled" || n != 2 {
+		t.Fatalf("after cancelling the graph (%d ended): %s", n, got)
 	}
 }
 

@@ -53,6 +53,7 @@ type Tx struct {
 	dirty map[string]bool // capabilities with tasks or room to route
 	cache map[string]*Task
 	order []string // ids in cache, in load order
+	ended int      // tasks cancel ended, dependents included
 
 	Effects []Effect
 }
