@@ -17,7 +17,7 @@ type ConsumeOptions struct {
 type DeadInfo struct {
 	Queue    string `json:"queue"`    // the original queue
 	Seq      uint64 `json:"seq"`      // the seq in the original queue
-	Reason   string `json:"reason"`   // rejected, rejected: <reason>, max_attempts
+	Reason   string `json:"reason"`   // rejected, rejected: <reason>, max_attempts, max_attempts: <reason of the last nack>
 	Attempts int    `json:"attempts"` // deliveries made
 }
 

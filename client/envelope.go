@@ -62,9 +62,13 @@ func WithIntent(intent string) EnqueueOption { return func(o *msgOptions) { o.in
 // WithParent records the envelope id this message derives from.
 func WithParent(id string) EnqueueOption { return func(o *msgOptions) { o.parent = id } }
 
-// WithID sets the envelope id instead of a fresh ULID (for callers that
-// must repeat a message across processes: the server deduplicates by
-// sender and id).
+// WithID sets the envelope id instead of a fresh ULID: an id the caller
+// derives from its work, say. The server deduplicates by sender and id
+// only an identical envelope: another Enqueue with the same id stamps a
+// new ts and is refused "conflict". To repeat a message from another
+// process, keep the bytes NewEnvelope made and send them again with
+// EnqueueRaw (SendRaw, PublishRaw): a repeat within the 2-minute dedup
+// window is answered "dup" with the first one's seq.
 func WithID(id string) EnqueueOption { return func(o *msgOptions) { o.id = id } }
 
 func collect(opts []EnqueueOption) msgOptions {
