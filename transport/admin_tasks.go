@@ -266,14 +266,21 @@ func (a *Admin) decideTask(approve bool) http.HandlerFunc {
 		}
 		verb := map[bool]string{true: "approved", false: "denied"}[approve]
 		a.log.Info("held task "+verb, "task", id, "operator", Operator(r), "reason", d.Reason)
-		// The decided task from the command's result: this node may not
-		// have applied it yet.
+		// The decided task from the command's result, or, when this node
+		// has applied the decision already, as it is here: an approved
+		// task is routed in the same entry, after the decision made its
+		// result.
 		tr, ok := rep.Result.(*fsm.TaskResult)
 		if !ok {
 			adminErr(w, http.StatusInternalServerError, "internal", "the decision answered no task")
 			return
 		}
-		adminJSON(w, http.StatusOK, AdminTaskGet{Task: &tr.Task})
+		k := &tr.Task
+		if now, found, err := a.readTaskOrGraph(id); err == nil && found && now.Task != nil &&
+			now.Task.Updated >= k.Updated && len(now.Task.History) >= len(k.History) {
+			k = now.Task
+		}
+		adminJSON(w, http.StatusOK, AdminTaskGet{Task: k})
 	}
 }
 

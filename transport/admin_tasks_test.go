@@ -121,10 +121,10 @@ func TestAdminTasks(t *testing.T) {
 	remote.want(401, "POST", "/v1/tasks/"+a+"/approve", "", "wrong-token")
 
 	// Approved through the token: the operator is named, the task runs.
-	// The answer is the task as the decision left it (ready; routing
-	// follows in the same entry).
+	// The answer is the task as it is once this node applied the
+	// decision: routed to the worker in the same entry.
 	k := taskOf(t, remote.want(200, "POST", "/v1/tasks/"+a+"/approve", `{"reason":"looks fine"}`, token))
-	if k.State != "ready" || !slices.Contains(k.History, struct{ Event, Detail string }{"approved", "by operator:token: looks fine"}) {
+	if k.State != "assigned" || !slices.Contains(k.History, struct{ Event, Detail string }{"approved", "by operator:token: looks fine"}) {
 		t.Fatalf("after approval: %+v", k)
 	}
 	if p := worker.next(isOp("task")); !strings.Contains(string(p["task"]), a) {

@@ -139,6 +139,10 @@ func (rc *rawConn) readWithin(d time.Duration) (frame, error) {
 	if err := json.Unmarshal(data, &f); err != nil {
 		return nil, fmt.Errorf("server frame is not a JSON object: %q", data)
 	}
+	// docs/protocol.md: ok and push frames start with op.
+	if op := f.op(); op != "hello" && op != "err" && !bytes.HasPrefix(data, []byte(`{"op":`)) {
+		return nil, fmt.Errorf("server %s frame does not start with op: %.120s", op, data)
+	}
 	return f, nil
 }
 

@@ -481,26 +481,37 @@ func renderTaskPush(p *task.Push) []byte {
 			deps[r] = json.RawMessage("null")
 		}
 	}
-	b, _ := json.Marshal(map[string]any{
-		"op": "task",
-		"task": taskSummary{ID: k.ID, Ref: k.Ref, Graph: k.Graph, Parent: k.Parent, Capability: k.Capability, Input: k.Input,
-			Intent: k.Intent, Origin: k.Origin, Chain: k.Chain, DepsOutput: deps},
-		"attempt": k.Attempt, "lease_until": k.LeaseUntil,
-	})
+	b, _ := json.Marshal(struct {
+		Op         string      `json:"op"`
+		Task       taskSummary `json:"task"`
+		Attempt    int         `json:"attempt"`
+		LeaseUntil int64       `json:"lease_until"`
+	}{"task", taskSummary{ID: k.ID, Ref: k.Ref, Graph: k.Graph, Parent: k.Parent, Capability: k.Capability, Input: k.Input,
+		Intent: k.Intent, Origin: k.Origin, Chain: k.Chain, DepsOutput: deps}, k.Attempt, k.LeaseUntil})
 	return b
 }
 
+// The push frames are structs, so that op comes first as on every other
+// frame (docs/protocol.md).
+
 func renderTaskRevoked(r *task.Revoked) []byte {
-	b, _ := json.Marshal(map[string]any{"op": "task.revoked", "task": r.Task, "attempt": r.Attempt, "reason": r.Reason})
+	b, _ := json.Marshal(struct {
+		Op      string `json:"op"`
+		Task    string `json:"task"`
+		Attempt int    `json:"attempt"`
+		Reason  string `json:"reason"`
+	}{"task.revoked", r.Task, r.Attempt, r.Reason})
 	return b
 }
 
 func renderTaskUpdate(u *taskUpdate) []byte {
 	k := u.task
-	b, _ := json.Marshal(map[string]any{
-		"op": "task.update", "watch": "w" + strconv.FormatUint(u.watch, 10),
-		"task": taskSummary{ID: k.ID, Ref: k.Ref, Graph: k.Graph, Parent: k.Parent, Capability: k.Capability, State: k.State,
-			Origin: k.Origin, Chain: k.Chain, Agent: k.Agent, Attempt: k.Attempt, Output: k.Output, Error: k.Error, Updated: k.Updated},
-	})
+	b, _ := json.Marshal(struct {
+		Op    string      `json:"op"`
+		Watch string      `json:"watch"`
+		Task  taskSummary `json:"task"`
+	}{"task.update", "w" + strconv.FormatUint(u.watch, 10),
+		taskSummary{ID: k.ID, Ref: k.Ref, Graph: k.Graph, Parent: k.Parent, Capability: k.Capability, State: k.State,
+			Origin: k.Origin, Chain: k.Chain, Agent: k.Agent, Attempt: k.Attempt, Output: k.Output, Error: k.Error, Updated: k.Updated}})
 	return b
 }
