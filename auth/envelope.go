@@ -101,7 +101,7 @@ func (e *Envelope) CheckDev(agent string, now, skewMs int64) error {
 			Alg string `json:"alg"`
 		}
 		if err := json.Unmarshal(e.Sig, &s); err != nil || s.Alg != "none" {
-			return fmt.Errorf("%w: only unsigned envelopes (sig alg \"none\") are accepted until agent identities are configured", ErrBadEnvelope)
+			return fmt.Errorf("%w: this connection authenticated with alg \"none\" (dev mode), so its envelopes are unsigned: sig must be absent or alg \"none\" (authenticate with the agent's key to send signed envelopes)", ErrBadEnvelope)
 		}
 	}
 	return nil
