@@ -58,7 +58,8 @@ func runTask(args []string) error {
 // parseOne parses flags that may come before or after one positional
 // argument, what it is named in messages.
 func parseOne(fs *flag.FlagSet, args []string, what string) (string, error) {
-	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+	// "-" (standard input) is an argument, not a flag.
+	if len(args) > 0 && (args[0] == "-" || !strings.HasPrefix(args[0], "-")) {
 		v := args[0]
 		if err := fs.Parse(args[1:]); err != nil {
 			return "", err

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"flag"
 	"io"
 	"log/slog"
 	"net"
@@ -380,5 +381,25 @@ func TestCLITaskList(t *testing.T) {
 	var ue *usageError
 	if _, err := run(t, taskList, n.asOperator("extra")); !errors.As(err, &ue) {
 		t.Fatalf("task list extra: %v", err)
+	}
+}
+
+// One positional argument comes before or after the flags, "-" (standard
+// input) included.
+func TestParseOne(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"-", "--agent", "x"}, "-"},
+		{[]string{"--agent", "x", "-"}, "-"},
+		{[]string{"g.json", "--agent", "x"}, "g.json"},
+		{[]string{"--agent", "x", "g.json"}, "g.json"},
+	} {
+		fs := flag.NewFlagSet("t", flag.ContinueOnError)
+		agent := fs.String("agent", "", "")
+		if got, err := parseOne(fs, tc.args, "FILE"); err != nil || got != tc.want || *agent != "x" {
+			t.Errorf("%q: %q, agent %q, %v; want %q, agent x", tc.args, got, *agent, err, tc.want)
+		}
 	}
 }
