@@ -158,6 +158,9 @@ func Load(tx *bolt.Tx, name string) (*Agent, error) {
 
 func save(tx *bolt.Tx, a *Agent) error { return put(tx.Bucket(bucketAgents), []byte(a.Name), a) }
 
+// CapNameRule says what ValidCapName accepts, for error messages.
+var CapNameRule = fmt.Sprintf("dot-separated, non-empty parts of [A-Za-z0-9_-], at most %d bytes", MaxCapLen)
+
 // ValidCapName reports whether s names a capability: 1–128 bytes of
 // [A-Za-z0-9._-], dot-separated non-empty parts.
 func ValidCapName(s string) bool {
@@ -197,7 +200,7 @@ func (r *RegisterArgs) Check() error {
 	}
 	for i, c := range r.Caps {
 		if !ValidCapName(c.Name) || c.MaxInflight < 1 || c.MaxInflight > MaxInflight || c.Inflight != 0 {
-			return fmt.Errorf("%w: capability %q: a name of [A-Za-z0-9._-] and max_inflight 1..%d", ErrBadRequest, c.Name, MaxInflight)
+			return fmt.Errorf("%w: capability %q: a name of %s, and max_inflight 1..%d", ErrBadRequest, c.Name, CapNameRule, MaxInflight)
 		}
 		for _, d := range r.Caps[:i] {
 			if d.Name == c.Name {

@@ -69,7 +69,7 @@ func (f *ListFilter) Check() error {
 		}
 	}
 	if f.Capability != "" && !route.ValidCapName(f.Capability) {
-		return bad("capability %q: a name of [A-Za-z0-9._-]", f.Capability)
+		return bad("capability %q: %s", f.Capability, route.CapNameRule)
 	}
 	if _, ok := idSeq(f.Graph, "g"); f.Graph != "" && !ok {
 		return bad("graph %q: a graph id, like g1", f.Graph)

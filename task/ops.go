@@ -62,7 +62,7 @@ func (a *SubmitArgs) Check() error {
 		case s.Ref == "" || len(s.Ref) > MaxRefLen:
 			return bad("tasks[%d].ref: 1 to %d bytes", i, MaxRefLen)
 		case !route.ValidCapName(s.Capability):
-			return bad("tasks[%d].capability: a name of [A-Za-z0-9._-]", i)
+			return bad("tasks[%d].capability: %s", i, route.CapNameRule)
 		case len(s.Input) == 0 || !json.Valid(s.Input):
 			return bad("tasks[%d].input: the envelope is missing or not JSON", i)
 		case s.MaxAttempts < 0 || s.MaxAttempts > MaxMaxAttempts:
@@ -565,7 +565,7 @@ func reasonSuffix(r string) string {
 // operator's approval) or clears the mark.
 func (t *Tx) SetSensitive(capName, operator string, on bool) error {
 	if !route.ValidCapName(capName) {
-		return bad("capability: a name of [A-Za-z0-9._-]")
+		return bad("capability: %s", route.CapNameRule)
 	}
 	if on {
 		return t.b(bucketSensitive).Put([]byte(capName), []byte(operator))

@@ -113,7 +113,7 @@ func listQuery(q url.Values) (task.ListFilter, error) {
 		case "roots":
 			b, err := strconv.ParseBool(v)
 			if err != nil {
-				return f, fmt.Errorf("roots: 1 or 0, not %q", v)
+				return f, fmt.Errorf("roots: true or false (or 1 or 0), not %q", v)
 			}
 			f.Roots = b
 		case "limit":

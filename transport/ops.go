@@ -462,7 +462,7 @@ func (c *conn) opPublish(r *request) error {
 		return err
 	}
 	if !queue.ValidTopic(topic, false) {
-		return badField("topic must be dot-separated tokens of [A-Za-z0-9_-] without wildcards")
+		return badField("topic must be at most 512 bytes of dot-separated, non-empty tokens of [A-Za-z0-9_-], without wildcards")
 	}
 	if err := c.allow(auth.OpPublish, topic); err != nil {
 		return err
@@ -480,7 +480,7 @@ func (c *conn) opSubscribe(r *request) error {
 		return err
 	}
 	if !queue.ValidTopic(topic, true) {
-		return badField("topic must be dot-separated tokens of [A-Za-z0-9_-], '*' or a final '>'")
+		return badField("topic must be at most 512 bytes of dot-separated, non-empty tokens of [A-Za-z0-9_-], '*' or a final '>'")
 	}
 	if err := c.allow(auth.OpSubscribe, topic); err != nil {
 		return err
