@@ -41,6 +41,18 @@ func MarkRestore(path string, p RestorePending) error {
 	if err != nil {
 		return err
 	}
+	return updateMeta(path, func(meta *bolt.Bucket) error { return meta.Put(keyRestorePending, raw) })
+}
+
+// UnmarkRestore removes a mark from the state database at path, a copy
+// an offline restore installs: a file saved between a restore and its
+// record carries the mark of a restore the new node did not make.
+func UnmarkRestore(path string) error {
+	return updateMeta(path, func(meta *bolt.Bucket) error { return meta.Delete(keyRestorePending) })
+}
+
+// updateMeta runs fn on the meta bucket of the state database at path.
+func updateMeta(path string, fn func(meta *bolt.Bucket) error) error {
 	db, err := bolt.Open(path, 0o600, nil)
 	if err != nil {
 		return err
@@ -50,7 +62,7 @@ func MarkRestore(path string, p RestorePending) error {
 		if meta == nil {
 			return fmt.Errorf("%s is not a state database: no meta bucket", path)
 		}
-		return meta.Put(keyRestorePending, raw)
+		return fn(meta)
 	})
 	if cerr := db.Close(); err == nil {
 		err = cerr

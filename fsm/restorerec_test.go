@@ -69,4 +69,24 @@ func Test_FSM_RestoreRecord(t *testing.T) {
 	if e := lastAuditEntry(t, f); e.Outcome != "conflict" {
 		t.Fatalf("the record again: audited %+v", e)
 	}
+
+	// An offline restore takes the mark off its copy: the new node
+	// records no restore it did not make.
+	if err := fsm.UnmarkRestore(path); err != nil {
+		t.Fatal(err)
+	}
+	unmarked, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := mustFresh(t, "n3")
+	if err := g.Restore(io.NopCloser(bytes.NewReader(unmarked))); err != nil {
+		t.Fatal(err)
+	}
+	_ = g.View(func(tx *bolt.Tx) error {
+		if p, ok := fsm.PendingRestore(tx); ok {
+			t.Errorf("the unmarked copy holds %+v", p)
+		}
+		return nil
+	})
 }

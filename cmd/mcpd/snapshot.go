@@ -19,6 +19,7 @@ import (
 	"github.com/hashicorp/raft"
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 	"github.com/mcpd/mcpd/cluster"
+	"github.com/mcpd/mcpd/fsm"
 	"github.com/mcpd/mcpd/snapshot"
 	"github.com/mcpd/mcpd/transport"
 )
@@ -374,6 +375,9 @@ func restoreOffline(file, dir string, pub ed25519.PublicKey, off *offlineFlags, 
 	res, err := snapshot.Check(file, tmp, pub, compact)
 	if err != nil {
 		return fmt.Errorf("%s refused, nothing written: %w", file, err)
+	}
+	if err := fsm.UnmarkRestore(compact); err != nil {
+		return err
 	}
 	h := res.Header
 	raftDir := filepath.Join(dir, "raft")
