@@ -35,9 +35,17 @@ func (c callSink) Push(e queue.Effect) {
 // nothing afterwards (the command types it is used for create no
 // consumers, subscriptions or leases).
 func (n *Node) Call(ctx context.Context, t fsm.MessageType, actor string, body any) (*fsm.Reply, error) {
+	return n.call(ctx, t, actor, body, true)
+}
+
+// call is Call; checkLevel false skips the members' levels, for a
+// proposer that checked them otherwise (RecordRestore).
+func (n *Node) call(ctx context.Context, t fsm.MessageType, actor string, body any, checkLevel bool) (*fsm.Reply, error) {
 	// A type some member's version does not know would stop it.
-	if err := n.MembersApply(t); err != nil {
-		return nil, err
+	if checkLevel {
+		if err := n.MembersApply(t); err != nil {
+			return nil, err
+		}
 	}
 	ch := make(callSink, 1)
 	id := fmt.Sprintf("%s/%d/call%d", n.cfg.NodeID, n.epoch, n.connSeq.Add(1))

@@ -55,3 +55,14 @@ func SetStallGrace(t interface{ Cleanup(func()) }, d time.Duration) {
 	stallGrace = d
 	t.Cleanup(func() { stallGrace = was })
 }
+
+// SetAnnouncedLevel makes nodes announce command level l, as a version
+// of that level would, until the test ends or the function it returns
+// is called.
+func SetAnnouncedLevel(t interface{ Cleanup(func()) }, l int) func() {
+	was := announcedLevel
+	announcedLevel = l
+	undo := func() { announcedLevel = was }
+	t.Cleanup(undo)
+	return undo
+}

@@ -2,11 +2,11 @@ package cluster_test
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -199,28 +199,23 @@ type fileSink struct{ *os.File }
 func (s fileSink) ID() string    { return "file" }
 func (s fileSink) Cancel() error { return s.Close() }
 
-// A snapshot restore whose leader did not record it (it lost the
-// leadership right after raft took the file) is recorded by the node
-// that leads next, from the mark the restored state carries: once, on
-// every node, naming the operator, and the mark goes.
-func Test_Cluster_RestoreMarkRecorded(t *testing.T) {
-	c := testcluster.Start(t, 3, testcluster.Options{})
-	leader := c.WaitLeader()
-	testcluster.WaitFor(t, 20*time.Second, func() bool { return c.WaitLeader().Node.MembersApply(fsm.TypeRestoreRecord) == nil })
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if _, err := c.Dial("alice").Enqueue(ctx, "jobs", map[string]int{"n": 1}); err != nil {
+// restoreMarked has raft on the leader install the state of a fresh
+// node (one that has applied nothing: no node's level announced, cluster
+// level 0, as in a backup from before an upgrade) marked with mark, as
+// the admin API's restore does, and returns the leader.
+func restoreMarked(t *testing.T, c *testcluster.Cluster, mark fsm.RestorePending) *testcluster.Node {
+	t.Helper()
+	dir := t.TempDir()
+	src, err := fsm.Open(filepath.Join(dir, "src.db"), "x")
+	if err != nil {
 		t.Fatal(err)
 	}
-	c.WaitApplied()
-
-	// A marked copy of the leader's state, as the admin API makes one.
-	path := filepath.Join(t.TempDir(), "state.db")
+	path := filepath.Join(dir, "copy.db")
 	out, err := os.Create(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	snap, err := leader.Node.FSM().Snapshot()
+	snap, err := src.Snapshot()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -228,60 +223,154 @@ func Test_Cluster_RestoreMarkRecorded(t *testing.T) {
 		t.Fatal(err)
 	}
 	snap.Release()
-	mark := fsm.RestorePending{ID: "r1", Actor: "operator:ann", Subject: "index 9 audit 9 h; saved by n1"}
-	if err := fsm.MarkRestore(path, mark); err != nil {
-		t.Fatal(err)
-	}
-	var meta raft.SnapshotMeta
-	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true})
+	src.Close()
+	leader := c.WaitLeader()
+	level, err := leader.Node.ClusterLevel()
 	if err != nil {
 		t.Fatal(err)
 	}
-	_ = db.View(func(tx *bolt.Tx) error {
-		v := tx.Bucket([]byte("meta")).Get([]byte("applied"))
-		meta.Index, meta.Term = binary.BigEndian.Uint64(v), binary.BigEndian.Uint64(v[8:])
-		return nil
-	})
-	db.Close()
+	if err := fsm.PrepareRestore(path, &mark, level); err != nil {
+		t.Fatal(err)
+	}
 	fi, err := os.Stat(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	meta.Version, meta.Size = raft.SnapshotVersionMax, fi.Size()
-
-	// Raft takes it; nobody records it but the leaders' duty.
 	in, err := os.Open(path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer in.Close()
+	meta := raft.SnapshotMeta{Version: raft.SnapshotVersionMax, Index: 1, Term: 1, Size: fi.Size()}
 	if err := leader.Node.Raft().Restore(&meta, in, time.Minute); err != nil {
 		t.Fatalf("restore (leader %s): %v", leader.ID, err)
 	}
+	return leader
+}
+
+// restoreEntries returns nd's snapshot.restore audit entries, and how
+// many entries of any kind refused a restore record.
+func restoreEntries(t *testing.T, nd *testcluster.Node) (got []audit.Record, refused int) {
+	t.Helper()
+	err := nd.Node.FSM().View(func(tx *bolt.Tx) error {
+		_, err := audit.Scan(tx, audit.ScanOptions{}, func(r *audit.Record) bool {
+			switch r.Kind {
+			case "snapshot.restore":
+				got = append(got, *r)
+			case "restore.record":
+				refused++
+			}
+			return true
+		})
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return got, refused
+}
+
+// A snapshot restore records itself: the restoring leader records the
+// mark at once, although the restored state (from before an upgrade)
+// holds no node's level; a mark nobody recorded (the leader lost its
+// leadership first) is recorded by the leader's duty. Either way once,
+// on every node, naming the operator, the mark gone, and the restore
+// keeps the cluster's level.
+func Test_Cluster_RestoreMarkRecorded(t *testing.T) {
+	c := testcluster.Start(t, 3, testcluster.Options{})
 	testcluster.WaitFor(t, 20*time.Second, func() bool {
-		for _, nd := range c.Nodes {
-			var pending bool
-			_ = nd.Node.FSM().View(func(tx *bolt.Tx) error { _, pending = fsm.PendingRestore(tx); return nil })
-			if pending {
-				return false
+		l, err := c.WaitLeader().Node.ClusterLevel()
+		return err == nil && l == fsm.Level
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	marks := []fsm.RestorePending{
+		{ID: "r1", Actor: "operator:ann", Subject: "index 1 audit 0 -; saved by x"},
+		{ID: "r2", Actor: "operator:bob", Subject: "index 1 audit 0 -; saved by x, again"},
+	}
+	for i, mark := range marks {
+		leader := restoreMarked(t, c, mark)
+		if i == 0 {
+			// The restoring leader records it itself.
+			rep, err := leader.Node.RecordRestore(ctx, &mark)
+			if err == nil {
+				err = rep.Err
+			}
+			if err != nil && !errors.Is(err, cluster.ErrUnknown) {
+				t.Fatalf("the restoring leader's record: %v", err)
 			}
 		}
-		return true
-	})
-	c.WaitApplied()
-	for _, nd := range c.Nodes {
-		var got []audit.Record
-		_ = nd.Node.FSM().View(func(tx *bolt.Tx) error {
-			_, err := audit.Scan(tx, audit.ScanOptions{}, func(r *audit.Record) bool {
-				if r.Kind == "snapshot.restore" && r.Outcome == "ok" {
-					got = append(got, *r)
+		testcluster.WaitFor(t, 20*time.Second, func() bool {
+			for _, nd := range c.Nodes {
+				var pending bool
+				_ = nd.Node.FSM().View(func(tx *bolt.Tx) error { _, pending = fsm.PendingRestore(tx); return nil })
+				if pending {
+					return false
 				}
-				return true
-			})
-			return err
+			}
+			return true
 		})
-		if len(got) != 1 || got[0].Actor != mark.Actor || got[0].Subject != mark.Subject {
-			t.Errorf("%s: restore entries %+v, want one by %s naming %q", nd.ID, got, mark.Actor, mark.Subject)
+		c.WaitApplied()
+		for _, nd := range c.Nodes {
+			got, refused := restoreEntries(t, nd)
+			if len(got) != 1 || got[0].Actor != mark.Actor || got[0].Subject != mark.Subject || got[0].Outcome != "ok" {
+				t.Errorf("%s after restore %s: restore entries %+v, want one by %s naming %q", nd.ID, mark.ID, got, mark.Actor, mark.Subject)
+			}
+			if refused > 1 {
+				t.Errorf("%s: %d refused restore records", nd.ID, refused)
+			}
+			if l, err := nd.Node.ClusterLevel(); err != nil || l != fsm.Level {
+				t.Errorf("%s: cluster level %d after the restore (%v), want %d", nd.ID, l, err, fsm.Level)
+			}
 		}
+	}
+}
+
+// A rolling upgrade: nodes that announce a lower command level (an older
+// version) hold the cluster level at the highest one every member runs,
+// and the leader raises it to this version's once the last node is
+// restarted on it, never before: a node below a raise would stop at it.
+func Test_Cluster_ClusterLevelFollowsUpgrade(t *testing.T) {
+	old := fsm.LevelOf(fsm.TypeClusterLevel)
+	if old >= fsm.Level {
+		t.Skipf("this version's level %d has no older level with cluster levels", fsm.Level)
+	}
+	upgraded := cluster.SetAnnouncedLevel(t, old)
+	c := testcluster.Start(t, 3, testcluster.Options{})
+	clusterLevels := func() []int {
+		var out []int
+		for _, nd := range c.Nodes {
+			l, err := nd.Node.ClusterLevel()
+			if err != nil {
+				t.Fatal(err)
+			}
+			out = append(out, l)
+		}
+		return out
+	}
+	testcluster.WaitFor(t, 20*time.Second, func() bool { return slices.Equal(clusterLevels(), []int{old, old, old}) })
+
+	upgraded()
+	for i, nd := range c.Nodes {
+		c.StopNode(nd)
+		c.RestartNode(nd)
+		testcluster.WaitFor(t, 20*time.Second, nd.Node.Ready)
+		c.WaitApplied()
+		want := old
+		if i == len(c.Nodes)-1 {
+			want = fsm.Level
+		}
+		testcluster.WaitFor(t, 20*time.Second, func() bool { return c.WaitLeader().Node.MembersApply(fsm.TypeClusterLevel) == nil })
+		if i < len(c.Nodes)-1 {
+			// Nothing to wait for: the level must stay while the leader's
+			// duty (every 200 ms) has several turns.
+			for end := time.Now().Add(time.Second); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+				if got := clusterLevels(); !slices.Equal(got, []int{old, old, old}) {
+					t.Fatalf("with %d of 3 nodes upgraded: cluster levels %v, want %d", i+1, got, old)
+				}
+			}
+			continue
+		}
+		testcluster.WaitFor(t, 20*time.Second, func() bool { return slices.Equal(clusterLevels(), []int{want, want, want}) })
 	}
 }

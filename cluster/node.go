@@ -132,6 +132,8 @@ type Node struct {
 	raftUp chan struct{}
 	clocks peerClocks // the peers' clocks (clock.go)
 
+	level int // the command level it announces (announcedLevel)
+
 	// A stall: state.db has not committed for stallGrace (diskfull.go).
 	stallMu  sync.Mutex
 	stallFns []func(reason string)
@@ -202,6 +204,7 @@ func New(cfg Config) (*Node, error) {
 		peersDown:  map[string]bool{},
 	}
 	n.fwd = &forwarder{n: n}
+	n.level = announcedLevel
 	if err := n.start(); err != nil {
 		n.closeStores()
 		return nil, err

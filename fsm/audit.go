@@ -107,8 +107,12 @@ func auditEvent(tx *bolt.Tx, now int64, c *Command, args, res any, err error) au
 		ev.Kind, ev.Subject = audit.KindCheckpoint, audit.CheckpointSubject(a.Seq)
 	case *RestoreRecordArgs:
 		// The operator's restore, recorded by whichever leader proposes
-		// it: the actor and subject are the mark's.
+		// it: the actor and subject are the mark's. A refused record (one
+		// proposed again) is no restore.
 		ev.Kind, ev.Actor, ev.Subject = "snapshot.restore", a.Actor, a.Subject
+		if err != nil {
+			ev.Kind, ev.Subject = "restore.record", a.ID
+		}
 	case *ClusterLevelArgs:
 		ev.Kind, ev.Subject = "cluster.level", strconv.Itoa(a.Level)
 	case *AuditPruneArgs:

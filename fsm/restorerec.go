@@ -1,6 +1,7 @@
 package fsm
 
 import (
+	"encoding/binary"
 	"fmt"
 
 	"github.com/mcpd/mcpd/internal/mpack"
@@ -34,21 +35,30 @@ type RestoreRecordArgs = RestorePending
 
 var keyRestorePending = []byte("restore_pending")
 
-// MarkRestore marks the state database at path, a copy about to be
-// restored, with p.
-func MarkRestore(path string, p RestorePending) error {
-	raw, err := msgpack.Marshal(&p)
-	if err != nil {
-		return err
+// PrepareRestore readies the state database at path, a copy about to be
+// restored: it marks it with mark (nil: no mark, and one the file
+// carries goes; a file saved between a restore and its record carries
+// that restore's), and raises its cluster level to at least level, the
+// cluster's, which a restore never lowers.
+func PrepareRestore(path string, mark *RestorePending, level int) error {
+	var raw []byte
+	if mark != nil {
+		var err error
+		if raw, err = msgpack.Marshal(mark); err != nil {
+			return err
+		}
 	}
-	return updateMeta(path, func(meta *bolt.Bucket) error { return meta.Put(keyRestorePending, raw) })
-}
-
-// UnmarkRestore removes a mark from the state database at path, a copy
-// an offline restore installs: a file saved between a restore and its
-// record carries the mark of a restore the new node did not make.
-func UnmarkRestore(path string) error {
-	return updateMeta(path, func(meta *bolt.Bucket) error { return meta.Delete(keyRestorePending) })
+	return updateMeta(path, func(meta *bolt.Bucket) error {
+		if n, w := binary.Uvarint(meta.Get(keyClusterLevel)); w <= 0 || int(n) < level {
+			if err := meta.Put(keyClusterLevel, binary.AppendUvarint(nil, uint64(max(level, 0)))); err != nil {
+				return err
+			}
+		}
+		if raw == nil {
+			return meta.Delete(keyRestorePending)
+		}
+		return meta.Put(keyRestorePending, raw)
+	})
 }
 
 // updateMeta runs fn on the meta bucket of the state database at path.

@@ -23,7 +23,8 @@ func Test_FSM_RestoreRecord(t *testing.T) {
 		t.Fatal(err)
 	}
 	mark := fsm.RestorePending{ID: "r1", Actor: "operator:ann", Subject: "index 0 audit 0 -; saved by n1"}
-	if err := fsm.MarkRestore(path, mark); err != nil {
+	// The restore keeps the cluster's level (2 here), above the file's.
+	if err := fsm.PrepareRestore(path, &mark, 2); err != nil {
 		t.Fatal(err)
 	}
 	marked, err := os.ReadFile(path)
@@ -41,6 +42,12 @@ func Test_FSM_RestoreRecord(t *testing.T) {
 	if p, ok := pending(); !ok || p != mark {
 		t.Fatalf("pending after the restore: %+v %v, want %+v", p, ok, mark)
 	}
+	_ = f.View(func(tx *bolt.Tx) error {
+		if l := fsm.ClusterLevel(tx); l != 2 {
+			t.Errorf("cluster level %d after the restore, want the cluster's, 2", l)
+		}
+		return nil
+	})
 	index := f.AppliedIndex()
 	record := func(id, actor string) {
 		t.Helper()
@@ -49,8 +56,9 @@ func Test_FSM_RestoreRecord(t *testing.T) {
 		c.Actor = actor
 		f.Apply(mustLog(t, index, 1_700_000_000_000, c))
 	}
+	// A refused record is no restore: it is audited as what it was.
 	record("r0", "")
-	if e := lastAuditEntry(t, f); e.Kind != "snapshot.restore" || e.Outcome != "conflict" {
+	if e := lastAuditEntry(t, f); e.Kind != "restore.record" || e.Subject != "r0" || e.Outcome != "conflict" {
 		t.Fatalf("a record of another restore: audited %+v", e)
 	}
 	if _, ok := pending(); !ok {
@@ -66,13 +74,13 @@ func Test_FSM_RestoreRecord(t *testing.T) {
 		t.Fatalf("the mark %+v is left after its record", p)
 	}
 	record("r1", "")
-	if e := lastAuditEntry(t, f); e.Outcome != "conflict" {
+	if e := lastAuditEntry(t, f); e.Kind != "restore.record" || e.Outcome != "conflict" {
 		t.Fatalf("the record again: audited %+v", e)
 	}
 
 	// An offline restore takes the mark off its copy: the new node
 	// records no restore it did not make.
-	if err := fsm.UnmarkRestore(path); err != nil {
+	if err := fsm.PrepareRestore(path, nil, 0); err != nil {
 		t.Fatal(err)
 	}
 	unmarked, err := os.ReadFile(path)

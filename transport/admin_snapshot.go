@@ -264,12 +264,19 @@ func (a *Admin) restoreOnLeader(ctx context.Context, actor, via, up string) clus
 	// The restored state carries the mark of its own audit entry, which
 	// whichever node leads after the restore records (fsm/restorerec.go).
 	// A cluster with a member of an older version records it the earlier
-	// way: after the restore, by this node only.
+	// way: after the restore, by this node only. Either way the copy
+	// keeps the cluster's level, which a restore does not lower.
 	marked := a.node.MembersApply(fsm.TypeRestoreRecord) == nil
-	if marked {
-		if err := fsm.MarkRestore(compact, mark); err != nil {
-			return restoreFailure(fmt.Errorf("%w: marking the copy to restore: %v", errRestore, err))
-		}
+	level, err := a.node.ClusterLevel()
+	if err != nil {
+		return restoreFailure(err)
+	}
+	markOf := &mark
+	if !marked {
+		markOf = nil
+	}
+	if err := fsm.PrepareRestore(compact, markOf, level); err != nil {
+		return restoreFailure(fmt.Errorf("%w: preparing the copy to restore: %v", errRestore, err))
 	}
 	f, err := os.Open(compact)
 	if err != nil {
@@ -330,7 +337,7 @@ func (a *Admin) restoreOnLeader(ctx context.Context, actor, via, up string) clus
 	defer cancel()
 	var rep *fsm.Reply
 	if marked {
-		rep, err = a.node.Call(ctx, fsm.TypeRestoreRecord, actor, &mark)
+		rep, err = a.node.RecordRestore(ctx, &mark)
 	} else {
 		// The subject says it all: the command's body, Detail included,
 		// is kept only as a digest.

@@ -376,7 +376,7 @@ func restoreOffline(file, dir string, pub ed25519.PublicKey, off *offlineFlags, 
 	if err != nil {
 		return fmt.Errorf("%s refused, nothing written: %w", file, err)
 	}
-	if err := fsm.UnmarkRestore(compact); err != nil {
+	if err := fsm.PrepareRestore(compact, nil, 0); err != nil {
 		return err
 	}
 	h := res.Header
