@@ -200,7 +200,17 @@ func (n *Node) handOver(last *time.Time) {
 	}
 	*last = time.Now()
 	n.log.Warn("state.db cannot commit; handing leadership over", "reason", reason)
-	if err := n.raft.LeadershipTransfer().Error(); err != nil {
+	errc := make(chan error, 1)
+	go func() { errc <- n.raft.LeadershipTransfer().Error() }()
+	var err error
+	select {
+	case err = <-errc:
+	case <-time.After(handOverEvery):
+		err = errors.New("no answer from raft")
+	case <-n.shutdownCh:
+		return
+	}
+	if err != nil {
 		n.log.Warn("leadership transfer failed; trying again", "err", err, "in", handOverEvery)
 	}
 }

@@ -150,6 +150,10 @@ func RepliedOnApply(t MessageType) bool {
 	case TypeRedis:
 		// A Redis client reads its own writes from this node.
 		return true
+	case TypeTaskDecide:
+		// An approved task is routed in the same entry; the operator
+		// is answered with the task as this node then holds it.
+		return true
 	case TypeQueueRedrive, TypeMessageDelete, TypeAuditPrune:
 		// An operator who redrove or deleted messages peeks at the queue
 		// on the same node next; one who pruned the audit log verifies

@@ -266,10 +266,10 @@ func (a *Admin) decideTask(approve bool) http.HandlerFunc {
 		}
 		verb := map[bool]string{true: "approved", false: "denied"}[approve]
 		a.log.Info("held task "+verb, "task", id, "operator", Operator(r), "reason", d.Reason)
-		// The decided task from the command's result, or, when this node
-		// has applied the decision already, as it is here: an approved
+		// The task as this node holds it once it applied the decision
+		// (the reply waits for that, fsm.RepliedOnApply): an approved
 		// task is routed in the same entry, after the decision made its
-		// result.
+		// result. The result is the fallback.
 		tr, ok := rep.Result.(*fsm.TaskResult)
 		if !ok {
 			adminErr(w, http.StatusInternalServerError, "internal", "the decision answered no task")

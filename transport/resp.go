@@ -83,8 +83,13 @@ func NewRESPServer(node *cluster.Node, opt RESPOptions) *RESPServer {
 // (cluster.Node.OnStall): its clients reconnect, to another node.
 func (s *RESPServer) closeStalled(string) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
+	conns := make([]*respConn, 0, len(s.conns))
 	for c := range s.conns {
+		conns = append(conns, c)
+	}
+	s.mu.Unlock()
+	// Outside the lock: closing a TLS connection may wait for its peer.
+	for _, c := range conns {
 		c.nc.Close()
 	}
 }
@@ -128,6 +133,10 @@ func (s *RESPServer) Serve(ln net.Listener) error {
 		s.conns[c] = struct{}{}
 		s.wg.Add(1)
 		s.mu.Unlock()
+		if why := s.node.Stalled(); why != "" {
+			// Stalled while this one was accepted (see the check above).
+			go s.closeStalled(why)
+		}
 		go c.run()
 	}
 }
@@ -502,7 +511,7 @@ func (c *respConn) submit(body *fsm.RedisArgs) *respFuture {
 		if f := c.takePending(req); f != nil {
 			msg := "TRYAGAIN " + err.Error()
 			if errors.Is(err, cluster.ErrUnknown) {
-				msg = "TRYAGAIN the outcome is unknown (leadership changed during the commit): " + err.Error()
+				msg = "TRYAGAIN the outcome is unknown (it may have been applied): " + err.Error()
 			}
 			f.resolve(kv.Err(msg))
 		}
@@ -703,6 +712,7 @@ func appendValue(b []byte, v kv.Value, proto int) []byte {
 // error and closes it.
 func refuseRESP(nc net.Conn, why string) {
 	defer nc.Close()
-	_ = nc.SetWriteDeadline(time.Now().Add(time.Second))
+	// A TLS handshake runs within the write, and reads too.
+	_ = nc.SetDeadline(time.Now().Add(5 * time.Second))
 	_, _ = nc.Write([]byte("-TRYAGAIN " + strings.ReplaceAll(why, "\r\n", " ") + "\r\n"))
 }

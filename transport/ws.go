@@ -227,6 +227,11 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	s.conns[c] = struct{}{}
 	s.wg.Add(1)
 	s.mu.Unlock()
+	if why := s.node.Stalled(); why != "" {
+		// The node stalled while this one was accepted, after
+		// closeStalled went through the connections.
+		s.closeStalled(why)
+	}
 	// The connection gets a goroutine of its own, and this handler
 	// returns: the HTTP server's request and buffers of the handshake are
 	// not kept for the life of the connection.
