@@ -31,9 +31,15 @@ type RestoreReady = restoreReady
 // how long either side waits for the other and how often the leader says
 // it is working, until the test ends. Call it before starting nodes.
 func SetRestoreTimings(t interface{ Cleanup(func()) }, findLeader, idle, keepalive time.Duration) {
-	f, i, k := restoreFindLeader, restoreIdle, restoreKeepalive
-	restoreFindLeader, restoreIdle, restoreKeepalive = findLeader, idle, keepalive
-	t.Cleanup(func() { restoreFindLeader, restoreIdle, restoreKeepalive = f, i, k })
+	f, i, k := restoreFindLeader.get(), restoreIdle.get(), restoreKeepalive.get()
+	restoreFindLeader.set(findLeader)
+	restoreIdle.set(idle)
+	restoreKeepalive.set(keepalive)
+	t.Cleanup(func() {
+		restoreFindLeader.set(f)
+		restoreIdle.set(i)
+		restoreKeepalive.set(k)
+	})
 }
 
 // SetLevelCheckEvery sets how often nodes started afterwards check that

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -39,21 +40,34 @@ import (
 // protoRestore is a restore streamed to the leader on the Raft port.
 const protoRestore byte = 'S'
 
-// Timing of a forwarded restore; variables for tests.
+// Timing of a forwarded restore. Tests set them (SetRestoreTimings)
+// while goroutines of nodes still running may read them: atomics.
 var (
 	// restoreFindLeader is how long a follower looks for a leader that
 	// takes the restore (no leader known, the leader unreachable, a node
 	// that is not the leader any more) before it gives up.
-	restoreFindLeader = 10 * time.Second
+	restoreFindLeader = durationVar(10 * time.Second)
 	// restoreHelloTimeout bounds the request and the leader's go-ahead.
 	restoreHelloTimeout = 10 * time.Second
 	// restoreIdle is how long either side waits for the other to move:
 	// a read or write of the file, or a frame of the leader's answer.
-	restoreIdle = 30 * time.Second
+	restoreIdle = durationVar(30 * time.Second)
 	// restoreKeepalive is how often the leader says it is still working
-	// on a restore (well below restoreIdle).
-	restoreKeepalive = 5 * time.Second
+	// on a restore (well below restoreIdle.get()).
+	restoreKeepalive = durationVar(5 * time.Second)
 )
+
+// atomicDuration is a duration tests may change while it is read.
+type atomicDuration struct{ v atomic.Int64 }
+
+func durationVar(d time.Duration) *atomicDuration {
+	a := &atomicDuration{}
+	a.v.Store(int64(d))
+	return a
+}
+
+func (a *atomicDuration) get() time.Duration  { return time.Duration(a.v.Load()) }
+func (a *atomicDuration) set(d time.Duration) { a.v.Store(int64(d)) }
 
 // ErrRestoreNeedsTLS: the Raft port has no mutual TLS, so this node
 // neither sends a snapshot file over it nor takes one.
@@ -159,7 +173,7 @@ func (n *Node) serveRestore(c net.Conn) {
 	send := func(r restoreReply) error {
 		wmu.Lock()
 		defer wmu.Unlock()
-		_ = c.SetWriteDeadline(time.Now().Add(restoreIdle))
+		_ = c.SetWriteDeadline(time.Now().Add(restoreIdle.get()))
 		if err := writeFrame(bw, r); err != nil {
 			return err
 		}
@@ -177,7 +191,7 @@ func (n *Node) serveRestore(c net.Conn) {
 		}()
 		go func() {
 			defer keepalive.Done()
-			t := time.NewTicker(restoreKeepalive)
+			t := time.NewTicker(restoreKeepalive.get())
 			defer t.Stop()
 			for {
 				select {
@@ -227,7 +241,7 @@ func (b *restoreBody) Read(p []byte) (int, error) {
 	if int64(len(p)) > b.left {
 		p = p[:b.left]
 	}
-	_ = b.c.SetReadDeadline(time.Now().Add(restoreIdle))
+	_ = b.c.SetReadDeadline(time.Now().Add(restoreIdle.get()))
 	k, err := b.r.Read(p)
 	b.left -= int64(k)
 	if b.left == 0 {
@@ -297,7 +311,7 @@ func (n *Node) ForwardRestore(ctx context.Context, actor string, body io.Reader,
 	n.log.Info("snapshot sent to the leader; waiting for its answer", "leader", leader, "bytes", size)
 	br := bufio.NewReader(c)
 	for {
-		_ = c.SetReadDeadline(time.Now().Add(restoreIdle))
+		_ = c.SetReadDeadline(time.Now().Add(restoreIdle.get()))
 		var r restoreReply
 		if err := readFrame(br, &r); err != nil {
 			return RestoreAnswer{}, fmt.Errorf("%w: the leader %s received the whole file, but its answer was lost (%v): the restore may or may not have happened; "+
@@ -313,7 +327,7 @@ func (n *Node) ForwardRestore(ctx context.Context, actor string, body io.Reader,
 // accept req, trying again while no leader takes it, for up to
 // restoreFindLeader. It returns the connection and the leader's id.
 func (n *Node) restoreDial(ctx context.Context, req RestoreRequest) (net.Conn, string, error) {
-	deadline := time.Now().Add(restoreFindLeader)
+	deadline := time.Now().Add(restoreFindLeader.get())
 	var why string
 	for {
 		addr, id := n.raft.LeaderWithID()
@@ -336,7 +350,7 @@ func (n *Node) restoreDial(ctx context.Context, req RestoreRequest) (net.Conn, s
 			}
 		}
 		if time.Now().After(deadline) {
-			return nil, "", fmt.Errorf("%w: %s (for %v); nothing was sent, nothing changed", ErrUnavailable, why, restoreFindLeader)
+			return nil, "", fmt.Errorf("%w: %s (for %v); nothing was sent, nothing changed", ErrUnavailable, why, restoreFindLeader.get())
 		}
 		select {
 		case <-ctx.Done():
@@ -378,6 +392,6 @@ func (n *Node) restoreHello(addr string, req RestoreRequest) (net.Conn, restoreR
 type idleWriter struct{ c net.Conn }
 
 func (w idleWriter) Write(p []byte) (int, error) {
-	_ = w.c.SetWriteDeadline(time.Now().Add(restoreIdle))
+	_ = w.c.SetWriteDeadline(time.Now().Add(restoreIdle.get()))
 	return w.c.Write(p)
 }
