@@ -45,6 +45,12 @@ func (n *Node) membersAt(need int) error {
 	if err != nil {
 		return err
 	}
+	return behindError(levels, need)
+}
+
+// behindError is the levelError naming the members of levels below need,
+// or nil.
+func behindError(levels map[string]int, need int) error {
 	var behind []string
 	for id, l := range levels {
 		if l < need {
@@ -87,14 +93,7 @@ var levelCheckEvery = 10 * time.Second
 // NodeStarted with its own epoch ends nothing).
 func (n *Node) announceLevel(every time.Duration) {
 	defer n.wg.Done()
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-n.shutdownCh:
-			return
-		case <-t.C:
-		}
+	check := func() {
 		var have int
 		ok := n.FSM().View(func(tx *bolt.Tx) error { have = fsm.NodeLevels(tx)[n.cfg.NodeID]; return nil }) == nil
 		if ok && have != n.level {
@@ -104,6 +103,8 @@ func (n *Node) announceLevel(every time.Duration) {
 			}
 		}
 	}
+	// Every node, leader or not.
+	n.leaderTicks(every, nil, check, check)
 }
 
 // startArgs is what this node announces when it starts.
@@ -150,7 +151,7 @@ func (n *Node) raiseLevel(waiting *string) {
 		target = min(target, l)
 	}
 	if target <= have || target < fsm.LevelOf(fsm.TypeClusterLevel) {
-		if why := n.membersAt(fsm.Level); why != nil && why.Error() != *waiting {
+		if why := behindError(levels, fsm.Level); why != nil && why.Error() != *waiting {
 			*waiting = why.Error()
 			n.log.Info("the cluster level waits until every node runs this version", "cluster_level", have, "level", fsm.Level, "why", *waiting)
 		}

@@ -76,6 +76,11 @@ func ClusterLevel(tx *bolt.Tx) int {
 	return 0
 }
 
+// putClusterLevel stores the cluster level in the meta bucket.
+func putClusterLevel(meta *bolt.Bucket, level int) error {
+	return meta.Put(keyClusterLevel, binary.AppendUvarint(nil, uint64(max(level, 0))))
+}
+
 // checkClusterLevel refuses a state of a higher cluster level than this
 // version runs.
 func checkClusterLevel(tx *bolt.Tx) error {
@@ -104,7 +109,7 @@ func init() {
 			return nil, conflictf("the cluster level is %d already", was)
 		}
 		r := &ClusterLevelResult{Was: was, Level: a.Level}
-		return r, t.Bolt().Bucket(bucketMeta).Put(keyClusterLevel, binary.AppendUvarint(nil, uint64(r.Level)))
+		return r, putClusterLevel(t.Bolt().Bucket(bucketMeta), r.Level)
 	})
 }
 

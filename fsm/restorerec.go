@@ -1,7 +1,6 @@
 package fsm
 
 import (
-	"encoding/binary"
 	"fmt"
 
 	"github.com/mcpd/mcpd/internal/mpack"
@@ -48,21 +47,6 @@ func PrepareRestore(path string, mark *RestorePending, level int) error {
 			return err
 		}
 	}
-	return updateMeta(path, func(meta *bolt.Bucket) error {
-		if n, w := binary.Uvarint(meta.Get(keyClusterLevel)); w <= 0 || int(n) < level {
-			if err := meta.Put(keyClusterLevel, binary.AppendUvarint(nil, uint64(max(level, 0)))); err != nil {
-				return err
-			}
-		}
-		if raw == nil {
-			return meta.Delete(keyRestorePending)
-		}
-		return meta.Put(keyRestorePending, raw)
-	})
-}
-
-// updateMeta runs fn on the meta bucket of the state database at path.
-func updateMeta(path string, fn func(meta *bolt.Bucket) error) error {
 	db, err := bolt.Open(path, 0o600, nil)
 	if err != nil {
 		return err
@@ -72,7 +56,15 @@ func updateMeta(path string, fn func(meta *bolt.Bucket) error) error {
 		if meta == nil {
 			return fmt.Errorf("%s is not a state database: no meta bucket", path)
 		}
-		return fn(meta)
+		if ClusterLevel(tx) < level {
+			if err := putClusterLevel(meta, level); err != nil {
+				return err
+			}
+		}
+		if raw == nil {
+			return meta.Delete(keyRestorePending)
+		}
+		return meta.Put(keyRestorePending, raw)
 	})
 	if cerr := db.Close(); err == nil {
 		err = cerr
