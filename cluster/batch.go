@@ -30,10 +30,7 @@ type pending struct {
 // within the submit timeout), ErrUnknown when it may have been, or
 // ErrShutdown.
 func (n *Node) Submit(ctx context.Context, cmd fsm.Command) error {
-	if n.rejoining.Load() {
-		return errRejoining
-	}
-	if err := n.cannotReply(cmd); err != nil {
+	if err := n.refuseSubmit(cmd); err != nil {
 		return err
 	}
 	timeout := n.cfg.SubmitTimeout
@@ -54,15 +51,20 @@ func (n *Node) submit(cmd fsm.Command, timeout time.Duration) error {
 // the order they were queued, unless one has to be retried. It blocks
 // while the submit queue is full.
 func (n *Node) SubmitAsync(cmd fsm.Command, done func(error)) {
-	if n.rejoining.Load() {
-		done(errRejoining)
-		return
-	}
-	if err := n.cannotReply(cmd); err != nil {
+	if err := n.refuseSubmit(cmd); err != nil {
 		done(err)
 		return
 	}
 	n.submitAsync(cmd, n.cfg.SubmitTimeout, done)
+}
+
+// refuseSubmit is why a client's command is refused before it is
+// queued: the node is rebuilding its data, or cannot apply (cannotReply).
+func (n *Node) refuseSubmit(cmd fsm.Command) error {
+	if n.rejoining.Load() {
+		return errRejoining
+	}
+	return n.cannotReply(cmd)
 }
 
 func (n *Node) submitAsync(cmd fsm.Command, timeout time.Duration, done func(error)) {
@@ -374,18 +376,17 @@ func (n *Node) await(f raft.Future) error {
 func (n *Node) awaitApplied(f raft.Future) error {
 	errc := make(chan error, 1)
 	go func() { errc <- f.Error() }()
-	t := time.NewTicker(degradedPoll)
-	defer t.Stop()
 	for {
+		failed := n.fsm.CommitFailed()
+		if err := n.applyProblem(ErrUnknown); err != nil {
+			return err
+		}
 		select {
 		case err := <-errc:
 			return err
 		case <-n.shutdownCh:
 			return ErrShutdown
-		case <-t.C:
-			if err := n.applyProblem(ErrUnknown); err != nil {
-				return err
-			}
+		case <-failed:
 		}
 	}
 }

@@ -164,8 +164,8 @@ func (n *Node) DiskProblem() string {
 	return ""
 }
 
-// degradedPoll is how often waits check whether state.db stopped
-// committing.
+// degradedPoll is how often the disk duties (watchDisk) check whether
+// state.db stopped committing.
 const degradedPoll = 100 * time.Millisecond
 
 // applyProblem returns an error wrapping kind when this node applies

@@ -51,6 +51,16 @@ func (f *FSM) log() *slog.Logger {
 	return slog.Default()
 }
 
+// CommitFailed returns a channel that is closed once a commit of state.db
+// fails (closed already while a failure is unresolved; Degraded says
+// why). After a recovery it returns a new one: read it again.
+func (f *FSM) CommitFailed() <-chan struct{} { return *f.failedCh.Load() }
+
+func (f *FSM) renewFailedCh() {
+	ch := make(chan struct{})
+	f.failedCh.Store(&ch)
+}
+
 // Degraded returns why state.db cannot currently commit, or "" when it can.
 func (f *FSM) Degraded() string {
 	if r := f.reason.Load(); r != nil {
@@ -141,6 +151,7 @@ func (f *FSM) commitFailedLocked(err error) {
 		reason = fmt.Sprintf("state.db commit failed, no space left on device in %s: %v", filepath.Dir(f.path), err)
 	}
 	f.reason.Store(&reason)
+	close(*f.failedCh.Load()) // after the reason: a waiter it wakes reads it
 	attrs := []any{"err", err, "no_space", noSpace, "data_dir", filepath.Dir(f.path),
 		"applied", f.applied.Load(), "durable", durable}
 	if derr != nil {
@@ -201,6 +212,7 @@ func (f *FSM) tryRecover(force bool) bool {
 	f.log().Info("state.db commits again; the node has recovered", "applied", f.applied.Load(), "reapplied", n,
 		"failed_for", time.Since(f.failedAt).Round(time.Millisecond), "attempts", f.failedTries+1,
 		"took", time.Since(start).Round(time.Millisecond))
+	f.renewFailedCh() // before the reason goes: see CommitFailed
 	f.failed = nil
 	f.failing.Store(false)
 	f.reason.Store(nil)
@@ -289,6 +301,7 @@ func (f *FSM) clearFailureLocked() {
 		return
 	}
 	f.log().Info("a snapshot install replaces state.db; the failed commit no longer matters")
+	f.renewFailedCh()
 	f.failed = nil
 	f.failing.Store(false)
 	f.reason.Store(nil)

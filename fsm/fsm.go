@@ -65,7 +65,8 @@ type FSM struct {
 	failedAt    time.Time
 	failedNag   time.Time
 	failedTries int
-	recovered   chan struct{} // closed when the failure is resolved
+	recovered   chan struct{}                 // closed when the failure is resolved
+	failedCh    atomic.Pointer[chan struct{}] // CommitFailed
 	failing     atomic.Bool
 	nextTry     atomic.Int64 // unix ns of the next recovery attempt
 	reason      atomic.Pointer[string]
@@ -83,6 +84,7 @@ var _ raft.BatchingFSM = (*FSM)(nil)
 // Open opens (or creates) state.db at path. local is the id of this node.
 func Open(path, local string) (*FSM, error) {
 	f := &FSM{path: path, local: local, stop: make(chan struct{}), stopped: make(chan struct{})}
+	f.renewFailedCh()
 	if err := f.open(); err != nil {
 		return nil, err
 	}
